@@ -1,0 +1,136 @@
+"""Checkpoints: safetensors weights + JSON config + item-id mapping + metrics.
+
+Never pickle. A checkpoint folder is written whole or not at all (atomic_dir).
+
+    ckpt/
+      model.safetensors     best weights
+      config.json           {"format", "version", "model", "train", "data"}
+      items.json            {"item_ids": [...], "n_items", "popularity": [...], "n_users"}
+      metrics.json          validation / test metrics, history, wall time
+      state.safetensors     last weights + optimizer tensors (resume)
+      state.json            epoch, step, best score, optimizer param groups (resume)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .fileio import atomic_dir
+
+FORMAT, VERSION = "genattn-checkpoint", 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete or of an unknown format."""
+
+
+@dataclass
+class Checkpoint:
+    model: torch.nn.Module
+    run: RunConfig
+    item_ids: list
+    popularity: np.ndarray        # (n_items + 1,) training interactions per item
+    n_users: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "scalars": {}}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v.contiguous()
+            else:
+                meta["scalars"][f"{idx}.{k}"] = v
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    for key, v in meta["scalars"].items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, run: RunConfig, *, item_ids: list,
+                    popularity: np.ndarray, n_users: int, metrics: dict | None = None,
+                    best_state: dict[str, torch.Tensor] | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, progress: dict | None = None) -> Path:
+    """Write a checkpoint folder atomically. best_state: weights to publish (default: model's)."""
+    path = Path(path)
+    weights = best_state if best_state is not None else model.state_dict()
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+        cfg = {"format": FORMAT, "version": VERSION, "model": asdict(run.model),
+               "train": asdict(run.train), "data": asdict(run.data)}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        items = {"n_items": len(item_ids), "n_users": int(n_users), "item_ids": list(item_ids),
+                 "popularity": [int(x) for x in popularity]}
+        (tmp / "items.json").write_text(json.dumps(items) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+            save_file(tensors, tmp / "state.safetensors")
+            (tmp / "state.json").write_text(json.dumps({"optimizer": meta, "progress": progress or {}}) + "\n")
+    return path
+
+
+def read_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    f = path / "config.json"
+    if not f.is_file():
+        raise CheckpointError(f"{path} is not a genattn checkpoint (no config.json)")
+    raw = json.loads(f.read_text())
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{f}: format {raw.get('format')!r} is not {FORMAT!r}")
+    if raw.get("version") != VERSION:
+        raise CheckpointError(f"{f}: checkpoint version {raw.get('version')} unsupported (this genattn reads {VERSION})")
+    return RunConfig(model=ModelConfig(**raw["model"]), train=TrainConfig(**raw["train"]), data=DataConfig(**raw["data"]))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    from .models import SASRec
+
+    path = Path(path)
+    run = read_config(path)
+    for name in ("model.safetensors", "items.json"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} missing")
+    model = SASRec(run.model)
+    missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors", device=str(device)), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.to(device).eval()
+    items = json.loads((path / "items.json").read_text())
+    metrics_file = path / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return Checkpoint(model=model, run=run, item_ids=items["item_ids"],
+                      popularity=np.asarray(items["popularity"], dtype=np.int64),
+                      n_users=items["n_users"], metrics=metrics, path=path)
+
+
+def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore the last weights and optimizer for resuming; returns the saved progress."""
+    path = Path(path)
+    if not (path / "state.safetensors").is_file():
+        raise CheckpointError(f"{path} has no training state to resume from (state.safetensors)")
+    tensors = load_file(path / "state.safetensors")
+    meta = json.loads((path / "state.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    return meta["progress"]

@@ -1,0 +1,128 @@
+"""Typed configuration. Modules take these dataclasses, never argparse namespaces.
+
+Checkpoints store `asdict(cfg)` and rebuild with `ModelConfig(**saved)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ATTENTION_KINDS = ("softmax", "vae", "diffusion")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    n_items: int = 0                 # catalog size; internal item indices 1..n_items, 0 = padding
+    max_len: int = 50                # sequences are left-padded / truncated to this length
+    d_model: int = 64                # embedding and hidden width D
+    n_heads: int = 2                 # attention heads H (d_head = D / H)
+    n_blocks: int = 2                # transformer blocks
+    dropout: float = 0.2             # dropout on embeddings, attention output and FFN
+    attention: str = "softmax"       # "softmax" | "vae" | "diffusion" (DESIGN.md section 4)
+    generative_blocks: str = "all"   # which blocks generate attention: "all" | "last"
+    pair_hidden: int = 16            # width of the per-pair MLPs (prior, posterior, denoiser)
+    logstd_min: float = -5.0         # clamp of predicted log std-devs, for stability
+    logstd_max: float = 2.0
+    # Objective weights shared by both generative kinds.
+    beta: float = 0.1                # weight of KL (vae) / diffusion bound (diffusion)
+    beta_warmup_steps: int = 1000    # linear KL annealing from 0 to beta
+    gamma: float = 1.0               # weight of the prior-path CE (hybrid objective)
+    # Diffusion prior.
+    diffusion_steps: int = 100       # T, training timesteps
+    schedule: str = "cosine"         # "cosine" | "linear" betas
+    train_sample_steps: int = 2      # DDIM steps used by the prior-path CE during training
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.generative_blocks not in ("all", "last"):
+            raise ConfigError(f"generative_blocks must be 'all' or 'last', got {self.generative_blocks!r}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.schedule not in ("cosine", "linear"):
+            raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
+        for name in ("max_len", "d_model", "n_heads", "n_blocks", "pair_hidden", "diffusion_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.train_sample_steps <= self.diffusion_steps:
+            raise ConfigError("train_sample_steps must be in 1..diffusion_steps")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200                # upper bound; early stopping usually ends sooner
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    patience: int = 10               # epochs without validation NDCG@10 improvement before stopping
+    eval_every: int = 1              # validate every N epochs
+    seed: int = 0
+    device: str = "auto"             # "auto" (CUDA when present) | "cpu" | "cuda"
+    threads: int = 0                 # torch intra-op threads; 0 = all cores
+    max_minutes: float = 0.0         # wall-time budget; 0 = none
+
+
+@dataclass
+class DataConfig:
+    source: str = "auto"             # "auto" (ML-100K when installed, else synthetic) | "ml-100k" | "synthetic" | a file path
+    fmt: str = "auto"                # reader format for a file path
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    min_user_events: int = 3
+    k_core: int = 0
+    synthetic_users: int = 1000
+    synthetic_items: int = 500
+    synthetic_seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+def _build(cls: type, values: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def load_run_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Read a TOML file with [model], [train], [data] tables, then apply overrides."""
+    raw: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from e
+        extra = sorted(set(loaded) - set(raw))
+        if extra:
+            raise ConfigError(f"{p}: unknown table(s) {extra}; expected [model], [train], [data]")
+        for k in raw:
+            raw[k].update(loaded.get(k, {}))
+    for k, v in (overrides or {}).items():
+        raw[k].update({kk: vv for kk, vv in v.items() if vv is not None})
+    return RunConfig(
+        model=_build(ModelConfig, raw["model"], "model"),
+        train=_build(TrainConfig, raw["train"], "train"),
+        data=_build(DataConfig, raw["data"], "data"),
+    )

@@ -1,0 +1,29 @@
+"""Data loading for genattn: event-log readers, a synthetic generator, and
+per-user sequence datasets with leave-one-out splits.
+
+Deliberately torch-free (numpy/pandas only) so that data preparation and the
+inference runtime can import it without a deep-learning stack.
+"""
+
+from __future__ import annotations
+
+from .dataset import SequenceDataset, Split, build_dataset, item_popularity, leave_one_out, pad_left
+from .readers import DataError, Interactions, load_ml100k, locate_ml100k, read_interactions
+from .synthetic import synthetic_interactions
+from .sources import load_source
+
+__all__ = [
+    "DataError",
+    "Interactions",
+    "read_interactions",
+    "locate_ml100k",
+    "load_ml100k",
+    "synthetic_interactions",
+    "SequenceDataset",
+    "build_dataset",
+    "Split",
+    "leave_one_out",
+    "pad_left",
+    "item_popularity",
+    "load_source",
+]

@@ -1,0 +1,255 @@
+"""From an event log to per-user item sequences, splits and padded batches.
+
+Internal item indices run 1..n_items with 0 reserved for padding, matching
+what the models' embedding tables expect.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .readers import DataError, Interactions
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SequenceDataset",
+    "build_dataset",
+    "Split",
+    "leave_one_out",
+    "pad_left",
+    "item_popularity",
+]
+
+_MIN_LOO_EVENTS = 3  # leave-one-out needs one train, one valid and one test item
+
+
+@dataclass
+class SequenceDataset:
+    """Per-user item sequences in time order, with raw <-> internal id maps."""
+
+    item_ids: list[Any]  # raw id of internal item index i is item_ids[i - 1]
+    user_ids: list[Any]  # raw user id of sequences[u]
+    sequences: list[np.ndarray]  # int64 internal item indices, oldest first
+    item_genres: np.ndarray | None = None  # (n_items + 1, n_genres) bool, row 0 all False
+    genre_names: list[str] | None = None
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    source: str = ""
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_events(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+    def item_index(self) -> dict[Any, int]:
+        """Raw item id -> internal index (1-based)."""
+        return {raw: i for i, raw in enumerate(self.item_ids, start=1)}
+
+    def to_json_mapping(self) -> dict[str, Any]:
+        """The item vocabulary in a JSON-serialisable form (numpy scalars -> Python)."""
+        return {"item_ids": [_to_native(x) for x in self.item_ids], "n_items": self.n_items}
+
+
+@dataclass
+class Split:
+    """Leave-one-out split: last item tests, second-to-last validates, the rest trains."""
+
+    train: list[np.ndarray]
+    valid_inputs: list[np.ndarray]
+    valid_targets: np.ndarray
+    test_inputs: list[np.ndarray]
+    test_targets: np.ndarray
+
+
+def build_dataset(inter: Interactions, min_user_events: int = _MIN_LOO_EVENTS, k_core: int = 0) -> SequenceDataset:
+    """Group events into per-user sequences ordered by time.
+
+    Ties in timestamp keep the original row order. With ``k_core > 0`` users and
+    items with fewer than ``k_core`` events are removed repeatedly until none
+    remain; then users with fewer than ``min_user_events`` events are dropped.
+    Items are numbered 1..N in sorted raw-id order, users likewise 0..U-1.
+    """
+    users, items = np.asarray(inter.users), np.asarray(inter.items)
+    timestamps = np.asarray(inter.timestamps, dtype=np.float64)
+    src = inter.source or "interactions"
+    if not (users.ndim == items.ndim == timestamps.ndim == 1 and len(users) == len(items) == len(timestamps)):
+        raise DataError(
+            f"{src}: users, items and timestamps must be 1-D and equally long, got shapes "
+            f"{users.shape}, {items.shape}, {timestamps.shape}"
+        )
+    if len(users) == 0:
+        raise DataError(f"{src}: no events")
+    if not np.all(np.isfinite(timestamps)):
+        raise DataError(f"{src}: {int((~np.isfinite(timestamps)).sum())} timestamps are NaN or infinite")
+
+    dropped = dict(inter.dropped)
+    _, user_code = _encode(users, "user", src)
+    _, item_code = _encode(items, "item", src)
+    keep = np.ones(len(users), dtype=bool)
+
+    if k_core > 0:
+        keep = _k_core(user_code, item_code, k_core, dropped)
+
+    counts = np.bincount(user_code[keep], minlength=int(user_code.max()) + 1)
+    short = (counts > 0) & (counts < min_user_events)
+    if short.any():
+        n_short = int(short.sum())
+        short_rows = keep & short[user_code]
+        dropped["users_below_min_events"] = n_short
+        dropped["events_of_short_users"] = int(short_rows.sum())
+        logger.warning(
+            "%s: dropped %d users with fewer than %d events (%d events)",
+            src,
+            n_short,
+            min_user_events,
+            int(short_rows.sum()),
+        )
+        keep &= ~short_rows
+    if not keep.any():
+        raise DataError(
+            f"{src}: no users left after filtering (min_user_events={min_user_events}, k_core={k_core}); "
+            f"drops: {dropped}"
+        )
+
+    # Re-encode over the surviving events so that indices are dense and items
+    # seen only by dropped users are not in the vocabulary.
+    users, items, timestamps = users[keep], items[keep], timestamps[keep]
+    user_vocab, user_code = _encode(users, "user", src)
+    item_vocab, item_code = _encode(items, "item", src)
+    # lexsort is stable: equal (user, timestamp) keep their original row order.
+    order = np.lexsort((timestamps, user_code))
+    sorted_items = item_code[order].astype(np.int64) + 1
+    bounds = np.cumsum(np.bincount(user_code, minlength=len(user_vocab)))[:-1]
+    sequences = np.split(sorted_items, bounds)
+
+    item_ids = item_vocab.tolist()
+    genre_matrix, genre_names = _genre_matrix(item_ids, inter.item_genres)
+    ds = SequenceDataset(
+        item_ids=item_ids,
+        user_ids=user_vocab.tolist(),
+        sequences=sequences,
+        item_genres=genre_matrix,
+        genre_names=genre_names,
+        dropped=dropped,
+        source=inter.source,
+    )
+    logger.info("%s: %d users, %d items, %d events", src, ds.n_users, ds.n_items, ds.n_events)
+    return ds
+
+
+def leave_one_out(ds: SequenceDataset) -> Split:
+    """Hold out each user's last item for test and second-to-last for validation."""
+    short = [i for i, s in enumerate(ds.sequences) if len(s) < _MIN_LOO_EVENTS]
+    if short:
+        raise DataError(
+            f"{ds.source or 'dataset'}: leave-one-out needs >= {_MIN_LOO_EVENTS} events per user; "
+            f"{len(short)} users have fewer (e.g. user {ds.user_ids[short[0]]!r})"
+        )
+    train = [s[:-2] for s in ds.sequences]
+    return Split(
+        train=train,
+        valid_inputs=train,
+        valid_targets=np.array([s[-2] for s in ds.sequences], dtype=np.int64),
+        test_inputs=[s[:-1] for s in ds.sequences],
+        test_targets=np.array([s[-1] for s in ds.sequences], dtype=np.int64),
+    )
+
+
+def pad_left(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
+    """(N, max_len) int64; keeps each sequence's newest ``max_len`` items, left-padded with 0."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    if not seqs:
+        return out
+    full = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    kept = np.minimum(full, max_len)
+    if kept.sum() == 0:
+        return out
+    # Slice by start index, not s[-k:], which would return everything for k=0.
+    flat = np.concatenate([np.asarray(s[n - k :]) for s, n, k in zip(seqs, full.tolist(), kept.tolist())])
+    rows = np.repeat(np.arange(len(seqs)), kept)
+    first = np.cumsum(kept) - kept  # offset of each row's items in `flat`
+    cols = np.arange(len(flat)) - np.repeat(first, kept) + np.repeat(max_len - kept, kept)
+    out[rows, cols] = flat
+    return out
+
+
+def item_popularity(seqs: list[np.ndarray], n_items: int) -> np.ndarray:
+    """(n_items + 1,) int64 event counts per internal item; index 0 (padding) is 0."""
+    counts = np.zeros(n_items + 1, dtype=np.int64)
+    nonempty = [s for s in seqs if len(s)]
+    if not nonempty:
+        return counts
+    flat = np.concatenate(nonempty).astype(np.int64, copy=False)
+    if flat.min() < 0 or flat.max() > n_items:
+        raise ValueError(f"item indices must lie in [0, {n_items}], got [{flat.min()}, {flat.max()}]")
+    counts += np.bincount(flat, minlength=n_items + 1)
+    counts[0] = 0
+    return counts
+
+
+# --------------------------------------------------------------------------- #
+def _encode(ids: np.ndarray, what: str, src: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ids and each row's position among them."""
+    try:
+        vocab, codes = np.unique(ids, return_inverse=True)
+    except TypeError as exc:  # e.g. an object array mixing int and str
+        raise DataError(f"{src}: {what} ids mix incomparable types ({exc}); use all ints or all strings") from exc
+    return vocab, codes.reshape(-1)
+
+
+def _k_core(user_code: np.ndarray, item_code: np.ndarray, k: int, dropped: dict[str, int]) -> np.ndarray:
+    """Mask of events surviving the iterative k-core filter on users and items."""
+    keep = np.ones(len(user_code), dtype=bool)
+    n_users0 = len(np.unique(user_code))
+    n_items0 = len(np.unique(item_code))
+    while True:
+        u_counts = np.bincount(user_code[keep], minlength=int(user_code.max()) + 1)
+        i_counts = np.bincount(item_code[keep], minlength=int(item_code.max()) + 1)
+        bad = keep & ((u_counts[user_code] < k) | (i_counts[item_code] < k))
+        if not bad.any():
+            break
+        keep &= ~bad
+    n_users_cut = n_users0 - len(np.unique(user_code[keep]))
+    n_items_cut = n_items0 - len(np.unique(item_code[keep]))
+    n_events_cut = int((~keep).sum())
+    if n_events_cut:
+        dropped["kcore_users"] = n_users_cut
+        dropped["kcore_items"] = n_items_cut
+        dropped["kcore_events"] = n_events_cut
+        logger.warning(
+            "%d-core filter dropped %d users, %d items, %d events", k, n_users_cut, n_items_cut, n_events_cut
+        )
+    return keep
+
+
+def _genre_matrix(
+    item_ids: list[Any], item_genres: dict[Any, list[str]] | None
+) -> tuple[np.ndarray | None, list[str] | None]:
+    if not item_genres:
+        return None, None
+    per_item = [item_genres.get(raw, []) for raw in item_ids]
+    names = sorted({g for gs in per_item for g in gs})
+    if not names:
+        return None, None
+    column = {g: j for j, g in enumerate(names)}
+    matrix = np.zeros((len(item_ids) + 1, len(names)), dtype=bool)
+    for i, gs in enumerate(per_item, start=1):
+        matrix[i, [column[g] for g in gs]] = True
+    return matrix, names
+
+
+def _to_native(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x

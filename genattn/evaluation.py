@@ -1,0 +1,69 @@
+"""Full-ranking evaluation of a trained model (torch).
+
+History items (everything the user touched before the target) are masked out of
+the ranking, in validation and test alike, and so is padding. Metrics come from
+`genattn.metrics`, shared with the ONNX Runtime evaluation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import Split, pad_left
+from .metrics import KS, diversity_metrics, rank_metrics
+from .models import SASRec, Sampling, make_noise
+
+
+@dataclass
+class EvalSet:
+    inputs: list[np.ndarray]   # model inputs (full history; the newest max_len are used)
+    targets: np.ndarray        # (U,) internal item index
+    seen: list[np.ndarray]     # items masked out of each ranking
+
+
+def eval_sets(split: Split) -> dict[str, EvalSet]:
+    return {
+        "valid": EvalSet(split.valid_inputs, split.valid_targets, split.valid_inputs),
+        "test": EvalSet(split.test_inputs, split.test_targets, split.test_inputs),
+    }
+
+
+def mask_seen(scores: torch.Tensor, seen: list[np.ndarray]) -> None:
+    """Set scores of each row's seen items to -inf, in place (one scatter for the batch)."""
+    rows = np.repeat(np.arange(len(seen)), [len(s) for s in seen])
+    cols = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = float("-inf")
+
+
+@torch.no_grad()
+def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: int,
+             genres: np.ndarray | None = None, sampling: Sampling | None = None,
+             seed: int | None = None, batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, float]:
+    """HR/NDCG/MRR@{10,20}, coverage@10, ILD@10, novelty@10 over all users of `data`.
+
+    A stochastic `sampling` draws its noise from a generator seeded with `seed`.
+    """
+    was_training = model.training
+    model.eval()
+    L = model.cfg.max_len
+    gen = torch.Generator().manual_seed(0 if seed is None else seed)
+    ranks, tops = [], []
+    for start in range(0, len(data.targets), batch_size):
+        sl = slice(start, start + batch_size)
+        seq = torch.from_numpy(pad_left(data.inputs[sl], L)).to(device)
+        noise = make_noise(model, sampling, len(seq), generator=gen) if sampling else None
+        scores = model.scores(seq, sampling, None if noise is None else noise.to(device)).float().cpu()
+        mask_seen(scores, data.seen[sl])
+        tgt = torch.from_numpy(np.asarray(data.targets[sl], dtype=np.int64))
+        t_score = scores.gather(1, tgt[:, None])
+        ranks.append((scores > t_score).sum(1).numpy())
+        tops.append(scores.topk(max(KS), dim=1).indices.numpy())
+    model.train(was_training)
+    top = np.concatenate(tops)
+    out = rank_metrics(np.concatenate(ranks))
+    emb = None if genres is not None else model.item_emb.weight.detach().float().cpu().numpy()
+    out.update(diversity_metrics(top[:, :10], model.cfg.n_items, popularity, n_users,
+                                 genres=genres, embeddings=emb))
+    return out

@@ -1,0 +1,9 @@
+"""Models: the SASRec backbone and its attention kinds."""
+from .attention import CausalSelfAttention, Sampling, SoftmaxWeights
+from .diffusion import Denoiser, DiffusionWeights
+from .sasrec import SASRec, make_noise
+from .scheduler import DDIMScheduler
+from .vae import VAEWeights
+
+__all__ = ["SASRec", "CausalSelfAttention", "Sampling", "SoftmaxWeights", "VAEWeights",
+           "DiffusionWeights", "Denoiser", "DDIMScheduler", "make_noise"]

@@ -1,0 +1,214 @@
+"""Causal self-attention with a pluggable way of turning scores into weights.
+
+`CausalSelfAttention` owns the projections and heads; an `AttentionWeights`
+module maps the scaled scores S (B, H, Lq, L) to weights A. The baseline is
+softmax; the generative kinds (vae.py, diffusion.py) sample a logit map instead.
+Every kind returns (A, aux_loss); the target enters only through `target_aff`
+(training), and randomness only through `rng` (training) or `noise` (inference).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the prior is run at inference (and in the prior path of training).
+
+    vae:       mode "mean" (Z = prior mean) or "sample" (n_samples maps averaged).
+    diffusion: n_steps DDIM steps with eta, starting from zeros ("zeros") or noise ("noise").
+    A sampling is deterministic when it draws no noise.
+    """
+    mode: str = "mean"          # vae: "mean" | "sample"
+    n_samples: int = 1          # vae sample mode
+    n_steps: int = 8            # diffusion DDIM steps
+    eta: float = 0.0            # diffusion DDIM eta
+    start: str = "zeros"        # diffusion: "zeros" | "noise"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("mean", "sample"):
+            raise ValueError(f"mode must be 'mean' or 'sample', got {self.mode!r}")
+        if self.start not in ("zeros", "noise"):
+            raise ValueError(f"start must be 'zeros' or 'noise', got {self.start!r}")
+        if self.n_samples < 1 or self.n_steps < 1:
+            raise ValueError("n_samples and n_steps must be >= 1")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+
+    def draws(self, kind: str) -> int:
+        """Noise maps one generative layer consumes per query row (0 = deterministic)."""
+        if kind == "vae":
+            return self.n_samples if self.mode == "sample" else 0
+        if kind == "diffusion":
+            return (1 if self.start == "noise" else 0) + (self.n_steps - 1 if self.eta > 0 else 0)
+        return 0
+
+
+class NoiseReader:
+    """Hands out consecutive slices of one flat noise tensor (B, N) as shaped maps.
+
+    Offsets are Python ints, so a traced graph reads fixed slices of one input.
+    """
+
+    def __init__(self, flat: Tensor):
+        self.flat, self.offset = flat, 0
+
+    def take(self, shape: tuple[int, ...]) -> Tensor:  # shape excludes batch
+        n = math.prod(shape)
+        if self.offset + n > self.flat.shape[1]:
+            raise ValueError(f"noise input too short: need {self.offset + n} values per row, "
+                             f"got {self.flat.shape[1]}")
+        out = self.flat[:, self.offset:self.offset + n].reshape(-1, *shape)
+        self.offset += n
+        return out
+
+
+@dataclass
+class AttnInputs:
+    """What a weights module may look at for one layer call."""
+    s: Tensor                    # (B, H, Lq, L) scaled scores QK^T/sqrt(d_h)
+    allowed: Tensor              # (B, 1, Lq, L) bool: causal, key not padding (diagonal always)
+    valid_q: Tensor              # (B, 1, Lq, 1) bool: query is a real item (loss rows)
+    rel: Tensor                  # (Lq, L) long: recency i - j clamped to [0, max_len - 1]
+    target_aff: Tensor | None = None   # (B, H, Lq, L) y_i . k_j / sqrt(d_h); training only
+    rng: torch.Generator | None = None  # training noise
+    sampling: Sampling | None = None    # prior path settings
+    noise: NoiseReader | None = None    # inference noise
+
+
+class AttentionWeights(nn.Module):
+    kind = "base"
+
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+
+    def forward(self, x: AttnInputs) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def masked_softmax(z: Tensor, allowed: Tensor) -> Tensor:
+    return torch.softmax(z.masked_fill(~allowed, NEG_INF), dim=-1)
+
+
+def row_context(s: Tensor, allowed: Tensor) -> Tensor:
+    """S_ij - max_j S_ij over allowed keys: scale-free position of a score in its row."""
+    m = s.masked_fill(~allowed, NEG_INF).amax(dim=-1, keepdim=True)
+    return s - m
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Sum over allowed keys, mean over real query rows and heads."""
+    mask = mask.to(values.dtype)
+    rows = mask.amax(dim=-1, keepdim=True)  # (B, 1, Lq, 1)
+    denom = (rows.sum() * values.shape[1]).clamp_min(1.0)
+    return (values * mask).sum() / denom
+
+
+class SoftmaxWeights(AttentionWeights):
+    """SASRec baseline: A = softmax(S + M)."""
+    kind = "softmax"
+
+    def forward(self, x: AttnInputs) -> tuple[Tensor, Tensor]:
+        return masked_softmax(x.s, x.allowed), x.s.new_zeros(())
+
+
+class PairMLP(nn.Module):
+    """Small MLP on each (query i, key j) pair of each head.
+
+    The first layer is rank-1 in each scalar feature, plus a learned recency
+    embedding r(i - j) and a per-head bias; terms that do not change across
+    sampling steps are computed once (`const`) and reused (`run`).
+    Cost O(B·H·Lq·L·hidden²).
+    """
+
+    def __init__(self, n_scalars: int, hidden: int, n_out: int, n_heads: int, max_len: int):
+        super().__init__()
+        self.w_in = nn.Parameter(torch.randn(n_scalars, hidden) * 0.5)
+        self.rel = nn.Embedding(max_len, hidden)
+        nn.init.normal_(self.rel.weight, std=0.1)
+        self.head_bias = nn.Parameter(torch.zeros(n_heads, hidden))
+        self.mid = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, n_out)
+        # Zero output: a fresh generative layer starts as softmax attention (Z = S).
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def const(self, scalars: list[Tensor], rel: Tensor, first: int = 0) -> Tensor:
+        """First-layer pre-activation from scalars[k] (B, H, Lq, L) using weights w_in[first + k]."""
+        h = self.rel(rel) + self.head_bias[:, None, None, :]  # (H, Lq, L, hidden)
+        for k, s in enumerate(scalars):
+            h = h + s.unsqueeze(-1) * self.w_in[first + k]  # (B, H, Lq, L, hidden)
+        return h
+
+    def run(self, pre: Tensor) -> Tensor:
+        h = F.silu(pre)
+        h = F.silu(self.mid(h))
+        return self.out(h)  # (B, H, Lq, L, n_out)
+
+
+class Posterior(nn.Module):
+    """q(Z | S, y) = N(S + f_mu, exp(2 f_s)): sees the target-key affinity. Training only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.mlp = PairMLP(4, cfg.pair_hidden, 2, cfg.n_heads, cfg.max_len)
+        self.lo, self.hi = cfg.logstd_min, cfg.logstd_max
+        nn.init.constant_(self.mlp.out.bias, 0.0)
+        with torch.no_grad():
+            self.mlp.out.bias[1] = -1.0  # start with std ~0.37
+
+    def forward(self, x: AttnInputs, s_rel: Tensor) -> tuple[Tensor, Tensor]:
+        a = x.target_aff
+        a_rel = row_context(a, x.allowed)
+        out = self.mlp.run(self.mlp.const([x.s, s_rel, a, a_rel], x.rel))
+        return out[..., 0], out[..., 1].clamp(self.lo, self.hi)  # offset mean, log std
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, weights: AttentionWeights):
+        super().__init__()
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.weights = weights
+
+    def split(self, t: Tensor) -> Tensor:
+        B, L, _ = t.shape
+        return t.view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, d_h)
+
+    def forward(self, h: Tensor, allowed: Tensor, valid_q: Tensor, rel: Tensor, *,
+                target_q: Tensor | None = None, last_only: bool = False,
+                rng: torch.Generator | None = None, sampling: Sampling | None = None,
+                noise: NoiseReader | None = None) -> tuple[Tensor, Tensor]:
+        """h (B, L, D) -> (out (B, Lq, D), aux). last_only: queries = newest position only.
+
+        target_q (B, L, D): the target items' embeddings projected like queries
+        (training posterior only).
+        """
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        if last_only:
+            q = q[:, -1:]
+        q, k, v = self.split(q), self.split(k), self.split(v)  # (B, H, L*, d_h)
+        scale = 1.0 / math.sqrt(self.d_head)
+        s = (q @ k.transpose(-1, -2)) * scale  # (B, H, Lq, L)
+        aff = None
+        if target_q is not None:
+            aff = (self.split(target_q) @ k.transpose(-1, -2)) * scale  # (B, H, L, L)
+        inputs = AttnInputs(s=s, allowed=allowed, valid_q=valid_q, rel=rel, target_aff=aff,
+                            rng=rng, sampling=sampling, noise=noise)
+        a, aux = self.weights(inputs)  # (B, H, Lq, L)
+        out = (a @ v).transpose(1, 2).reshape(h.shape[0], -1, self.n_heads * self.d_head)
+        return self.proj(out), aux
+
+    def q_weight(self) -> tuple[Tensor, Tensor]:
+        d = self.n_heads * self.d_head
+        return self.qkv.weight[:d], self.qkv.bias[:d]

@@ -1,0 +1,169 @@
+"""SASRec-style causal transformer with pluggable attention (DESIGN.md section 3).
+
+`forward` computes the training loss; `scores` is the serving path: it runs only
+the newest query row in the last block and returns full-catalog scores.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .attention import AttentionWeights, CausalSelfAttention, NoiseReader, Sampling, SoftmaxWeights
+from .diffusion import DiffusionWeights
+from .vae import VAEWeights
+
+WEIGHTS = {"softmax": SoftmaxWeights, "vae": VAEWeights, "diffusion": DiffusionWeights}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, weights: AttentionWeights):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg, weights)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(),
+                                 nn.Dropout(cfg.dropout), nn.Linear(cfg.d_model, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    @property
+    def generative(self) -> bool:
+        return self.attn.weights.kind != "softmax"
+
+    def forward(self, x: Tensor, pad: Tensor, masks: tuple[Tensor, Tensor, Tensor], *,
+                last_only: bool = False, **attn_kw) -> tuple[Tensor, Tensor]:
+        """x (B, L, D) -> (B, Lq, D); pad (B, L, 1) is 1 for real items."""
+        h = self.ln1(x)
+        a, aux = self.attn(h, *masks, last_only=last_only, **attn_kw)
+        if last_only:
+            x, pad = x[:, -1:], pad[:, -1:]
+        x = x + self.drop(a)
+        x = x + self.drop(self.ffn(self.ln2(x)))
+        return x * pad, aux
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.n_items < 1:
+            raise ValueError("ModelConfig.n_items must be set to the catalog size")
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.d_model, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        blocks = []
+        for b in range(cfg.n_blocks):
+            generative = cfg.attention != "softmax" and (cfg.generative_blocks == "all" or b == cfg.n_blocks - 1)
+            weights = WEIGHTS[cfg.attention if generative else "softmax"](cfg)
+            blocks.append(Block(cfg, weights))
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    # ---- shared pieces -------------------------------------------------------------
+    def masks(self, seq: Tensor, last_only: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """allowed (B, 1, Lq, L), valid_q (B, 1, Lq, 1), rel (Lq, L) for the given queries."""
+        L = seq.shape[1]
+        key_ok = (seq != 0)[:, None, None, :]  # (B, 1, 1, L)
+        i = torch.arange(L, device=seq.device)
+        qi = i[-1:] if last_only else i
+        causal = qi[:, None] >= i[None, :]  # (Lq, L)
+        # The diagonal is always allowed so a padding query's row is never empty (no NaN).
+        allowed = (causal & key_ok) | (qi[:, None] == i[None, :])
+        valid_q = (seq[:, qi] != 0)[:, None, :, None]
+        rel = (qi[:, None] - i[None, :]).clamp(0, self.cfg.max_len - 1)
+        return allowed, valid_q, rel
+
+    def embed(self, seq: Tensor) -> tuple[Tensor, Tensor]:
+        L = seq.shape[1]
+        if L > self.cfg.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {self.cfg.max_len}")
+        pos = torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=seq.device)
+        pad = (seq != 0).unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, L, 1)
+        x = self.item_emb(seq) * math.sqrt(self.cfg.d_model) + self.pos_emb(pos)
+        return self.drop(x) * pad, pad
+
+    def target_queries(self, block: Block, targets: Tensor) -> Tensor:
+        w, b = block.attn.q_weight()
+        return F.linear(block.ln1(self.item_emb(targets)), w, b)  # (B, L, D)
+
+    def run_blocks(self, seq: Tensor, *, targets: Tensor | None = None, last_only: bool = False,
+                   rng: torch.Generator | None = None, sampling: Sampling | None = None,
+                   noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Hidden states (B, L or 1, D) after the final LayerNorm, and summed aux loss.
+
+        targets given -> posterior path (training); otherwise the prior path.
+        """
+        x, pad = self.embed(seq)
+        full = self.masks(seq, last_only=False)
+        reader = NoiseReader(noise) if noise is not None else None
+        aux = x.new_zeros(())
+        for n, block in enumerate(self.blocks):
+            last = last_only and n == len(self.blocks) - 1
+            masks = self.masks(seq, last_only=True) if last else full
+            tq = self.target_queries(block, targets) if (targets is not None and block.generative) else None
+            x, a = block(x, pad, masks, last_only=last, target_q=tq, rng=rng, sampling=sampling, noise=reader)
+            aux = aux + a
+        if reader is not None and reader.offset != noise.shape[1]:
+            raise ValueError(f"noise input has {noise.shape[1]} values per row, the sampler used {reader.offset}")
+        return self.ln_f(x), aux
+
+    def logits(self, h: Tensor) -> Tensor:
+        out = h @ self.item_emb.weight.T  # (..., N + 1)
+        is_pad = torch.arange(out.shape[-1], device=out.device) == 0
+        return out.masked_fill(is_pad, float("-inf"))  # padding is never an answer
+
+    # ---- training -----------------------------------------------------------------------
+    def forward(self, seq: Tensor, targets: Tensor, *, rng: torch.Generator | None = None,
+                beta: float | None = None) -> dict[str, Tensor]:
+        """Training loss. seq, targets (B, L); targets[b, i] is the item after seq[b, i], 0 = none."""
+        cfg = self.cfg
+        mask = targets != 0
+        y = targets[mask]
+
+        def ce(h: Tensor) -> Tensor:
+            return F.cross_entropy(self.logits(h[mask]), y)
+
+        if cfg.attention == "softmax":
+            h, _ = self.run_blocks(seq)
+            loss = ce(h)
+            return {"loss": loss, "ce": loss.detach()}
+        beta = cfg.beta if beta is None else beta
+        h_q, bound = self.run_blocks(seq, targets=targets, rng=rng)
+        h_p, _ = self.run_blocks(seq, rng=rng)  # prior path: what is served
+        ce_q, ce_p = ce(h_q), ce(h_p)
+        loss = ce_q + beta * bound + cfg.gamma * ce_p
+        return {"loss": loss, "ce": ce_p.detach(), "ce_posterior": ce_q.detach(), "bound": bound.detach()}
+
+    # ---- serving ------------------------------------------------------------------------
+    def noise_size(self, sampling: Sampling) -> int:
+        """Values per user of the flat noise input the serving path consumes."""
+        cfg, L, n = self.cfg, self.cfg.max_len, 0
+        for b, block in enumerate(self.blocks):
+            lq = 1 if b == len(self.blocks) - 1 else L
+            n += sampling.draws(block.attn.weights.kind) * cfg.n_heads * lq * L
+        return n
+
+    def user_state(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
+        h, _ = self.run_blocks(seq, last_only=True, sampling=sampling, noise=noise)
+        return h[:, -1]  # (B, D)
+
+    def scores(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
+        """Full-catalog scores (B, N + 1) for the next item; index 0 is -inf."""
+        return self.logits(self.user_state(seq, sampling, noise))
+
+
+def make_noise(model: SASRec, sampling: Sampling, batch: int, seed: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor | None:
+    """Standard-normal noise input for a stochastic sampling; None when deterministic."""
+    n = model.noise_size(sampling)
+    if n == 0:
+        return None
+    g = generator or torch.Generator().manual_seed(0 if seed is None else seed)
+    return torch.randn(batch, n, generator=g)

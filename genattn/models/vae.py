@@ -1,0 +1,56 @@
+"""VAE attention: a conditional VAE over the attention logit map Z.
+
+prior      p(Z | S)    = N(S + g_mu(phi), exp(2 g_s(phi)))        runs at inference
+posterior  q(Z | S, y) = N(S + f_mu(phi, a), exp(2 f_s(phi, a)))  training only
+with phi_ij = [S_ij, S_ij - max_j S_ij, r(i - j)] and a_ij = y_i . k_j / sqrt(d_h).
+The returned aux loss is KL(q || p) over allowed entries; the model weights it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .attention import AttentionWeights, AttnInputs, PairMLP, Posterior, Sampling, masked_mean, masked_softmax, row_context
+
+
+def draw_noise(x: AttnInputs, like: Tensor) -> Tensor:
+    """Standard normal noise shaped like `like`: from the explicit inference noise
+    input when given, else from the training generator."""
+    if x.noise is not None:
+        return x.noise.take(tuple(like.shape[1:]))
+    if x.rng is not None:
+        return torch.randn(like.shape, generator=x.rng, device=like.device, dtype=like.dtype)
+    raise ValueError("this sampling mode draws noise: pass noise (inference) or rng (training)")
+
+
+class VAEWeights(AttentionWeights):
+    kind = "vae"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.prior = PairMLP(2, cfg.pair_hidden, 2, cfg.n_heads, cfg.max_len)
+        with torch.no_grad():
+            self.prior.out.bias[1] = -1.0
+        self.posterior = Posterior(cfg)
+        self.lo, self.hi = cfg.logstd_min, cfg.logstd_max
+
+    def prior_params(self, x: AttnInputs, s_rel: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.prior.run(self.prior.const([x.s, s_rel], x.rel))
+        return out[..., 0], out[..., 1].clamp(self.lo, self.hi)  # (B, H, Lq, L) each
+
+    def forward(self, x: AttnInputs) -> tuple[Tensor, Tensor]:
+        s_rel = row_context(x.s, x.allowed)
+        mu_p, ls_p = self.prior_params(x, s_rel)
+        if x.target_aff is not None:  # posterior path (training)
+            mu_q, ls_q = self.posterior(x, s_rel)
+            z = x.s + mu_q + ls_q.exp() * draw_noise(x, mu_q)
+            kl = ls_p - ls_q + ((2 * ls_q).exp() + (mu_q - mu_p) ** 2) / (2 * (2 * ls_p).exp()) - 0.5
+            return masked_softmax(z, x.allowed), masked_mean(kl, x.allowed & x.valid_q)
+        samp = x.sampling or Sampling()
+        if samp.mode == "mean":
+            return masked_softmax(x.s + mu_p, x.allowed), x.s.new_zeros(())
+        std = ls_p.exp()
+        a = sum(masked_softmax(x.s + mu_p + std * draw_noise(x, mu_p), x.allowed)
+                for _ in range(samp.n_samples))
+        return a / samp.n_samples, x.s.new_zeros(())
