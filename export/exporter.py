@@ -1,0 +1,190 @@
+"""checkpoint -> verified bundle (ONNX, optional TensorRT engine and Triton repository)."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import genattn
+from genattn.checkpoint import load_checkpoint
+from genattn.data import DataError, leave_one_out, load_source, pad_left
+from genattn.fileio import atomic_dir
+from genattn.models import Sampling
+from genattn_runtime.bundle import FORMAT, FORMAT_VERSION, INPUT_SEQ, file_entry
+
+from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, example_inputs, finalize_onnx, to_onnx
+from .verify import cases, check_deterministic, check_parity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportOptions:
+    steps: int = 8                  # diffusion: DDIM steps n (unrolled)
+    eta: float = 0.0                # diffusion: DDIM eta (> 0 adds per-step noise)
+    start: str = "zeros"            # diffusion: "zeros" (deterministic) | "noise"
+    vae_mode: str = "mean"          # vae: "mean" (deterministic) | "sample"
+    samples: int = 1                # vae sample mode: maps averaged
+    k: int = 100                    # top-K computed in the graph (the runtime serves any k <= K)
+    full_scores: bool = False       # also output full-catalog scores
+    exclude_in_graph: bool = True   # exclude_items input masks history items before top-K
+    opset: int = 18
+    fp16: bool = False              # add model.fp16.onnx (mixed precision; softmax/LayerNorm fp32)
+    slim: bool = False              # run onnxslim on the graph
+    dynamo: bool = True             # torch.export-based exporter (TorchScript exporter if False)
+    verify_users: int = 256         # real sequences checked for parity (0 = random only)
+    tensorrt: bool = False          # build a TensorRT engine (needs tensorrt + GPU)
+    triton: str | None = None       # write a Triton model repository here
+    trt_min_batch: int = 1
+    trt_opt_batch: int = 8
+    trt_max_batch: int = 256
+
+    def sampling(self, kind: str) -> Sampling | None:
+        if kind == "diffusion":
+            return Sampling(n_steps=self.steps, eta=self.eta, start=self.start)
+        if kind == "vae":
+            return Sampling(mode=self.vae_mode, n_samples=self.samples)
+        return None
+
+
+def _tool_versions() -> dict:
+    import onnx
+
+    out = {"genattn": genattn.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+           "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _real_sequences(ck, n: int) -> np.ndarray | None:
+    """Test-split inputs of the checkpoint's own data, when it can be rebuilt here."""
+    if n <= 0:
+        return None
+    try:
+        ds = load_source(ck.run.data)
+    except (DataError, OSError) as e:
+        log.warning("parity on random sequences only: the checkpoint's data is not available (%s)", e)
+        return None
+    if [str(x) for x in ds.item_ids] != [str(x) for x in ck.item_ids]:
+        log.warning("parity on random sequences only: the data's item mapping differs from the checkpoint's")
+        return None
+    return pad_left(leave_one_out(ds).test_inputs[:n], ck.run.model.max_len)
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions | None = None) -> dict:
+    """Export, verify and write the bundle folder atomically; returns the manifest."""
+    opts = opts or ExportOptions()
+    ck = load_checkpoint(checkpoint)
+    model, cfg = ck.model.eval(), ck.run.model
+    sampling = opts.sampling(cfg.attention)
+    if sampling is not None and cfg.attention == "diffusion" and opts.steps > cfg.diffusion_steps:
+        raise ExportError(f"--steps {opts.steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
+    k = min(opts.k, cfg.n_items, MAX_K)
+    noise_size = model.noise_size(sampling) if sampling is not None else 0
+    spec = GraphSpec.build(model, k=k, noise_size=noise_size, exclude=opts.exclude_in_graph,
+                           full_scores=opts.full_scores)
+    graph = ServingGraph(model, sampling, k, opts.exclude_in_graph, bool(noise_size), opts.full_scores)
+
+    with atomic_dir(out) as tmp:
+        onnx_path = tmp / "model.onnx"
+        to_onnx(graph, spec, onnx_path, opset=opts.opset, dynamo=opts.dynamo)
+        graph_stats = finalize_onnx(onnx_path, spec, slim=opts.slim)
+        forbidden = {"Loop", "If", "Scan"} | {op for op in graph_stats["op_counts"] if op.startswith("Random")}
+        bad = sorted(forbidden & set(graph_stats["op_counts"]))
+        if bad:
+            raise ExportError(f"graph contains ops the contract forbids: {bad}")
+
+        real = _real_sequences(ck, opts.verify_users)
+        parity_cases = cases(spec, cfg.n_items, real, noise_size)
+        parity = {"fp32": check_parity(graph, spec, str(onnx_path), parity_cases)}
+        parity["deterministic_bit_identical"] = check_deterministic(str(onnx_path), parity_cases[1].feeds)
+        if sampling is None or noise_size == 0:
+            if not parity["deterministic_bit_identical"]:
+                raise ExportError("deterministic graph gave different outputs in two ONNX Runtime sessions")
+
+        files = {"model.onnx": onnx_path}
+        if opts.fp16:
+            from .precision import to_fp16
+
+            fp16_path = tmp / "model.fp16.onnx"
+            to_fp16(onnx_path, fp16_path)
+            parity["fp16"] = check_parity(graph, spec, str(fp16_path), parity_cases, fp16=True)
+            files["model.fp16.onnx"] = fp16_path
+
+        items = {"item_ids": list(ck.item_ids), "popularity": [int(x) for x in ck.popularity]}
+        (tmp / "items.json").write_text(json.dumps(items) + "\n")
+        files["items.json"] = tmp / "items.json"
+
+        trt_meta = None
+        if opts.tensorrt:
+            from .tensorrt import EngineProfile, assert_tensorrt_compatible, build_engine, engine_name
+
+            trt_source = files.get("model.fp16.onnx", onnx_path)
+            assert_tensorrt_compatible(str(trt_source))
+            shapes = {t.name: [-1, t.shape[1]] for t in spec.inputs}
+            profile = EngineProfile(opts.trt_min_batch, opts.trt_opt_batch, opts.trt_max_batch)
+            tmp_engine = tmp / "model.engine"
+            trt_meta = build_engine(trt_source, tmp_engine, profile=profile, input_shapes=shapes)
+            name = engine_name(trt_meta.get("compute_capability") or "unknown", trt_meta["tensorrt_version"])
+            tmp_engine.rename(tmp / name)
+            trt_meta["file"] = name
+            trt_meta["source_onnx"] = trt_source.name
+            files[name] = tmp / name
+
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "attention": cfg.attention,
+            "model": asdict(cfg),
+            "sampler": {
+                **(sampling.__dict__ if sampling is not None else {}),
+                "deterministic": noise_size == 0,
+                "noise_size": noise_size,
+                "scheduler": (model.blocks[-1].attn.weights.scheduler.to_dict()
+                              if cfg.attention == "diffusion" else None),
+            },
+            "max_len": cfg.max_len,
+            "n_items": cfg.n_items,
+            "k": k,
+            "graph": {
+                "inputs": [t.to_dict() for t in spec.inputs],
+                "outputs": [t.to_dict() for t in spec.outputs],
+                "opset": opts.opset,
+                "exporter": "dynamo" if opts.dynamo else "torchscript",
+                "nodes": graph_stats["nodes"],
+                "op_counts": graph_stats["op_counts"],
+                "fp16_file": "model.fp16.onnx" if opts.fp16 else None,
+            },
+            "tools": _tool_versions(),
+            "parity": parity,
+            "training_metrics": {s: ck.metrics.get(s) for s in ("valid", "test")},
+            "checkpoint": str(Path(checkpoint).resolve()),
+            "tensorrt": trt_meta,
+            "triton": None,
+            "files": {name: file_entry(p) for name, p in files.items()},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    if opts.triton:
+        from .triton import TritonOptions, write_triton_repo
+
+        engine = Path(out) / trt_meta["file"] if trt_meta else None
+        written = write_triton_repo(Path(opts.triton), manifest, Path(out) / "model.onnx", engine, TritonOptions())
+        manifest["triton"] = {"repository": str(Path(opts.triton).resolve()), "configs": [str(p) for p in written]}
+        from genattn.fileio import write_json_atomic
+
+        write_json_atomic(Path(out) / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,177 @@
+"""The serving graph: torch wrapper, I/O spec and ONNX conversion.
+
+Inputs  item_seq int64 [batch, max_len] (left-padded internal indices)
+        exclude_items int64 [batch, max_len] (optional; indices scored -inf)
+        noise float32 [batch, noise_size] (stochastic samplers only)
+Outputs top_items int64 [batch, K], top_scores float32 [batch, K], scores (optional)
+Only the newest position is scored; the sampler is unrolled to its fixed step count.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from genattn.models import SASRec, Sampling
+from genattn_runtime.bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_ITEMS, OUTPUT_SCORES
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1024
+
+
+class ExportError(RuntimeError):
+    """Export could not produce a valid, verified graph; the message says which check failed."""
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str                  # numpy dtype name
+    shape: list                 # "batch" marks the dynamic axis
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+
+
+@dataclass
+class GraphSpec:
+    """Names, dtypes and dynamic axes of the serving graph; no output reuses an input's name."""
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, model: SASRec, *, k: int, noise_size: int, exclude: bool, full_scores: bool,
+              score_dtype: str = "float32") -> "GraphSpec":
+        L, N = model.cfg.max_len, model.cfg.n_items
+        ins = [TensorSpec(INPUT_SEQ, "int64", ["batch", L])]
+        if exclude:
+            ins.append(TensorSpec(INPUT_EXCLUDE, "int64", ["batch", L]))
+        if noise_size:
+            ins.append(TensorSpec(INPUT_NOISE, "float32", ["batch", noise_size]))
+        outs = [TensorSpec(OUTPUT_ITEMS, "int64", ["batch", k]), TensorSpec(OUTPUT_SCORES, score_dtype, ["batch", k])]
+        if full_scores:
+            outs.append(TensorSpec(OUTPUT_ALL, score_dtype, ["batch", N + 1]))
+        return cls(ins, outs)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+class ServingGraph(nn.Module):
+    """What is exported: the model's serving path + in-graph exclusion + top-K."""
+
+    def __init__(self, model: SASRec, sampling: Sampling | None, k: int, exclude: bool, noise: bool,
+                 full_scores: bool):
+        super().__init__()
+        if not 1 <= k <= min(MAX_K, model.cfg.n_items):
+            raise ExportError(f"K must be in 1..{min(MAX_K, model.cfg.n_items)}, got {k}")
+        self.model, self.sampling, self.k = model.eval(), sampling, k
+        self.exclude, self.noise, self.full_scores = exclude, noise, full_scores
+
+    def forward(self, item_seq: Tensor, exclude_items: Tensor | None = None,
+                noise: Tensor | None = None) -> tuple[Tensor, ...]:
+        exclude = exclude_items if self.exclude else None
+        noise = noise if self.noise else None
+        scores = self.model.scores(item_seq, self.sampling, noise)  # (B, N + 1)
+        if exclude is not None:
+            scores = scores.scatter(1, exclude, float("-inf"))
+        top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
+        return (top_items, top_scores, scores) if self.full_scores else (top_items, top_scores)
+
+
+def example_inputs(spec: GraphSpec, batch: int, n_items: int, seed: int = 0) -> dict[str, Tensor]:
+    """Random but valid inputs: left-padded sequences of varied length."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for t in spec.inputs:
+        shape = (batch, t.shape[1])
+        if t.name == INPUT_NOISE:
+            out[t.name] = torch.randn(shape, generator=g)
+        else:
+            seq = torch.randint(1, n_items + 1, shape, generator=g)
+            lengths = torch.randint(0, shape[1] + 1, (batch,), generator=g)
+            pos = torch.arange(shape[1])[None, :]
+            out[t.name] = torch.where(pos >= shape[1] - lengths[:, None], seq, torch.zeros_like(seq))
+    if INPUT_EXCLUDE in out:
+        out[INPUT_EXCLUDE] = out[INPUT_SEQ].clone()
+    return out
+
+
+def to_onnx(graph: ServingGraph, spec: GraphSpec, path: Path, *, opset: int = 18, dynamo: bool = True) -> None:
+    """Trace and write the ONNX file (dynamo exporter by default; TorchScript as a fallback option)."""
+    ex = example_inputs(spec, batch=2, n_items=graph.model.cfg.n_items)
+    args = (ex[INPUT_SEQ],)
+    kwargs = {n: ex[n] for n in spec.input_names[1:]}
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    levels = [q.level for q in quiet]
+    for q in quiet:  # the exporter's pass-by-pass INFO lines drown the user's output
+        q.setLevel(logging.WARNING)
+    try:
+        _export(graph, spec, path, args, kwargs, opset, dynamo)
+    finally:
+        for q, lv in zip(quiet, levels):
+            q.setLevel(lv)
+
+
+def _export(graph, spec, path, args, kwargs, opset, dynamo) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1, max=65536)
+            torch.onnx.export(graph, args, str(path), kwargs=kwargs, input_names=spec.input_names,
+                              output_names=spec.output_names, opset_version=opset, dynamo=True,
+                              dynamic_shapes={n: {0: batch} for n in spec.input_names},
+                              external_data=False, verbose=False)
+        else:
+            axes = {n: {0: "batch"} for n in spec.input_names + spec.output_names}
+            torch.onnx.export(graph, args, str(path), kwargs=kwargs, input_names=spec.input_names,
+                              output_names=spec.output_names, opset_version=opset, dynamo=False,
+                              dynamic_axes=axes)
+
+
+def finalize_onnx(path: Path, spec: GraphSpec, *, slim: bool = False) -> dict:
+    """Checker + shape inference + name/shape check against the spec; optional onnxslim."""
+    import onnx
+
+    model = onnx.load(str(path))
+    stats = {"nodes_before_slim": len(model.graph.node)}
+    if slim:
+        try:
+            import onnxslim
+
+            model = onnxslim.slim(model)
+            stats["nodes_after_slim"] = len(model.graph.node)
+        except ImportError:
+            log.warning("onnxslim not installed; skipping graph slimming")
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    got_in = [i.name for i in model.graph.input]
+    got_out = [o.name for o in model.graph.output]
+    if got_in != spec.input_names or got_out != spec.output_names:
+        raise ExportError(f"graph I/O {got_in} -> {got_out} does not match the spec "
+                          f"{spec.input_names} -> {spec.output_names}")
+    for vi, ts in zip(list(model.graph.input) + list(model.graph.output), spec.inputs + spec.outputs):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != 2 or not dims[0].dim_param or dims[1].dim_value != ts.shape[1]:
+            raise ExportError(f"{ts.name}: graph shape {[d.dim_param or d.dim_value for d in dims]} "
+                              f"is not [batch, {ts.shape[1]}]")
+    onnx.save(model, str(path))
+    stats["nodes"] = len(model.graph.node)
+    stats["op_counts"] = _op_counts(model)
+    return stats
+
+
+def _op_counts(model) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))

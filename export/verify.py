@@ -1,0 +1,116 @@
+"""Export-time self-verification: ONNX Runtime against the torch model.
+
+Fixed order (as in optimum's validation): output names, then shapes, then values.
+fp32: top-K scores within `atol + rtol·|x|` and top-K items identical up to ties
+(an item may differ from torch's only where torch scores the two within tolerance).
+fp16: drift and top-K overlap are measured and reported, not enforced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from genattn_runtime.bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ITEMS, OUTPUT_SCORES
+
+from .graph import ExportError, GraphSpec, ServingGraph, example_inputs
+
+ATOL, RTOL = 1e-4, 1e-4
+
+
+class ParityError(ExportError):
+    """ONNX Runtime disagrees with torch beyond tolerance."""
+
+
+@dataclass
+class ParityCase:
+    name: str
+    feeds: dict[str, np.ndarray]
+
+
+def ort_session(path: str, threads: int = 0):
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ExportError("export verification needs ONNX Runtime: pip install 'genattn[cpu]'") from e
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def cases(spec: GraphSpec, n_items: int, real: np.ndarray | None, noise_size: int) -> list[ParityCase]:
+    """Random batches of sizes other than the traced one, an all-padding row, and real data."""
+    out = []
+    for b, seed in ((1, 11), (7, 12), (33, 13)):
+        ex = example_inputs(spec, b, n_items, seed=seed)
+        if b == 7:  # an empty history must not produce NaN
+            ex[INPUT_SEQ][0] = 0
+            if INPUT_EXCLUDE in ex:
+                ex[INPUT_EXCLUDE][0] = 0
+        out.append(ParityCase(f"random_b{b}", {k: v.numpy() for k, v in ex.items()}))
+    if real is not None and len(real):
+        feeds = {INPUT_SEQ: real}
+        if INPUT_EXCLUDE in spec.input_names:
+            feeds[INPUT_EXCLUDE] = real.copy()
+        if noise_size:
+            feeds[INPUT_NOISE] = np.random.default_rng(14).standard_normal((len(real), noise_size), dtype=np.float32)
+        out.append(ParityCase(f"real_b{len(real)}", feeds))
+    return out
+
+
+def check_parity(graph: ServingGraph, spec: GraphSpec, onnx_path: str, cases_: list[ParityCase], *,
+                 fp16: bool = False, atol: float = ATOL, rtol: float = RTOL) -> dict:
+    """Compare ORT and torch on every case; raise ParityError (fp32) on mismatch."""
+    sess = ort_session(onnx_path)
+    names = [o.name for o in sess.get_outputs()]
+    if names != spec.output_names:
+        raise ParityError(f"ORT outputs {names} != spec {spec.output_names}")
+    report = {"atol": atol, "rtol": rtol, "precision": "fp16" if fp16 else "fp32", "cases": {}}
+    for case in cases_:
+        outs = dict(zip(names, sess.run(None, case.feeds)))
+        with torch.no_grad():
+            ref = graph(**{n: torch.from_numpy(case.feeds[n]) for n in spec.input_names})
+        ref_items, ref_scores = ref[0].numpy(), ref[1].float().numpy()
+        items, scores = outs[OUTPUT_ITEMS], outs[OUTPUT_SCORES].astype(np.float32)
+        if items.shape != ref_items.shape or scores.shape != ref_scores.shape:
+            raise ParityError(f"{case.name}: shapes {items.shape}/{scores.shape} != torch "
+                              f"{ref_items.shape}/{ref_scores.shape}")
+        if not np.isfinite(scores).all() and not np.array_equal(np.isfinite(scores), np.isfinite(ref_scores)):
+            raise ParityError(f"{case.name}: ORT produced non-finite scores where torch did not")
+        fin = np.isfinite(ref_scores)
+        diff = np.abs(scores - ref_scores)[fin]
+        max_diff = float(diff.max()) if diff.size else 0.0
+        # Top-K equal up to ties: torch's own score of each ORT-chosen item matches torch's ranking.
+        with torch.no_grad():
+            full = graph.model.scores(*_model_args(graph, case, spec)).float()
+            if INPUT_EXCLUDE in case.feeds:
+                full = full.scatter(1, torch.from_numpy(case.feeds[INPUT_EXCLUDE]), float("-inf"))
+        chosen = full.gather(1, torch.from_numpy(items)).numpy()
+        tie_gap = np.abs(chosen - ref_scores)[fin]
+        tie_ok = bool((tie_gap <= atol + rtol * np.abs(ref_scores[fin])).all()) if diff.size else True
+        overlap = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(items, ref_items)]))
+        ok = bool((diff <= atol + rtol * np.abs(ref_scores[fin])).all()) and tie_ok
+        report["cases"][case.name] = {"batch": int(len(items)), "max_abs_diff": max_diff,
+                                      "topk_overlap": overlap, "topk_equal_up_to_ties": tie_ok,
+                                      "passed": ok or fp16}
+        if not ok and not fp16:
+            raise ParityError(f"{case.name}: ONNX Runtime vs torch max |diff| {max_diff:.3g} "
+                              f"(tolerance {atol} + {rtol}·|x|), top-K equal up to ties: {tie_ok}")
+    report["max_abs_diff"] = max(c["max_abs_diff"] for c in report["cases"].values())
+    report["min_topk_overlap"] = min(c["topk_overlap"] for c in report["cases"].values())
+    return report
+
+
+def _model_args(graph: ServingGraph, case: ParityCase, spec: GraphSpec):
+    seq = torch.from_numpy(case.feeds[INPUT_SEQ])
+    noise = torch.from_numpy(case.feeds[INPUT_NOISE]) if INPUT_NOISE in case.feeds else None
+    return seq, graph.sampling, noise
+
+
+def check_deterministic(onnx_path: str, feeds: dict[str, np.ndarray]) -> bool:
+    """Two fresh sessions, same inputs -> bit-identical outputs."""
+    a = ort_session(onnx_path).run(None, feeds)
+    b = ort_session(onnx_path).run(None, feeds)
+    return all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -1,0 +1,84 @@
+"""Shared small fixtures for the model, scheduler, metrics and training tests.
+
+Everything here is tiny on purpose (max_len 8, d_model 16, ~30 items) so that the
+whole suite runs in seconds on two CPU cores.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from genattn.config import ModelConfig
+from genattn.data import SequenceDataset, build_dataset, synthetic_interactions
+from genattn.models import SASRec
+
+# (attention kind, generative_blocks): every distinct model layout.
+KIND_LAYOUTS = [
+    ("softmax", "all"),
+    ("vae", "all"),
+    ("vae", "last"),
+    ("diffusion", "all"),
+    ("diffusion", "last"),
+]
+KIND_IDS = [f"{k}-{b}" if k != "softmax" else k for k, b in KIND_LAYOUTS]
+
+TINY = dict(n_items=30, max_len=8, d_model=16, n_heads=2, n_blocks=2, dropout=0.0,
+            pair_hidden=8, diffusion_steps=20, train_sample_steps=2)
+
+
+def tiny_config(kind: str = "softmax", blocks: str = "all", **overrides) -> ModelConfig:
+    return ModelConfig(**{**TINY, "attention": kind, "generative_blocks": blocks, **overrides})
+
+
+def randomize_generative(model: SASRec, seed: int = 0, scale: float = 0.5) -> SASRec:
+    """Give every pair MLP a random output layer.
+
+    A fresh generative layer outputs exactly zero offsets (it starts as softmax
+    attention, and the denoiser ignores its input), which would make noise, the
+    prior and the denoiser invisible; tests that need them to matter call this.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".out." in name:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+@pytest.fixture
+def make_model() -> Callable[..., SASRec]:
+    """make_model(kind, blocks, seed=0, randomize=True, **cfg_overrides) -> SASRec in eval mode."""
+
+    def factory(kind: str = "softmax", blocks: str = "all", seed: int = 0, randomize: bool = True,
+                **overrides) -> SASRec:
+        torch.manual_seed(seed)
+        model = SASRec(tiny_config(kind, blocks, **overrides))
+        if randomize:
+            randomize_generative(model, seed)
+        return model.eval()
+
+    return factory
+
+
+def random_batch(batch: int, max_len: int, n_items: int, seed: int = 0, min_len: int = 1) -> torch.Tensor:
+    """(batch, max_len) int64 left-padded sequences of distinct items with random lengths."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((batch, max_len), dtype=np.int64)
+    for b in range(batch):
+        n = int(rng.integers(min_len, max_len + 1))
+        out[b, max_len - n:] = rng.choice(np.arange(1, n_items + 1), size=n, replace=False)
+    return torch.from_numpy(out)
+
+
+@pytest.fixture
+def batch_factory() -> Callable[..., torch.Tensor]:
+    return random_batch
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset() -> SequenceDataset:
+    """60 users, 40 items, sequences of 5..12 events (with topic genres)."""
+    return build_dataset(synthetic_interactions(n_users=60, n_items=40, n_topics=4, seq_len=(5, 12), seed=0))
