@@ -67,3 +67,43 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
     out.update(diversity_metrics(top[:, :10], model.cfg.n_items, popularity, n_users,
                                  genres=genres, embeddings=emb))
     return out
+
+
+def evaluate_checkpoint(path, *, split: str = "both", seeds: list[int] | None = None, steps: int | None = None,
+                        eta: float | None = None, start: str | None = None, vae_mode: str | None = None,
+                        samples: int | None = None, device: str = "cpu") -> dict:
+    """Rebuild the checkpoint's data, then evaluate the deterministic sampling and,
+    for generative kinds, each stochastic seed (mean ± std over seeds)."""
+    from dataclasses import replace
+
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .data import leave_one_out, load_source
+    from .metrics import mean_std
+    from .training import default_sampling
+
+    ck = load_checkpoint(path, device=device)
+    ds = load_source(ck.run.data)
+    if [str(x) for x in ds.item_ids] != [str(x) for x in ck.item_ids]:
+        raise CheckpointError(f"the data rebuilt from {path}'s config has a different item mapping "
+                              "than the checkpoint: evaluation would be meaningless")
+    sets = eval_sets(leave_one_out(ds))
+    names = ["valid", "test"] if split == "both" else [split]
+    base = default_sampling(ck.run.model)
+    if base is not None:
+        over = {k: v for k, v in dict(n_steps=steps, eta=eta, start=start, mode=vae_mode, n_samples=samples).items()
+                if v is not None}
+        base = replace(base, **over)
+    kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres, device=device)
+    out: dict = {"checkpoint": str(path), "attention": ck.run.model.attention,
+                 "sampling": None if base is None else base.__dict__}
+    for name in names:
+        det = evaluate(ck.model, sets[name], sampling=base, **kw)
+        out[name] = {"deterministic" if (base is None or not base.draws(ck.run.model.attention)) else "seed0": det}
+        if base is not None and seeds:
+            stoch = base
+            if not base.draws(ck.run.model.attention):  # make the sampler stochastic for the seeds
+                stoch = replace(base, mode="sample", n_samples=max(base.n_samples, 1)) if ck.run.model.attention == "vae" \
+                    else replace(base, start="noise")
+            runs = [evaluate(ck.model, sets[name], sampling=stoch, seed=s, **kw) for s in seeds]
+            out[name]["stochastic"] = {"sampling": stoch.__dict__, "seeds": seeds, **mean_std(runs)}
+    return out

@@ -1,0 +1,34 @@
+# Set-up and main job. `make demo` on a fresh machine installs everything into .venv
+# and runs the main job; `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines: the CPU wheel of torch 2.13.0 (an unpinned torch pulls a multi-GB CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= train,cpu,serve,bench,dev
+
+.PHONY: install demo test bench-accuracy bench-latency clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps recbole==1.2.1  # ships MovieLens-100K; never imported
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/genattn demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench-accuracy: install
+	$(PY) -m benchmarks.accuracy
+
+bench-latency: install
+	$(PY) -m benchmarks.latency --config benchmarks/configs/cpu.toml
+
+clean:
+	rm -rf runs/demo .pytest_cache

@@ -1,0 +1,162 @@
+"""Accuracy on MovieLens-100K: softmax vs vae vs diffusion, several training seeds,
+deterministic and stochastic sampling, and the diffusion step sweep.
+
+    python -m benchmarks.accuracy                       # full run (see results file for timings)
+    python -m benchmarks.accuracy --kinds softmax --seeds 0
+
+Trained checkpoints are kept under --runs; a finished run is reused, so an
+interrupted benchmark continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from genattn.checkpoint import load_checkpoint
+from genattn.config import load_run_config
+from genattn.data import leave_one_out, load_source
+from genattn.evaluation import eval_sets, evaluate
+from genattn.fileio import write_json_atomic, write_text_atomic
+from genattn.metrics import mean_std
+from genattn.training import default_sampling, train
+
+from .machine import machine_info
+
+CONFIGS = Path(__file__).resolve().parents[1] / "genattn" / "configs"
+SHOWN = ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10", "ild@10", "novelty@10"]
+log = logging.getLogger("benchmarks.accuracy")
+
+
+def trained(kind: str, seed: int, runs: Path, source: str) -> Path:
+    out = runs / f"{kind}_seed{seed}"
+    metrics = out / "metrics.json"
+    if metrics.is_file() and "test" in json.loads(metrics.read_text()):
+        return out
+    run = load_run_config(CONFIGS / f"{kind}.toml", {"train": {"seed": seed}, "data": {"source": source}})
+    train(run, out, progress=sys.stderr.isatty())
+    return out
+
+
+def stochastic(kind: str, base):
+    if kind == "vae":
+        return replace(base, mode="sample", n_samples=1)
+    return replace(base, start="noise", eta=1.0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kinds", default="softmax,vae,diffusion")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds")
+    ap.add_argument("--sample-seeds", default="0,1,2", help="sampling seeds for the stochastic modes")
+    ap.add_argument("--steps", default="1,2,4,8,16", help="diffusion DDIM step counts to sweep")
+    ap.add_argument("--data", default="ml-100k")
+    ap.add_argument("--runs", default="runs/accuracy")
+    ap.add_argument("--out", default="benchmarks/results/accuracy_ml100k")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    kinds = a.kinds.split(",")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    sample_seeds = [int(s) for s in a.sample_seeds.split(",")]
+    steps = [int(s) for s in a.steps.split(",")]
+    runs = Path(a.runs)
+
+    ds = load_source(load_run_config(None, {"data": {"source": a.data}}).data)
+    sets = eval_sets(leave_one_out(ds))
+    result: dict = {"command": "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:]),
+                    "data": ds.source, "n_users": ds.n_users, "n_items": ds.n_items,
+                    "protocol": "leave-one-out, full ranking over the whole catalog, history items masked",
+                    "machine": machine_info()}
+    prev = Path(a.out + ".json")
+    if prev.is_file():  # keep kinds measured by an earlier invocation
+        result.update({k: v for k, v in json.loads(prev.read_text()).items() if k in ("softmax", "vae", "diffusion")})
+    for kind in kinds:
+        per_seed = {"valid": [], "test": [], "stoch_valid": [], "stoch_test": [], "seconds": [], "epochs": []}
+        sweep: dict[int, list] = {n: [] for n in steps}
+        for seed in seeds:
+            path = trained(kind, seed, runs, a.data)
+            ck = load_checkpoint(path)
+            kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
+            per_seed["valid"].append(ck.metrics["valid"])
+            per_seed["test"].append(ck.metrics["test"])
+            per_seed["seconds"].append(ck.metrics["train_seconds"])
+            per_seed["epochs"].append(len(ck.metrics["history"]))
+            base = default_sampling(ck.run.model)
+            if base is None:
+                continue
+            st = stochastic(kind, base)
+            for split in ("valid", "test"):
+                runs_ = [evaluate(ck.model, sets[split], sampling=st, seed=s, **kw) for s in sample_seeds]
+                per_seed[f"stoch_{split}"].append({k: float(np.mean([r[k] for r in runs_])) for k in runs_[0]})
+            if kind == "diffusion":
+                for n in steps:
+                    sweep[n].append(evaluate(ck.model, sets["test"], sampling=replace(base, n_steps=n), **kw))
+        entry = {"valid": mean_std(per_seed["valid"]), "test": mean_std(per_seed["test"]),
+                 "train_seconds": mean_std([{"s": s} for s in per_seed["seconds"]])["s"],
+                 "epochs": per_seed["epochs"], "seeds": seeds, "per_seed_test": per_seed["test"],
+                 "config": str(CONFIGS / f"{kind}.toml")}
+        if per_seed["stoch_test"]:
+            entry["stochastic"] = {"sampling": stochastic(kind, base).__dict__, "sample_seeds": sample_seeds,
+                                   "valid": mean_std(per_seed["stoch_valid"]),
+                                   "test": mean_std(per_seed["stoch_test"])}
+            entry["deterministic_sampling"] = base.__dict__
+        if kind == "diffusion":
+            entry["steps"] = {str(n): {"test": mean_std(v)} for n, v in sweep.items() if v}
+        result[kind] = entry
+        write_json_atomic(a.out + ".json", result)
+        write_text_atomic(a.out + ".md", render(result))
+    return result
+
+
+def fmt(ms: dict) -> str:
+    return f"{ms['mean']:.4f} ± {ms['std']:.4f}"
+
+
+def render(r: dict) -> str:
+    lines = [f"# Accuracy on MovieLens-100K", "",
+             f"Data: {r['n_users']} users, {r['n_items']} items; {r['protocol']}.",
+             f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), "
+             f"torch {r['machine']['versions'].get('torch')}.", "",
+             f"Reproduce: `{r['command']}` (mean ± std over training seeds).", ""]
+    for split in ("test", "valid"):
+        lines += [f"## {split}", "", "| model | sampling | " + " | ".join(SHOWN) + " |",
+                  "|---|---|" + "---|" * len(SHOWN)]
+        for kind in ("softmax", "vae", "diffusion"):
+            if kind not in r:
+                continue
+            e = r[kind]
+            det = "deterministic" if kind == "softmax" else _samp(e.get("deterministic_sampling", {}))
+            lines.append(f"| {kind} | {det} | " + " | ".join(fmt(e[split][m]) for m in SHOWN) + " |")
+            if "stochastic" in e:
+                s = e["stochastic"]
+                lines.append(f"| {kind} | {_samp(s['sampling'])}, {len(s['sample_seeds'])} sampling seeds | "
+                             + " | ".join(fmt(s[split][m]) for m in SHOWN) + " |")
+        lines.append("")
+    lines += ["## Training cost (2 CPU cores)", "", "| model | wall time per run (s) | epochs run |", "|---|---|---|"]
+    for kind in ("softmax", "vae", "diffusion"):
+        if kind in r:
+            lines.append(f"| {kind} | {fmt(r[kind]['train_seconds'])} | {r[kind]['epochs']} |")
+    if "diffusion" in r and r["diffusion"].get("steps"):
+        lines += ["", "## Diffusion: DDIM steps at inference (deterministic start, eta = 0), test split", "",
+                  "| steps | NDCG@10 | HR@10 | coverage@10 |", "|---|---|---|---|"]
+        for n, v in r["diffusion"]["steps"].items():
+            lines.append(f"| {n} | {fmt(v['test']['ndcg@10'])} | {fmt(v['test']['hr@10'])} | {fmt(v['test']['coverage@10'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _samp(s: dict) -> str:
+    if not s:
+        return ""
+    if s.get("mode") == "sample" and s.get("n_steps", 0) and "start" in s and s.get("start") == "noise":
+        pass
+    return ", ".join(f"{k}={v}" for k, v in s.items())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""`genattn` command line: train, evaluate, export, inspect, recommend, serve, demo.
+
+Training commands import torch lazily, so `genattn recommend` / `serve` work in a
+runtime-only install.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="genattn")
+def main(verbose: bool) -> None:
+    """Generative attention for sequential recommendation: train, export, serve."""
+    _setup_logging(verbose)
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(f"{type(e).__name__}: {e}")
+
+
+@main.command()
+@click.option("-c", "--config", type=click.Path(dir_okay=False), help="TOML file with [model], [train], [data].")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
+@click.option("--attention", type=click.Choice(["softmax", "vae", "diffusion"]), help="Attention kind.")
+@click.option("--data", "source", help="'auto', 'ml-100k', 'synthetic' or a data file path.")
+@click.option("--epochs", type=int)
+@click.option("--seed", type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--max-len", type=int)
+@click.option("--resume", is_flag=True, help="Continue from the training state in --out.")
+@click.option("--no-progress", is_flag=True)
+def train(config, out, attention, source, epochs, seed, device, max_len, resume, no_progress) -> None:
+    """Train a model and write a checkpoint (best validation NDCG@10)."""
+    from .config import ConfigError, load_run_config
+    from .data import DataError
+    from .training import train as run_train
+
+    try:
+        run = load_run_config(config, {"model": {"attention": attention, "max_len": max_len},
+                                       "train": {"epochs": epochs, "seed": seed, "device": device},
+                                       "data": {"source": source}})
+        res = run_train(run, out, resume=resume, progress=not no_progress)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        _fail(e)
+    click.echo(json.dumps({"checkpoint": str(out), "valid": res.metrics["valid"], "test": res.metrics["test"]}, indent=2))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", type=click.Choice(["valid", "test", "both"]), default="both")
+@click.option("--seeds", default="", help="Comma-separated sampling seeds for stochastic sampling (generative kinds).")
+@click.option("--steps", type=int, help="Diffusion: DDIM steps.")
+@click.option("--eta", type=float, default=None, help="Diffusion: DDIM eta.")
+@click.option("--start", type=click.Choice(["zeros", "noise"]), default=None)
+@click.option("--vae-mode", type=click.Choice(["mean", "sample"]), default=None)
+@click.option("--samples", type=int, default=None, help="VAE sample mode: maps averaged.")
+def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> None:
+    """Full-ranking metrics of a checkpoint on its data (history items masked)."""
+    from .evaluation import evaluate_checkpoint
+
+    try:
+        out = evaluate_checkpoint(checkpoint, split=split, seeds=[int(s) for s in seeds.split(",") if s],
+                                  steps=steps, eta=eta, start=start, vae_mode=vae_mode, samples=samples)
+    except Exception as e:  # noqa: BLE001 - surfaced as a clean CLI error
+        _fail(e)
+    click.echo(json.dumps(out, indent=2))
+
+
+@main.command(name="export")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--steps", type=int, default=8, show_default=True, help="Diffusion: DDIM steps unrolled in the graph.")
+@click.option("--eta", type=float, default=0.0, show_default=True, help="Diffusion: DDIM eta (> 0 needs noise).")
+@click.option("--start", type=click.Choice(["zeros", "noise"]), default="zeros", show_default=True)
+@click.option("--vae-mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True)
+@click.option("--samples", type=int, default=1, show_default=True, help="VAE sample mode: maps averaged.")
+@click.option("-k", type=int, default=100, show_default=True, help="Top-K computed in the graph.")
+@click.option("--full-scores", is_flag=True, help="Also output full-catalog scores.")
+@click.option("--no-exclude-in-graph", is_flag=True, help="No exclude_items input (filter seen items outside).")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--fp16", is_flag=True, help="Also write a mixed-precision model.fp16.onnx.")
+@click.option("--slim", is_flag=True, help="Run onnxslim on the graph.")
+@click.option("--torchscript", is_flag=True, help="Use the (deprecated) TorchScript exporter.")
+@click.option("--tensorrt", is_flag=True, help="Build a TensorRT engine (needs tensorrt and a GPU).")
+@click.option("--triton", type=click.Path(file_okay=False), help="Write a Triton model repository here.")
+@click.option("--verify-users", type=int, default=256, show_default=True)
+def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_scores, no_exclude_in_graph, opset,
+               fp16, slim, torchscript, tensorrt, triton, verify_users) -> None:
+    """Export a checkpoint to a verified bundle (ONNX + manifest [+ TensorRT, Triton])."""
+    from genattn_export import ExportError, ExportOptions, export_bundle
+
+    opts = ExportOptions(steps=steps, eta=eta, start=start, vae_mode=vae_mode, samples=samples, k=k,
+                         full_scores=full_scores, exclude_in_graph=not no_exclude_in_graph, opset=opset,
+                         fp16=fp16, slim=slim, dynamo=not torchscript, tensorrt=tensorrt, triton=triton,
+                         verify_users=verify_users)
+    try:
+        m = export_bundle(checkpoint, out, opts)
+    except (ExportError, ValueError, RuntimeError) as e:
+        _fail(e)
+    p = m["parity"]["fp32"]
+    click.echo(f"wrote {out}: {m['attention']} graph, {m['graph']['nodes']} nodes, K={m['k']}, "
+               f"parity max|diff| {p['max_abs_diff']:.2e}, top-K overlap {p['min_topk_overlap']:.3f}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def inspect(bundle, as_json) -> None:
+    """Print a bundle's manifest readably and verify its file hashes."""
+    from genattn_runtime.bundle import read_manifest, verify_files
+    from genattn_runtime.errors import BundleError
+
+    try:
+        m = read_manifest(bundle)
+        verify_files(m)
+    except BundleError as e:
+        _fail(e)
+    r = m.raw
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    s = r["sampler"]
+    lines = [
+        f"bundle      {bundle}  (format {r['format']} v{r['format_version']}, created {r.get('created')})",
+        f"model       {r['attention']} attention, {r['model']['n_blocks']} blocks, d={r['model']['d_model']}, "
+        f"heads={r['model']['n_heads']}, max_len={r['max_len']}, items={r['n_items']}",
+        f"sampler     " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "scheduler"),
+        "inputs      " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in r["graph"]["inputs"]),
+        "outputs     " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in r["graph"]["outputs"]),
+        f"graph       opset {r['graph']['opset']}, {r['graph']['nodes']} nodes, exporter {r['graph']['exporter']}",
+        f"parity      max|diff| {r['parity']['fp32']['max_abs_diff']:.2e}, min top-K overlap "
+        f"{r['parity']['fp32']['min_topk_overlap']:.3f}, deterministic bit-identical "
+        f"{r['parity'].get('deterministic_bit_identical')}",
+        f"tensorrt    {r['tensorrt'] or 'none'}",
+        f"triton      {r['triton'] or 'none'}",
+        "tools       " + ", ".join(f"{k} {v}" for k, v in r["tools"].items()),
+    ]
+    tm = r.get("training_metrics", {}).get("test") or {}
+    if tm:
+        lines.append("test        " + ", ".join(f"{k}={v:.4f}" for k, v in tm.items()))
+    lines.append("files       " + ", ".join(f"{n} ({f['bytes']} B, sha256 {f['sha256'][:12]}… ok)" for n, f in r["files"].items()))
+    click.echo("\n".join(lines))
+
+
+def _register_runtime_commands() -> None:
+    try:
+        from genattn_runtime.cli import recommend_cmd, serve_cmd
+    except ImportError:  # runtime extras missing: the commands say so when invoked
+        return
+    main.add_command(recommend_cmd, "recommend")
+    main.add_command(serve_cmd, "serve")
+
+
+_register_runtime_commands()
+
+
+@main.command()
+@click.option("-o", "--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--attention", type=click.Choice(["softmax", "vae", "diffusion"]), default="diffusion", show_default=True)
+@click.option("--epochs", type=int, default=None, help="Override the demo's epoch budget.")
+def demo(out, attention, epochs) -> None:
+    """The main job on the embedded default: train -> evaluate -> export -> recommend -> latency."""
+    from .demo import run_demo
+
+    run_demo(Path(out), attention=attention, epochs=epochs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
