@@ -462,9 +462,13 @@ def _trt_version(v: str) -> str:
     return v
 
 
-def engine_name(gpu_cc: str, trt_version: str, stem: str = "model") -> str:
-    """File name that says which GPU and TensorRT the engine is for: model.sm90.trt10.3.0.engine."""
-    return f"{stem}.{_sm(gpu_cc)}.trt{_trt_version(trt_version)}.engine"
+def engine_name(gpu_cc: str | None, trt_version: str, stem: str = "model") -> str:
+    """File name that says which GPU and TensorRT the engine is for: model.sm90.trt10.3.0.engine.
+
+    An unrecorded compute capability (None or "unknown") gives model.unknown-gpu.trt10.3.0.engine.
+    """
+    gpu = "unknown-gpu" if gpu_cc in (None, "", "unknown") else _sm(gpu_cc)
+    return f"{stem}.{gpu}.trt{_trt_version(trt_version)}.engine"
 
 
 def _release(v: str) -> tuple[int, ...]:
