@@ -115,7 +115,7 @@ def to_onnx(graph: ServingGraph, spec: GraphSpec, path: Path, *, opset: int = 18
     quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
     levels = [q.level for q in quiet]
     for q in quiet:  # the exporter's pass-by-pass INFO lines drown the user's output
-        q.setLevel(logging.WARNING)
+        q.setLevel(logging.ERROR)
     try:
         _export(graph, spec, path, args, kwargs, opset, dynamo)
     finally:
