@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _build
 from .fileio import atomic_dir
 
 FORMAT, VERSION = "genattn-checkpoint", 1
@@ -69,8 +69,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(path: str | Path, model: torch.nn.Module, run: RunConfig, *, item_ids: list,
                     popularity: np.ndarray, n_users: int, metrics: dict | None = None,
                     best_state: dict[str, torch.Tensor] | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, progress: dict | None = None) -> Path:
-    """Write a checkpoint folder atomically. best_state: weights to publish (default: model's)."""
+                    optimizer: torch.optim.Optimizer | None = None, progress: dict | None = None,
+                    last_state: dict[str, torch.Tensor] | None = None,
+                    rng_states: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder atomically. best_state: weights to publish (default: model's);
+    last_state (default: model's) + optimizer + rng_states: what resuming continues from."""
     path = Path(path)
     weights = best_state if best_state is not None else model.state_dict()
     with atomic_dir(path) as tmp:
@@ -84,7 +87,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, run: RunConfig, *,
         (tmp / "metrics.json").write_text(json.dumps(metrics or {}, indent=2) + "\n")
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer)
-            tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+            last = last_state if last_state is not None else model.state_dict()
+            tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in last.items()})
+            tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in (rng_states or {}).items()})
             save_file(tensors, tmp / "state.safetensors")
             (tmp / "state.json").write_text(json.dumps({"optimizer": meta, "progress": progress or {}}) + "\n")
     return path
@@ -95,12 +100,21 @@ def read_config(path: str | Path) -> RunConfig:
     f = path / "config.json"
     if not f.is_file():
         raise CheckpointError(f"{path} is not a genattn checkpoint (no config.json)")
-    raw = json.loads(f.read_text())
-    if raw.get("format") != FORMAT:
+    try:
+        raw = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{f}: format {raw.get('format')!r} is not {FORMAT!r}")
     if raw.get("version") != VERSION:
         raise CheckpointError(f"{f}: checkpoint version {raw.get('version')} unsupported (this genattn reads {VERSION})")
-    return RunConfig(model=ModelConfig(**raw["model"]), train=TrainConfig(**raw["train"]), data=DataConfig(**raw["data"]))
+    try:
+        return RunConfig(model=_build(ModelConfig, raw["model"], "model"), train=_build(TrainConfig, raw["train"], "train"),
+                         data=_build(DataConfig, raw["data"], "data"))
+    except KeyError as e:
+        raise CheckpointError(f"{f}: missing table {e}") from e
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{f}: {e}") from e
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -112,7 +126,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} missing")
     model = SASRec(run.model)
-    missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors", device=str(device)), strict=False)
+    try:
+        weights = load_file(path / "model.safetensors", device=str(device))
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise CheckpointError(f"{path}/model.safetensors is damaged: {e}") from e
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise CheckpointError(f"{path}: weights do not match the config: {e}") from e
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.to(device).eval()
@@ -133,4 +154,6 @@ def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.
     meta = json.loads((path / "state.json").read_text())
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    return meta["progress"]
+    progress = dict(meta["progress"])
+    progress["rng_states"] = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return progress

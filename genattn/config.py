@@ -44,13 +44,20 @@ class ModelConfig:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.generative_blocks not in ("all", "last"):
             raise ConfigError(f"generative_blocks must be 'all' or 'last', got {self.generative_blocks!r}")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
         for name in ("max_len", "d_model", "n_heads", "n_blocks", "pair_hidden", "diffusion_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.logstd_min >= self.logstd_max:
+            raise ConfigError(f"logstd_min ({self.logstd_min}) must be below logstd_max ({self.logstd_max})")
+        for name in ("beta", "gamma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 1 <= self.train_sample_steps <= self.diffusion_steps:
             raise ConfigError("train_sample_steps must be in 1..diffusion_steps")
 

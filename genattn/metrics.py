@@ -65,7 +65,7 @@ def intra_list_diversity(topk: np.ndarray, *, genres: np.ndarray | None = None,
 
 def novelty(topk: np.ndarray, popularity: np.ndarray, n_users: int) -> float:
     """Mean self-information -log2(p(i)) of recommended items, p(i) = users who had i / users."""
-    p = np.maximum(popularity[topk], 1) / max(n_users, 1)
+    p = np.clip(popularity[topk], 1, max(n_users, 1)) / max(n_users, 1)  # p <= 1 even for event counts
     return float((-np.log2(p)).mean())
 
 

@@ -68,7 +68,8 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     ds = dataset if dataset is not None else load_source(run.data)
     split: Split = leave_one_out(ds)
     run.model.n_items = ds.n_items
-    pop = item_popularity(split.train, ds.n_items)
+    # Users who had each item in training (distinct, so novelty's p(i) <= 1); also the cold-start ranking.
+    pop = item_popularity([np.unique(s) for s in split.train], ds.n_items)
     sets = eval_sets(split)
     eval_kw = dict(popularity=pop, n_users=ds.n_users, genres=ds.item_genres, device=device)
 
@@ -87,6 +88,11 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         state.update(load_train_state(out, model, opt))
         from safetensors.torch import load_file
         best_weights = load_file(out / "model.safetensors", device=str(device))
+        saved_rng = state.pop("rng_states", {})
+        if saved_rng:  # continue the random streams, so 2 + 2 epochs == 4 epochs
+            torch.set_rng_state(saved_rng["torch"])
+            rng.set_state(saved_rng["rng"])
+            shuffle.set_state(saved_rng["shuffle"])
         log.info("resumed from %s at epoch %d", out, state["epoch"])
 
     t0 = time.perf_counter() - state["seconds"]
@@ -94,14 +100,17 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     bar = tqdm(total=tc.epochs, initial=state["epoch"], desc=f"train {run.model.attention}",
                disable=not progress, unit="ep")
 
-    def publish(final_metrics: dict | None = None) -> None:
+    def publish(final_metrics: dict | None = None, last_state: dict | None = None) -> None:
         metrics = {"best_epoch": state["best_epoch"], "best_valid_ndcg@10": state["best"],
                    "history": state["history"], "train_seconds": state["seconds"],
                    "n_users": ds.n_users, "n_items": ds.n_items, "data": ds.source}
         if final_metrics:
             metrics.update(final_metrics)
         save_checkpoint(out, model, run, item_ids=ds.item_ids, popularity=pop, n_users=ds.n_users,
-                        metrics=metrics, best_state=best_weights, optimizer=opt, progress=state)
+                        metrics=metrics, best_state=best_weights, optimizer=opt, progress=state,
+                        last_state=last_state,
+                        rng_states={"torch": torch.get_rng_state(), "rng": rng.get_state(),
+                                    "shuffle": shuffle.get_state()})
 
     while state["epoch"] < tc.epochs:
         model.train()
@@ -141,10 +150,12 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             break
     bar.close()
 
+    last_weights = copy.deepcopy({k: t.detach() for k, t in model.state_dict().items()})
     if best_weights is not None:
         model.load_state_dict(best_weights)
     final = {split_name: evaluate(model, es, sampling=sampling, **eval_kw) for split_name, es in sets.items()}
-    publish({"valid": final["valid"], "test": final["test"], "sampling": None if sampling is None else sampling.__dict__})
+    publish({"valid": final["valid"], "test": final["test"], "sampling": None if sampling is None else sampling.__dict__},
+            last_state=last_weights)
     from .checkpoint import load_checkpoint
     ck = load_checkpoint(out, device=device)
     return TrainResult(checkpoint=ck, metrics=final)

@@ -15,6 +15,9 @@ from genattn.config import ModelConfig
 from genattn.data import SequenceDataset, build_dataset, synthetic_interactions
 from genattn.models import SASRec
 
+# Tiny tensors: one intra-op thread is fastest and does not fight other jobs for cores.
+torch.set_num_threads(1)
+
 # (attention kind, generative_blocks): every distinct model layout.
 KIND_LAYOUTS = [
     ("softmax", "all"),
@@ -71,11 +74,6 @@ def random_batch(batch: int, max_len: int, n_items: int, seed: int = 0, min_len:
         n = int(rng.integers(min_len, max_len + 1))
         out[b, max_len - n:] = rng.choice(np.arange(1, n_items + 1), size=n, replace=False)
     return torch.from_numpy(out)
-
-
-@pytest.fixture
-def batch_factory() -> Callable[..., torch.Tensor]:
-    return random_batch
 
 
 @pytest.fixture(scope="session")

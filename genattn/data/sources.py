@@ -23,8 +23,9 @@ def load_source(cfg) -> SequenceDataset:
     if src == "ml-100k":
         inter = load_ml100k()
     elif src == "synthetic":
-        inter = synthetic_interactions(n_users=cfg.synthetic_users, n_items=cfg.synthetic_items,
-                                       seed=cfg.synthetic_seed)
+        n = cfg.synthetic_items  # histories never repeat an item, so small catalogs get shorter ones
+        inter = synthetic_interactions(n_users=cfg.synthetic_users, n_items=n, seed=cfg.synthetic_seed,
+                                       seq_len=(min(20, max(3, n // 3)), min(60, max(3, n // 2))))
     else:
         inter = read_interactions(src, fmt=cfg.fmt, user_col=cfg.user_col, item_col=cfg.item_col,
                                   time_col=cfg.time_col)

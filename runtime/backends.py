@@ -1,0 +1,316 @@
+"""Inference backends behind one interface: feeds in, (top_items, top_scores) out.
+
+    cpu          ONNX Runtime, CPUExecutionProvider
+    cuda         ONNX Runtime, CUDAExecutionProvider with IO binding; optional CUDA graphs
+    tensorrt-ep  ONNX Runtime, TensorrtExecutionProvider (engine cache folder), CUDA/CPU behind it
+    tensorrt     the bundle's own serialized TensorRT engine (tensorrt_backend.py)
+    auto         the fastest that works here: tensorrt > tensorrt-ep > cuda > cpu
+
+ONNX Runtime does not fail when a GPU provider cannot start (onnxruntime-gpu without
+the CUDA libraries, no GPU): it logs an error and runs on CPU. Every session is
+therefore checked with `get_providers()` after creation; the backend's `name` is what
+actually runs, and `strict=True` turns a fallback into BackendUnavailableError.
+
+Torch-free: numpy, the standard library and (lazily) onnxruntime / tensorrt.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import INPUT_NOISE, OUTPUT_ITEMS, OUTPUT_SCORES, Manifest
+from .errors import BackendUnavailableError
+
+log = logging.getLogger("genattn_runtime")
+
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt-ep", "tensorrt")
+
+CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+_EP_OF = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt-ep": TRT_EP}
+_NAME_OF = {v: k for k, v in _EP_OF.items()}
+
+
+@dataclass
+class BackendOptions:
+    """Everything a backend may need besides the bundle. Defaults are tuned for latency."""
+    threads: int = 0                      # ORT intra-op threads; 0 = physical cores available to this process
+    session_options: Any = None           # ort.SessionOptions (as is) or {attribute: value, "config": {key: value}}
+    device_id: int = 0                    # GPU index (cuda, tensorrt-ep, tensorrt)
+    cuda_graph_batch: int | None = None   # cuda: capture a CUDA graph for this fixed batch size (rows padded / chunked)
+    io_binding: bool = True               # cuda: run through IO binding
+    trt_cache_dir: str | Path | None = None  # tensorrt-ep: engine + timing cache folder (default <bundle>/.trt_cache)
+    trt_fp16: bool = False                # tensorrt-ep: allow FP16 kernels
+    trt_max_batch: int = 256              # tensorrt-ep: optimisation profile max batch (min 1, opt 8)
+    provider_options: dict = field(default_factory=dict)  # extra options per provider name, merged over ours
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads and other cgroups' CPUs not counted)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        phys = core = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":", 1)[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":", 1)[1].strip()
+                elif not line.strip():
+                    if core is not None:
+                        cores.add((phys or "0", core))
+                    phys = core = None
+    except OSError:
+        pass
+    n = len(cores) or (os.cpu_count() or 1)
+    return max(1, min(n, allowed))
+
+
+class Backend:
+    """Runs the serving graph. `run` is thread-safe."""
+
+    name: str = "?"
+    providers: list[str] = []
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "providers": list(self.providers)}
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailableError("ONNX Runtime is not installed: pip install 'genattn[cpu]' "
+                                      "(or 'genattn[gpu]' for CUDA / TensorRT)") from e
+    return ort
+
+
+def available_providers() -> list[str]:
+    try:
+        return list(_import_ort().get_available_providers())
+    except BackendUnavailableError:
+        return []
+
+
+def make_session_options(opts: BackendOptions):
+    """Latency-oriented defaults: one request at a time uses all physical cores, no inter-op pool."""
+    ort = _import_ort()
+    if isinstance(opts.session_options, ort.SessionOptions):
+        return opts.session_options
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.threads if opts.threads > 0 else physical_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = True
+    so.log_severity_level = 3  # fallbacks are detected and reported by us, not ORT's error lines
+    for key, value in (opts.session_options or {}).items():
+        if key == "config":
+            for ck, cv in value.items():
+                so.add_session_config_entry(str(ck), str(cv))
+        elif not hasattr(so, key):
+            raise ValueError(f"session_options: onnxruntime.SessionOptions has no attribute {key!r}")
+        else:
+            setattr(so, key, value)
+    return so
+
+
+def _shape_string(manifest: Manifest, batch: int) -> str:
+    return ",".join(f"{t['name']}:{batch}x{t['shape'][1]}" for t in manifest.raw["graph"]["inputs"])
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime session on one execution provider (with CPU behind GPU providers)."""
+
+    def __init__(self, model_path: Path, manifest: Manifest, requested: str, opts: BackendOptions,
+                 strict: bool = False):
+        ort = _import_ort()
+        self.manifest, self.opts, self.requested = manifest, opts, requested
+        want = _EP_OF[requested]
+        avail = ort.get_available_providers()
+        if want not in avail:
+            msg = (f"backend {requested!r} needs ONNX Runtime's {want}, which this onnxruntime "
+                   f"{ort.__version__} does not have (available: {avail}); install onnxruntime-gpu "
+                   f"('genattn[gpu]') on a machine with CUDA")
+            if strict:
+                raise BackendUnavailableError(msg)
+            log.warning("%s; falling back to CPU", msg)
+            requested, want = "cpu", CPU_EP
+        providers = self._providers(requested, model_path)
+        so = make_session_options(opts)
+        try:
+            self.session = ort.InferenceSession(str(model_path), so, providers=providers)
+        except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, RuntimeException)
+            if requested == "cpu":
+                raise
+            raise BackendUnavailableError(f"backend {requested!r}: ONNX Runtime could not create the session "
+                                          f"({type(e).__name__}: {e})") from e
+        self.providers = self.session.get_providers()
+        self.name = _NAME_OF.get(self.providers[0], self.providers[0])
+        if want not in self.providers:
+            msg = (f"backend {requested!r} requested but ONNX Runtime runs on {self.providers} "
+                   f"({want} failed to start: CUDA / cuDNN / TensorRT libraries or the GPU are missing)")
+            if strict:
+                raise BackendUnavailableError(msg)
+            log.warning("%s; using %s", msg, self.name)
+        self.output_names = [OUTPUT_ITEMS, OUTPUT_SCORES]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self._graph = None
+        if self.name == "cuda" and opts.cuda_graph_batch:
+            self._graph = _CudaGraphRunner(self, opts.cuda_graph_batch)
+
+    def _providers(self, requested: str, model_path: Path) -> list:
+        extra = self.opts.provider_options
+        cuda = {"device_id": str(self.opts.device_id)}
+        if self.opts.cuda_graph_batch and requested == "cuda":
+            cuda["enable_cuda_graph"] = "1"
+        cuda.update({k: str(v) for k, v in extra.get(CUDA_EP, {}).items()})
+        cpu = dict(extra.get(CPU_EP, {}))
+        if requested == "cpu":
+            return [(CPU_EP, cpu)]
+        if requested == "cuda":
+            return [(CUDA_EP, cuda), (CPU_EP, cpu)]
+        cache = Path(self.opts.trt_cache_dir or model_path.parent / ".trt_cache")
+        cache.mkdir(parents=True, exist_ok=True)
+        mx = max(1, self.opts.trt_max_batch)
+        trt = {"device_id": str(self.opts.device_id), "trt_engine_cache_enable": "True",
+               "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": "True",
+               "trt_timing_cache_path": str(cache), "trt_fp16_enable": str(bool(self.opts.trt_fp16)),
+               "trt_profile_min_shapes": _shape_string(self.manifest, 1),
+               "trt_profile_opt_shapes": _shape_string(self.manifest, min(8, mx)),
+               "trt_profile_max_shapes": _shape_string(self.manifest, mx)}
+        trt.update({k: str(v) for k, v in extra.get(TRT_EP, {}).items()})
+        return [(TRT_EP, trt), (CUDA_EP, cuda), (CPU_EP, cpu)]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self._graph is not None:
+            return self._graph.run(feeds)
+        if self.name == "cuda" and self.opts.io_binding:
+            return self.run_iobinding(feeds)
+        items, scores = self.session.run(self.output_names, feeds)
+        return items, scores
+
+    def run_iobinding(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        binding = self.session.io_binding()  # one per call: a binding is not shareable across threads
+        for n, a in feeds.items():
+            binding.bind_cpu_input(n, a)
+        for n in self.output_names:
+            binding.bind_output(n, "cpu")  # top-K outputs are tiny: copy them straight to host
+        self.session.run_with_iobinding(binding)
+        items, scores = binding.copy_outputs_to_cpu()
+        return items, scores
+
+    def close(self) -> None:
+        self.session = None
+
+
+class _CudaGraphRunner:
+    """CUDA graph replay at one fixed batch size B.
+
+    A captured graph replays fixed device addresses and shapes, so inputs and outputs
+    live in OrtValues on the GPU bound once; each call copies its rows in place (padded
+    with empty histories up to B, or split into chunks of B) and replays. The
+    binding is shared state: replays are serialised by a lock.
+    """
+
+    def __init__(self, backend: OrtBackend, batch: int, device: str = "cuda"):
+        ort = _import_ort()
+        self.backend, self.batch = backend, int(batch)
+        sess, dev = backend.session, backend.opts.device_id
+        self.lock = threading.Lock()
+        self.inputs = {}
+        for i in sess.get_inputs():
+            dtype = np.float32 if i.name == INPUT_NOISE else np.int64
+            self.inputs[i.name] = ort.OrtValue.ortvalue_from_numpy(
+                np.zeros((self.batch, i.shape[1]), dtype=dtype), device, dev)
+        k = backend.manifest.k
+        self.outputs = [ort.OrtValue.ortvalue_from_shape_and_type((self.batch, k), np.int64, device, dev),
+                        ort.OrtValue.ortvalue_from_shape_and_type((self.batch, k), np.float32, device, dev)]
+        self.binding = sess.io_binding()
+        for n, v in self.inputs.items():
+            self.binding.bind_ortvalue_input(n, v)
+        for n, v in zip(backend.output_names, self.outputs):
+            self.binding.bind_ortvalue_output(n, v)
+        self.run_options = ort.RunOptions()
+        with self.lock:  # the first run captures the graph
+            sess.run_with_iobinding(self.binding, self.run_options)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(next(iter(feeds.values())))
+        items, scores = [], []
+        for start in range(0, n, self.batch):
+            chunk = {k: v[start:start + self.batch] for k, v in feeds.items()}
+            m = len(next(iter(chunk.values())))
+            with self.lock:
+                for name, arr in chunk.items():
+                    if m < self.batch:
+                        pad = np.zeros((self.batch, arr.shape[1]), dtype=arr.dtype)
+                        pad[:m] = arr
+                        arr = pad
+                    self.inputs[name].update_inplace(np.ascontiguousarray(arr))
+                self.backend.session.run_with_iobinding(self.binding, self.run_options)
+                items.append(self.outputs[0].numpy()[:m].copy())
+                scores.append(self.outputs[1].numpy()[:m].copy())
+        return np.concatenate(items), np.concatenate(scores)
+
+
+def _engine_path(manifest: Manifest) -> Path | None:
+    meta = manifest.raw.get("tensorrt") or {}
+    name = meta.get("file")
+    if not name:
+        return None
+    p = manifest.path / name
+    return p if p.is_file() else None
+
+
+def create_backend(requested: str, manifest: Manifest, model_path: Path, opts: BackendOptions,
+                   strict: bool = False) -> Backend:
+    """Build the requested backend; `auto` picks the fastest that works and logs the choice."""
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
+    if requested == "tensorrt" or (requested == "auto" and _engine_path(manifest) is not None):
+        from .tensorrt_backend import TensorRTBackend
+
+        engine = _engine_path(manifest)
+        try:
+            if engine is None:
+                raise BackendUnavailableError(f"bundle {manifest.path} has no TensorRT engine "
+                                              "(export with --tensorrt on the serving GPU)")
+            backend = TensorRTBackend(engine, manifest, device_id=opts.device_id)
+            log.info("backend %s (native TensorRT engine %s)", backend.name, engine.name)
+            return backend
+        except BackendUnavailableError as e:
+            if requested == "tensorrt" and strict:
+                raise
+            log.log(logging.WARNING if requested == "tensorrt" else logging.INFO,
+                    "native TensorRT engine not usable (%s); trying ONNX Runtime", e)
+        requested = "auto"
+    if requested == "auto":
+        avail = available_providers()
+        for pick in [n for n in ("tensorrt-ep", "cuda") if _EP_OF[n] in avail] + ["cpu"]:
+            try:
+                backend = OrtBackend(model_path, manifest, pick, opts, strict=False)
+            except BackendUnavailableError as e:
+                log.warning("%s; trying the next backend", e)
+                continue
+            log.info("backend auto -> %s (providers %s)", backend.name, backend.providers)
+            return backend
+    backend = OrtBackend(model_path, manifest, requested, opts, strict=strict)
+    log.info("backend %s (providers %s)", backend.name, backend.providers)
+    return backend

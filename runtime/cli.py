@@ -1,0 +1,264 @@
+"""Click commands of the runtime; genattn/cli.py registers them as `genattn recommend`,
+`genattn serve` (and `genattn runtime-timings`). `python -m genattn_runtime.cli` runs
+them without the training stack installed.
+
+    genattn recommend BUNDLE --history 12,7,33 -k 10
+    genattn recommend BUNDLE --input users.jsonl --output recs.jsonl
+    genattn serve BUNDLE --port 8000 --max-batch 64 --max-wait-ms 2
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .backends import BACKENDS
+from .errors import GenattnRuntimeError, InputError
+
+LINE_FIELDS = {"history", "k", "exclude_seen", "seed"}
+ID_FIELDS = ("id", "user", "user_id")
+
+_bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+_backend_opt = click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                            help="inference backend; 'auto' picks the fastest that works here")
+_strict_opt = click.option("--strict", is_flag=True, help="fail instead of falling back when the backend cannot run")
+_threads_opt = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                            help="ONNX Runtime intra-op threads (0 = physical cores)")
+_unknown_opt = click.option("--unknown", "unknown", type=click.Choice(["skip", "error"]), default="skip",
+                            show_default=True, help="item ids not in the catalog: skip and report, or fail")
+
+
+def _logging(verbose: bool, default: int = logging.WARNING) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else default, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _load(bundle: Path, backend: str, strict: bool, unknown: str, threads: int, **kw):
+    from .recommender import Recommender
+
+    try:
+        return Recommender.load(bundle, backend=backend, strict=strict, unknown_items=unknown, threads=threads, **kw)
+    except GenattnRuntimeError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _parse_history(text: str) -> list:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise click.BadParameter(f"not valid JSON: {e}", param_hint="--history") from None
+        if not isinstance(value, list):
+            raise click.BadParameter("JSON form must be a list of ids", param_hint="--history")
+        return value
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+@click.command("recommend")
+@_bundle_arg
+@click.option("--history", help="one user's item ids, oldest first: 12,7,33 (or a JSON list)")
+@click.option("--input", "input_path", type=click.Path(allow_dash=True, dir_okay=False),
+              help="JSON lines file ('-' = stdin): {\"history\": [...], \"k\": 10} or a bare list per line")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, writable=True),
+              help="write JSON lines here instead of stdout")
+@click.option("-k", "--k", "k", type=int, default=10, show_default=True, help="items per user")
+@click.option("--include-seen", is_flag=True, help="allow items of the history in the results")
+@click.option("--seed", type=click.IntRange(min=0), help="noise seed of a stochastic bundle "
+              "(batch mode: line i uses seed+i unless the line has its own)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="batch mode: lines per session run")
+@click.option("--no-progress", is_flag=True, help="batch mode: no progress bar")
+@_backend_opt
+@_strict_opt
+@_unknown_opt
+@_threads_opt
+@click.option("-v", "--verbose", is_flag=True, help="log the backend choice and timings to stderr")
+def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, batch_size, no_progress,
+                  backend, strict, unknown, threads, verbose):
+    """Top-k items for one history (--history) or a JSON-lines file (--input)."""
+    _logging(verbose)
+    if (history is None) == (input_path is None):
+        raise click.UsageError("give exactly one of --history or --input")
+    rec = _load(bundle, backend, strict, unknown, threads)
+    if history is not None:
+        ids = _parse_history(history)
+        try:
+            result = rec.recommend(ids, k=k, exclude_seen=not include_seen, seed=seed)
+        except InputError as e:
+            raise click.ClickException(str(e)) from None
+        out = json.dumps(result.to_dict())
+        if output_path:
+            Path(output_path).write_text(out + "\n")
+        else:
+            click.echo(out)
+        return
+    failed, total = _batch(rec, input_path, output_path, k, not include_seen, seed, batch_size, no_progress)
+    if failed:
+        click.echo(f"genattn recommend: {failed} of {total} line(s) failed (see their \"error\" field)", err=True)
+        sys.exit(1)
+
+
+def _batch(rec, input_path: str, output_path: str | None, k: int, exclude_seen: bool, seed: int | None,
+           batch_size: int, no_progress: bool) -> tuple[int, int]:
+    from tqdm import tqdm
+
+    from .errors import UnknownItemError
+
+    is_stdin = input_path == "-"
+    total = None
+    if not is_stdin:
+        with open(input_path, "rb") as f:
+            total = sum(1 for line in f if line.strip())
+    src = sys.stdin if is_stdin else open(input_path, encoding="utf-8")
+    dst = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout
+    bar = tqdm(total=total, unit="line", file=sys.stderr, disable=no_progress or is_stdin, dynamic_ncols=True)
+    failed = n = 0
+    pending: list = []  # (line_no, extra, PreparedRequest | error dict)
+
+    def flush():
+        nonlocal failed
+        preps = [p for _, _, p in pending if not isinstance(p, dict)]
+        results = iter(rec.run_prepared(preps)) if preps else iter(())
+        for line_no, extra, p in pending:
+            if isinstance(p, dict):
+                failed += 1
+                row = {"line": line_no, **extra, **p}
+            else:
+                row = {"line": line_no, **extra, **next(results).to_dict()}
+            dst.write(json.dumps(row) + "\n")
+        bar.update(len(pending))
+        pending.clear()
+
+    try:
+        line_no = 0
+        for raw in src:
+            line_no += 1
+            if not raw.strip():
+                continue
+            n += 1
+            extra: dict = {}
+            try:
+                item = json.loads(raw)
+            except (ValueError, RecursionError) as e:
+                pending.append((line_no, extra, {"error": f"not valid JSON: {e or 'nested too deeply'}"}))
+            else:
+                try:
+                    params = _line_params(item, extra, k, exclude_seen,
+                                          None if seed is None else seed + line_no - 1)
+                    pending.append((line_no, extra, rec.prepare(**params)))
+                except UnknownItemError as e:
+                    pending.append((line_no, extra, {"error": str(e), "unknown_items": e.unknown}))
+                except InputError as e:
+                    pending.append((line_no, extra, {"error": str(e)}))
+            if len(pending) >= batch_size:  # one user per line
+                flush()
+        flush()
+    finally:
+        bar.close()
+        if not is_stdin:
+            src.close()
+        if output_path:
+            dst.close()
+        else:
+            dst.flush()
+    return failed, n
+
+
+def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None) -> dict:
+    if isinstance(item, list):
+        if any(isinstance(x, list) for x in item):
+            raise InputError("a bare-list line is one user's history: a list of ids, not of lists")
+        return {"histories": item, "k": k, "exclude_seen": exclude_seen, "seed": seed}
+    if not isinstance(item, dict):
+        raise InputError(f"a line must be a JSON object or a list of ids, got {type(item).__name__}")
+    for key in ID_FIELDS:
+        if key in item:
+            extra[key] = item[key]
+    bad = sorted(set(item) - LINE_FIELDS - set(ID_FIELDS))
+    if bad:
+        raise InputError(f"unknown field(s) {bad}; allowed: {sorted(LINE_FIELDS | set(ID_FIELDS))}")
+    if "history" not in item:
+        raise InputError("missing field 'history'")
+    h = item["history"]
+    if isinstance(h, list) and h and all(isinstance(x, list) for x in h):
+        raise InputError("'history' is one user's list of ids, not a list of lists")
+    return {"histories": h, "k": item.get("k", k), "exclude_seen": item.get("exclude_seen", exclude_seen),
+            "seed": item.get("seed", seed)}
+
+
+@click.command("serve")
+@_bundle_arg
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind (0.0.0.0 = all)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="micro-batcher: most rows per session run")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="micro-batcher: longest wait for more requests after the first")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+              help="larger request bodies get 413")
+@_backend_opt
+@_strict_opt
+@_unknown_opt
+@_threads_opt
+@click.option("--trt-cache-dir", type=click.Path(file_okay=False), help="tensorrt-ep: engine cache folder")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+@click.option("--access-log", is_flag=True, help="log every request (uvicorn access log)")
+def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, backend, strict, unknown, threads,
+              trt_cache_dir, log_level, access_log):
+    """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics."""
+    _logging(False, default=getattr(logging, log_level.upper()))
+    try:
+        from .service import serve
+    except ImportError as e:
+        raise click.ClickException(f"serving needs FastAPI, uvicorn and prometheus_client: "
+                                   f"pip install 'genattn[serve]' ({e})") from None
+    rec = _load(bundle, backend, strict, unknown, threads, trt_cache_dir=trt_cache_dir)
+    serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
+          log_level=log_level, access_log=access_log)
+
+
+IMPORT_PROBE = ("import sys, time; t = time.perf_counter(); import genattn_runtime; t1 = time.perf_counter(); "
+                "import onnxruntime; t2 = time.perf_counter(); "
+                "print(t1 - t, t2 - t1, 'torch' in sys.modules)")
+
+
+@click.command("runtime-timings")
+@_bundle_arg
+@_backend_opt
+@_threads_opt
+@click.option("--repeats", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("-k", "--k", "k", type=int, default=10, show_default=True)
+def timings_cmd(bundle, backend, threads, repeats, k):
+    """Import time (fresh interpreter), load time and batch-1 Python overhead vs session time, as JSON."""
+    probes = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True)
+        probes.append(out.stdout.split())
+    t0 = time.perf_counter()
+    rec = _load(bundle, backend, False, "skip", threads)
+    load_s = time.perf_counter() - t0
+    res = {"import_genattn_runtime_s": min(float(p[0]) for p in probes),
+           "import_onnxruntime_s": min(float(p[1]) for p in probes),
+           "torch_imported": any(p[2] == "True" for p in probes),
+           "load_s": load_s, **rec.measure_overhead(k=k, repeats=repeats)}
+    click.echo(json.dumps(res, indent=2))
+
+
+@click.group()
+def _main():
+    """genattn runtime commands (no training stack needed)."""
+
+
+_main.add_command(recommend_cmd)
+_main.add_command(serve_cmd)
+_main.add_command(timings_cmd)
+
+if __name__ == "__main__":
+    _main(prog_name="python -m genattn_runtime.cli")

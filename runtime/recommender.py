@@ -1,0 +1,455 @@
+"""Recommender: raw item ids in, raw item ids and scores out. Torch-free.
+
+    rec = Recommender.load("bundle/")                # verifies hashes, picks a backend
+    rec.recommend([12, 7, 33], k=10)                 # one history -> Recommendation
+    rec.recommend([[12, 7], ["a"], []], k=5)         # a batch -> [Recommendation, ...]
+    rec.recommend_indices(item_seq, k=10)            # (B, max_len) int64 -> (items, scores)
+
+Pipeline of one call: `prepare` (validate, map ids to indices, keep the newest
+max_len, build the exclusion and noise inputs) -> `run_prepared` (one session run for
+any number of prepared calls: the HTTP micro-batcher groups requests here) -> decode
+(post-filter, indices back to raw ids).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import BACKENDS, Backend, BackendOptions, create_backend
+from .bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, ItemTable, Manifest, read_manifest, verify_files
+from .errors import BundleError, InputError, UnknownItemError
+
+log = logging.getLogger("genattn_runtime")
+
+UNKNOWN_POLICIES = ("skip", "error")
+MAX_ERROR_IDS = 10
+
+
+@dataclass
+class Recommendation:
+    """Top-k for one user, best first, in the catalog's own id type."""
+    items: list                                        # raw item ids
+    scores: list[float]                                # model scores (popularity counts when fallback is set)
+    fallback: str | None = None                        # "popularity": no known history, most popular items
+    unknown_items: list = field(default_factory=list)  # ids skipped because the catalog does not know them
+    truncated: bool = False                            # history longer than max_len: only the newest were used
+    partial: bool = False                              # fewer than k items: the rest were seen or masked
+
+    def to_dict(self) -> dict:
+        return {"items": list(self.items), "scores": list(self.scores), "fallback": self.fallback,
+                "unknown_items": list(self.unknown_items), "truncated": self.truncated, "partial": self.partial}
+
+
+@dataclass
+class _Row:
+    unknown: list
+    truncated: bool
+    fallback: str | None
+    post_exclude: frozenset | None  # seen indices the graph could not mask (older than the window)
+
+
+@dataclass
+class PreparedRequest:
+    """One validated call, ready to run alone or batched with others (`run_prepared`)."""
+    rows: list[_Row]
+    k: int
+    single: bool
+    seq: np.ndarray                  # (m, max_len) int64: rows that go through the model
+    exclude: np.ndarray | None       # (m, max_len) int64 when the graph has exclude_items
+    noise: np.ndarray | None         # (m, noise_size) float32 when the graph has noise
+
+    @property
+    def n_model_rows(self) -> int:
+        return len(self.seq)
+
+
+def _bad(where: str, what: str) -> InputError:
+    return InputError(f"{where}: {what}")
+
+
+def _describe(x: Any) -> str:
+    r = repr(x)
+    return f"{type(x).__name__} {r if len(r) <= 40 else r[:37] + '...'}"
+
+
+class Recommender:
+    """A loaded bundle. Thread-safe: many threads may call `recommend` on one instance."""
+
+    def __init__(self, manifest: Manifest, items: ItemTable, backend: Backend, unknown_items: str = "skip"):
+        if unknown_items not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {unknown_items!r}")
+        self.manifest, self.items, self._backend = manifest, items, backend
+        self.unknown_items = unknown_items
+        self.max_len, self.n_items, self.k_max = manifest.max_len, manifest.n_items, manifest.k
+        self.noise_size = manifest.noise_size
+        self.exclude_in_graph = manifest.exclude_in_graph
+        self._raw = [None, *items.item_ids]  # internal index -> raw id (index 0 = padding)
+        pop = np.asarray(items.popularity, dtype=np.int64)
+        self._pop_order = (np.argsort(-pop[1:], kind="stable") + 1)[: self.k_max]
+        self._pop_scores = pop[self._pop_order].astype(np.float64)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, bundle: str | Path, backend: str = "auto", *, strict: bool = False,
+             unknown_items: str = "skip", verify: bool = True, threads: int = 0,
+             session_options: Any = None, precision: str = "fp32", device_id: int = 0,
+             cuda_graph_batch: int | None = None, trt_cache_dir: str | Path | None = None,
+             trt_fp16: bool = False, trt_max_batch: int = 256,
+             provider_options: dict | None = None) -> "Recommender":
+        """Read, verify and open a bundle.
+
+        backend: "auto" | "cpu" | "cuda" | "tensorrt-ep" | "tensorrt"; `recommender.backend`
+        says what actually runs. strict: raise BackendUnavailableError instead of falling
+        back when the named backend cannot run. verify: check every file's sha256.
+        threads: ORT intra-op threads (0 = physical cores). session_options: an
+        onnxruntime.SessionOptions, or a dict of its attributes (plus "config": entries).
+        precision: "fp32" or "fp16" (the bundle's model.fp16.onnx). cuda_graph_batch:
+        CUDA EP only, capture a CUDA graph for this fixed batch size.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if unknown_items not in UNKNOWN_POLICIES:
+            raise ValueError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {unknown_items!r}")
+        manifest = read_manifest(bundle)
+        if verify:
+            verify_files(manifest)
+        items = cls._read_items(manifest)
+        if precision == "fp32":
+            model = manifest.path / "model.onnx"
+        elif precision == "fp16":
+            name = manifest.raw["graph"].get("fp16_file")
+            if not name:
+                raise BundleError(f"bundle {manifest.path} has no FP16 graph (export with --fp16)")
+            model = manifest.path / name
+        else:
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if not model.is_file():
+            raise BundleError(f"bundle {manifest.path}: {model.name} missing")
+        opts = BackendOptions(threads=threads, session_options=session_options, device_id=device_id,
+                              cuda_graph_batch=cuda_graph_batch, trt_cache_dir=trt_cache_dir,
+                              trt_fp16=trt_fp16, trt_max_batch=trt_max_batch,
+                              provider_options=provider_options or {})
+        be = create_backend(backend, manifest, model, opts, strict=strict)
+        return cls(manifest, items, be, unknown_items=unknown_items)
+
+    @staticmethod
+    def _read_items(manifest: Manifest) -> ItemTable:
+        path = manifest.path / "items.json"
+        try:
+            items = ItemTable.load(path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"bundle {manifest.path}: items.json unreadable ({type(e).__name__}: {e})") from e
+        n = manifest.n_items
+        if len(items.item_ids) != n or len(items.popularity) != n + 1:
+            raise BundleError(f"bundle {manifest.path}: items.json has {len(items.item_ids)} ids and "
+                              f"{len(items.popularity)} popularity counts, manifest says {n} items")
+        if len(items.index) != n:
+            raise BundleError(f"bundle {manifest.path}: items.json holds ids that are equal as strings")
+        return items
+
+    @property
+    def backend(self) -> str:
+        """The backend that actually runs ("cpu", "cuda", "tensorrt-ep", "tensorrt")."""
+        return self._backend.name
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._backend.providers)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> "Recommender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def metadata(self) -> dict:
+        """Summary of the bundle and the backend (served as GET /metadata)."""
+        raw = self.manifest.raw
+        sampler = {k: v for k, v in raw["sampler"].items() if k != "scheduler"}
+        return {"attention": self.manifest.attention, "sampler": sampler,
+                "deterministic": self.noise_size == 0, "k": self.k_max, "max_len": self.max_len,
+                "n_items": self.n_items, "backend": self.backend, "providers": self.providers,
+                "exclude_in_graph": self.exclude_in_graph, "unknown_items": self.unknown_items,
+                "format_version": raw["format_version"], "created": raw.get("created"),
+                "genattn": (raw.get("tools") or {}).get("genattn")}
+
+    # ------------------------------------------------------------------ high level
+    def recommend(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
+                  unknown_items: str | None = None):
+        """Top-k raw item ids with scores.
+
+        histories: one history (a list of ids, oldest first) -> Recommendation, or a
+        batch (a list of such lists) -> list[Recommendation]. `[]` is one empty history.
+        Ids may be ints or strings in either form ("12" finds 12). seed: noise of a
+        stochastic bundle (None = fresh entropy; ignored by deterministic bundles).
+        """
+        prep = self.prepare(histories, k=k, exclude_seen=exclude_seen, seed=seed, unknown_items=unknown_items)
+        return self.run_prepared([prep])[0]
+
+    def recommend_batch(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
+                        unknown_items: str | None = None) -> list[Recommendation]:
+        """Like `recommend` but `histories` is always a batch (so `[]` is zero users)."""
+        if isinstance(histories, (list, tuple)) and len(histories) == 0:
+            self.check_k(k)
+            return []
+        if not isinstance(histories, (list, tuple)) or not all(isinstance(h, (list, tuple)) for h in histories):
+            raise InputError("histories: expected a list of histories (lists of item ids)")
+        return self.recommend(histories, k, exclude_seen, seed, unknown_items)
+
+    # ------------------------------------------------------------------ stages
+    def check_k(self, k) -> int:
+        """k as an int, or InputError unless 1 <= k <= the bundle's K."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise InputError(f"k must be a positive integer, got {_describe(k)}")
+        if not 1 <= int(k) <= self.k_max:
+            raise InputError(f"k must be in 1..{self.k_max} (the bundle's K), got {int(k)}")
+        return int(k)
+
+    def _split_histories(self, histories) -> tuple[list, bool]:
+        if histories is None:
+            raise InputError("history: expected a list of item ids (or a list of such lists), got None")
+        if isinstance(histories, (str, bytes)):
+            raise InputError(f"history: expected a list of item ids, got a string {histories[:40]!r}; "
+                             "split it into ids first")
+        if isinstance(histories, np.ndarray):
+            histories = histories.tolist()
+        if not isinstance(histories, (list, tuple)):
+            raise InputError("history: expected a list of item ids (or a list of such lists), "
+                             f"got {_describe(histories)}")
+        if len(histories) == 0:
+            return [histories], True
+        nested = [isinstance(h, (list, tuple, np.ndarray)) for h in histories]
+        if all(nested):
+            return list(histories), False
+        if any(nested):
+            i = nested.index(True)
+            raise InputError(f"history: element {i} is a list but element {nested.index(False)} is an item id; "
+                             "pass one history (a list of ids) or a batch (a list of lists)")
+        return [histories], True
+
+    def _encode(self, hist, where: str) -> tuple[list[int], list]:
+        index = self.items.index
+        idx, unknown, seen_unknown = [], [], set()
+        if isinstance(hist, np.ndarray):
+            hist = hist.tolist()
+        for j, x in enumerate(hist):
+            t = type(x)
+            if t is str:
+                key = x
+            elif t is int:
+                key = str(x)
+            elif isinstance(x, (bool, np.bool_)):
+                raise _bad(where, f"item {j} is a boolean ({x!r}); item ids are ints or strings")
+            elif isinstance(x, numbers.Integral):
+                key = str(int(x))
+            elif isinstance(x, str):
+                key = str(x)
+            else:
+                raise _bad(where, f"item {j} is a {_describe(x)}; item ids are ints or strings")
+            i = index.get(key)
+            if i is None:
+                if key not in seen_unknown:
+                    seen_unknown.add(key)
+                    unknown.append(x)
+            else:
+                idx.append(i)
+        return idx, unknown
+
+    def prepare(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
+                unknown_items: str | None = None) -> PreparedRequest:
+        """Validate and encode one call (raises InputError / UnknownItemError)."""
+        k = self.check_k(k)
+        if not isinstance(exclude_seen, (bool, np.bool_)):
+            raise InputError(f"exclude_seen must be true or false, got {_describe(exclude_seen)}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise InputError(f"seed must be a non-negative integer or null, got {_describe(seed)}")
+        policy = unknown_items or self.unknown_items
+        if policy not in UNKNOWN_POLICIES:
+            raise InputError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {policy!r}")
+        hists, single = self._split_histories(histories)
+        L = self.max_len
+        rows, windows, model_rows, all_unknown = [], [], [], []
+        for b, h in enumerate(hists):
+            where = "history" if single else f"histories[{b}]"
+            idx, unknown = self._encode(h, where)
+            if unknown:
+                all_unknown.append((b, unknown))
+            window = idx[-L:]
+            truncated = len(idx) > L
+            post = None
+            if exclude_seen and idx:
+                if not self.exclude_in_graph:
+                    post = frozenset(idx)
+                elif truncated:
+                    post = frozenset(idx[:-L]) - frozenset(window) or None
+            rows.append(_Row(unknown=unknown, truncated=truncated, fallback=None if idx else "popularity",
+                             post_exclude=post))
+            if idx:
+                model_rows.append(b)
+                windows.append(window)
+        if all_unknown and policy == "error":
+            ids = [x for _, u in all_unknown for x in u]
+            where = ("" if single else
+                     f" in histories {[b for b, _ in all_unknown][:MAX_ERROR_IDS]}")
+            shown = ", ".join(repr(x) for x in ids[:MAX_ERROR_IDS]) + (" …" if len(ids) > MAX_ERROR_IDS else "")
+            raise UnknownItemError(ids, f"unknown item id(s){where}: {shown} (the catalog has {self.n_items} items)")
+        m = len(windows)
+        seq = np.zeros((m, L), dtype=np.int64)
+        for r, w in enumerate(windows):
+            seq[r, L - len(w):] = w
+        exclude = None
+        if self.exclude_in_graph:
+            exclude = seq.copy() if exclude_seen else np.zeros_like(seq)
+        noise = None
+        if self.noise_size and m:
+            # Row b always gets draws b*noise_size.. of the seed's stream: a user's noise does not
+            # depend on which other users share the call (or the micro-batch).
+            rng = np.random.default_rng(None if seed is None else int(seed))
+            noise = rng.standard_normal((len(hists), self.noise_size), dtype=np.float32)[model_rows]
+        return PreparedRequest(rows=rows, k=k, single=single, seq=seq, exclude=exclude, noise=noise)
+
+    def _feeds(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray]:
+        parts = [p for p in preps if p.n_model_rows]
+        if len(parts) == 1:
+            p = parts[0]
+            feeds = {INPUT_SEQ: p.seq}
+            if p.exclude is not None:
+                feeds[INPUT_EXCLUDE] = p.exclude
+            if p.noise is not None:
+                feeds[INPUT_NOISE] = p.noise
+            return feeds
+        feeds = {INPUT_SEQ: np.concatenate([p.seq for p in parts])}
+        if self.exclude_in_graph:
+            feeds[INPUT_EXCLUDE] = np.concatenate([p.exclude for p in parts])
+        if self.noise_size:
+            feeds[INPUT_NOISE] = np.concatenate([p.noise for p in parts])
+        return feeds
+
+    def _infer(self, preps: list[PreparedRequest]) -> tuple[np.ndarray, np.ndarray] | None:
+        if not any(p.n_model_rows for p in preps):
+            return None
+        return self._backend.run(self._feeds(preps))
+
+    def run_prepared(self, preps: list[PreparedRequest]) -> list:
+        """Run any number of prepared calls in ONE session run; one result per call."""
+        out = self._infer(preps)
+        results, offset = [], 0
+        for p in preps:
+            m = p.n_model_rows
+            part = (out[0][offset:offset + m], out[1][offset:offset + m]) if m else None
+            offset += m
+            results.append(self._decode(p, part))
+        return results
+
+    def _decode(self, p: PreparedRequest, out) -> Recommendation | list[Recommendation]:
+        k, raw, recs, r = p.k, self._raw, [], 0
+        for row in p.rows:
+            if row.fallback:
+                recs.append(Recommendation(items=[raw[i] for i in self._pop_order[:k].tolist()],
+                                           scores=self._pop_scores[:k].tolist(), fallback=row.fallback,
+                                           unknown_items=row.unknown, truncated=row.truncated))
+                continue
+            items, scores = out[0][r], out[1][r]
+            r += 1
+            if row.post_exclude is None and np.isfinite(scores[:k]).all():
+                idx, sc = items[:k].tolist(), scores[:k].tolist()
+            else:  # drop masked (-inf) entries, padding and seen items older than the window
+                post = row.post_exclude or ()
+                kept = [(i, s) for i, s in zip(items.tolist(), scores.tolist())
+                        if i > 0 and math.isfinite(s) and i not in post][:k]
+                idx, sc = [i for i, _ in kept], [s for _, s in kept]
+            recs.append(Recommendation(items=[raw[i] for i in idx], scores=sc, unknown_items=row.unknown,
+                                       truncated=row.truncated, partial=len(idx) < k))
+        return recs[0] if p.single else recs
+
+    # ------------------------------------------------------------------ low level
+    def recommend_indices(self, item_seq: np.ndarray, k: int | None = None, exclude: np.ndarray | None = None,
+                          noise: np.ndarray | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """For callers who batch themselves: internal indices in, internal indices out.
+
+        item_seq: int (B, max_len), left-padded with 0, values in 0..n_items.
+        exclude: int (B, max_len) indices to mask (0 = none); None = mask nothing.
+        noise: float32 (B, noise_size) for stochastic bundles; None = drawn from `seed`.
+        Returns items int64 (B, k) and scores float32 (B, k), best first; k defaults to K.
+        A masked position shows as index 0 with score -inf.
+        """
+        k = self.k_max if k is None else self.check_k(k)
+        seq = self._check_matrix(item_seq, "item_seq")
+        B = len(seq)
+        if exclude is not None:
+            exclude = self._check_matrix(exclude, "exclude")
+            if len(exclude) != B:
+                raise InputError(f"exclude has {len(exclude)} rows, item_seq {B}")
+        feeds = {INPUT_SEQ: seq}
+        if self.exclude_in_graph:
+            feeds[INPUT_EXCLUDE] = exclude if exclude is not None else np.zeros_like(seq)
+        if self.noise_size:
+            if noise is None:
+                noise = np.random.default_rng(seed).standard_normal((B, self.noise_size), dtype=np.float32)
+            noise = np.asarray(noise)
+            if noise.shape != (B, self.noise_size) or not np.issubdtype(noise.dtype, np.floating):
+                raise InputError(f"noise must be float32 ({B}, {self.noise_size}), got {noise.dtype} {noise.shape}")
+            feeds[INPUT_NOISE] = np.ascontiguousarray(noise, dtype=np.float32)
+        elif noise is not None:
+            raise InputError("this bundle is deterministic: it takes no noise")
+        if B == 0:
+            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+        items, scores = self._backend.run(feeds)
+        if exclude is not None and not self.exclude_in_graph:
+            hit = (items[:, :, None] == exclude[:, None, :]).any(-1) & (items > 0)
+            scores = np.where(hit, -np.inf, scores).astype(np.float32)
+            order = np.argsort(-scores, axis=1, kind="stable")
+            items, scores = np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
+        items = np.where(np.isneginf(scores), 0, items)
+        return np.ascontiguousarray(items[:, :k]), np.ascontiguousarray(scores[:, :k])
+
+    def _check_matrix(self, a, name: str) -> np.ndarray:
+        if not isinstance(a, np.ndarray):
+            raise InputError(f"{name} must be a numpy array, got {_describe(a)}")
+        if a.ndim != 2 or a.shape[1] != self.max_len:
+            raise InputError(f"{name} must have shape (batch, {self.max_len}), got {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise InputError(f"{name} must hold integers, got {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() > self.n_items):
+            raise InputError(f"{name} values must be in 0..{self.n_items} (0 = padding), "
+                             f"got {int(a.min())}..{int(a.max())}")
+        return np.ascontiguousarray(a, dtype=np.int64)
+
+    # ------------------------------------------------------------------ timing
+    def measure_overhead(self, history=None, k: int = 10, repeats: int = 300, warmup: int = 30) -> dict:
+        """Where a batch-1 `recommend` spends its time, in microseconds (medians and p90).
+
+        prepare: validation, id mapping, input arrays; session: the backend run alone;
+        decode: post-filter and ids back; python_overhead = prepare + decode.
+        """
+        if history is None:
+            history = list(self.items.item_ids[: self.max_len])
+        t = {"prepare": [], "session": [], "decode": [], "total": []}
+        for n in range(warmup + repeats):
+            t0 = time.perf_counter()
+            p = self.prepare(history, k=k, seed=n)
+            t1 = time.perf_counter()
+            out = self._infer([p])
+            t2 = time.perf_counter()
+            self._decode(p, out)
+            t3 = time.perf_counter()
+            if n >= warmup:
+                for key, v in (("prepare", t1 - t0), ("session", t2 - t1), ("decode", t3 - t2), ("total", t3 - t0)):
+                    t[key].append(v * 1e6)
+        res = {"backend": self.backend, "batch": 1, "k": k, "history_len": len(history), "repeats": repeats}
+        for key, v in t.items():
+            res[f"{key}_us_p50"] = float(np.median(v))
+            res[f"{key}_us_p90"] = float(np.percentile(v, 90))
+        res["python_overhead_us_p50"] = res["prepare_us_p50"] + res["decode_us_p50"]
+        res["python_overhead_share"] = res["python_overhead_us_p50"] / res["total_us_p50"]
+        return res

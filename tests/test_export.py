@@ -1,0 +1,194 @@
+"""Export: ONNX graph contract, parity with torch, determinism, bundle integrity."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from genattn.checkpoint import load_checkpoint
+from genattn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from genattn.training import train
+from genattn_export import ExportError, ExportOptions, export_bundle
+from genattn_runtime.bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, read_manifest, verify_files
+from genattn_runtime.errors import BundleError
+
+FORBIDDEN = {"Loop", "If", "Scan", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+             "Multinomial", "Bernoulli"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """One tiny trained checkpoint per attention kind (1 epoch on synthetic data)."""
+    root = tmp_path_factory.mktemp("ck")
+    out = {}
+    for kind in ("softmax", "vae", "diffusion"):
+        run = RunConfig(model=ModelConfig(max_len=10, d_model=16, n_heads=2, attention=kind, pair_hidden=8,
+                                          diffusion_steps=20, generative_blocks="all"),
+                        train=TrainConfig(epochs=1, batch_size=64, device="cpu", threads=1),
+                        data=DataConfig(source="synthetic", synthetic_users=80, synthetic_items=40))
+        train(run, root / kind, progress=False)
+        out[kind] = root / kind
+    return out
+
+
+def _session(path):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _feeds(manifest, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    L, N = manifest.max_len, manifest.n_items
+    seq = rng.integers(1, N + 1, size=(batch, L))
+    lengths = rng.integers(1, L + 1, size=batch)
+    seq[np.arange(L)[None, :] < (L - lengths)[:, None]] = 0
+    feeds = {INPUT_SEQ: seq.astype(np.int64)}
+    if manifest.exclude_in_graph:
+        feeds[INPUT_EXCLUDE] = feeds[INPUT_SEQ].copy()
+    if manifest.noise_size:
+        feeds[INPUT_NOISE] = rng.standard_normal((batch, manifest.noise_size), dtype=np.float32)
+    return feeds
+
+
+CASES = {"softmax": ("softmax", {}), "vae-mean": ("vae", {}),
+         "vae-sample4": ("vae", {"vae_mode": "sample", "samples": 4}),
+         "diffusion-n1": ("diffusion", {"steps": 1}), "diffusion-n4": ("diffusion", {"steps": 4}),
+         "diffusion-n4-noise": ("diffusion", {"steps": 4, "start": "noise", "eta": 1.0})}
+
+
+@pytest.fixture(scope="module")
+def bundles(checkpoints, tmp_path_factory):
+    """Each case exported once (dynamo export costs seconds); tests copy before modifying."""
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for name, (kind, opts) in CASES.items():
+        manifest = export_bundle(checkpoints[kind], root / name, ExportOptions(k=15, verify_users=16, **opts))
+        out[name] = (root / name, manifest)
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_export_graph_contract_and_parity(bundles, case):
+    kind, opts = CASES[case]
+    bundle, m = bundles[case]
+    manifest = read_manifest(bundle)
+    verify_files(manifest)
+    model = onnx.load(str(bundle / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & FORBIDDEN, ops & FORBIDDEN
+    # The sampler is unrolled: the denoiser's time embedding rows appear once per step as constants,
+    # and no graph input or op carries a timestep.
+    assert [i.name for i in model.graph.input][0] == INPUT_SEQ
+    stochastic = opts.get("start") == "noise" or opts.get("vae_mode") == "sample"
+    assert (INPUT_NOISE in manifest.input_names) == stochastic
+    assert m["sampler"]["deterministic"] == (not stochastic)
+    # Parity recorded and passing; top-K sorted.
+    assert all(c["passed"] and c["topk_equal_up_to_ties"] for c in m["parity"]["fp32"]["cases"].values())
+    sess = _session(bundle / "model.onnx")
+    for batch in (1, 33):  # dynamic batch, neither equal to the traced batch (2)
+        items, scores = sess.run(None, _feeds(manifest, batch))
+        assert items.shape == (batch, 15) and scores.shape == (batch, 15)
+        assert np.all(np.diff(scores, axis=1) <= 0), "top-K must be sorted best first"
+
+
+@pytest.mark.parametrize("case", ["vae-sample4", "diffusion-n4-noise"])
+def test_onnx_matches_torch_for_real_noise(checkpoints, bundles, case):
+    """Stochastic bundles: the same explicit noise gives the same top-K in torch and ORT."""
+    kind, opts = CASES[case]
+    bundle, _ = bundles[case]
+    manifest = read_manifest(bundle)
+    ck = load_checkpoint(checkpoints[kind])
+    feeds = _feeds(manifest, 5, seed=3)
+    items, scores = _session(bundle / "model.onnx").run(None, feeds)
+    with torch.no_grad():
+        full = ck.model.scores(torch.from_numpy(feeds[INPUT_SEQ]), ExportOptions(**opts).sampling(kind),
+                               torch.from_numpy(feeds[INPUT_NOISE]))
+        full = full.scatter(1, torch.from_numpy(feeds[INPUT_EXCLUDE]), float("-inf"))
+        ref_scores, _ = full.topk(15, dim=1)
+    np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-4, rtol=1e-4)
+    # Different noise changes the answer (the noise input is really used).
+    feeds2 = dict(feeds, **{INPUT_NOISE: feeds[INPUT_NOISE] + 1.0})
+    _, scores2 = _session(bundle / "model.onnx").run(None, feeds2)
+    assert not np.allclose(scores, scores2)
+
+
+def test_deterministic_mode_bit_identical_across_sessions(bundles):
+    bundle, _ = bundles["diffusion-n4"]
+    manifest = read_manifest(bundle)
+    assert manifest.raw["parity"]["deterministic_bit_identical"] is True
+    feeds = _feeds(manifest, 9, seed=5)
+    a = _session(bundle / "model.onnx").run(None, feeds)
+    b = _session(bundle / "model.onnx").run(None, feeds)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_exclude_items_masks_history(bundles):
+    bundle, _ = bundles["softmax"]
+    manifest = read_manifest(bundle)
+    feeds = _feeds(manifest, 6, seed=1)
+    items, _ = _session(bundle / "model.onnx").run(None, feeds)
+    for row, hist in zip(items, feeds[INPUT_EXCLUDE]):
+        assert not set(row) & set(hist[hist > 0]), "an excluded history item was recommended"
+        assert 0 not in row, "padding recommended"
+
+
+def test_manifest_round_trip_and_schema(bundles, tmp_path):
+    bundle, m = bundles["diffusion-n4"]
+    again = read_manifest(bundle).raw
+    assert again == json.loads(json.dumps(m))
+    for key in ("format", "format_version", "attention", "model", "sampler", "max_len", "n_items", "k",
+                "graph", "tools", "parity", "training_metrics", "files"):
+        assert key in again
+    assert again["sampler"]["n_steps"] == 4 and again["sampler"]["scheduler"]["num_train_steps"] == 20
+    assert set(again["files"]) == {"model.onnx", "items.json"}
+    items = json.loads((bundle / "items.json").read_text())
+    assert len(items["item_ids"]) == again["n_items"] and len(items["popularity"]) == again["n_items"] + 1
+
+
+@pytest.mark.parametrize("tamper", ["byte", "truncate", "delete", "version"])
+def test_tampered_bundle_is_refused(bundles, tmp_path, tamper):
+    b = tmp_path / "b"
+    shutil.copytree(bundles["softmax"][0], b)
+    verify_files(read_manifest(b))  # intact copy verifies
+    if tamper == "byte":
+        data = bytearray((b / "model.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (b / "model.onnx").write_bytes(bytes(data))
+    elif tamper == "truncate":
+        (b / "items.json").write_text((b / "items.json").read_text()[:-10])
+    elif tamper == "delete":
+        (b / "items.json").unlink()
+    else:
+        raw = json.loads((b / "manifest.json").read_text())
+        raw["format_version"] = 999
+        (b / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError) as e:
+        verify_files(read_manifest(b))
+    assert {"byte": "sha256", "truncate": "bytes", "delete": "missing", "version": "version"}[tamper] in str(e.value)
+
+
+def test_failed_export_leaves_no_partial_bundle(checkpoints, bundles, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(bundles["diffusion-n4"][0], out)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(ExportError):
+        export_bundle(checkpoints["diffusion"], out, ExportOptions(steps=999, k=10, verify_users=0))
+    assert (out / "manifest.json").read_bytes() == before, "a failed export must not touch the old bundle"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
+
+
+def test_fp16_bundle_reports_drift(checkpoints, tmp_path):
+    m = export_bundle(checkpoints["softmax"], tmp_path / "b", ExportOptions(k=10, verify_users=0, fp16=True))
+    half = onnx.load(str(tmp_path / "b" / "model.fp16.onnx"))
+    # Weights are fp16, the sensitive ops stay fp32 (their inputs are cast up).
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
+    assert {n.op_type for n in half.graph.node} >= {"Softmax", "LayerNormalization"}
+    p16 = m["parity"]["fp16"]
+    assert 0 < p16["max_abs_diff"] < 0.1 and p16["min_topk_overlap"] > 0.8
+    assert "model.fp16.onnx" in m["files"]

@@ -1,0 +1,228 @@
+"""The HTTP service: a real uvicorn process under concurrent load, and every bad-request path."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from runtime_fixtures import bundle, bundle_root  # noqa: F401
+
+from genattn_runtime import Recommender
+from genattn_runtime.service import Metrics, MicroBatcher, create_app
+
+pytestmark = pytest.mark.slow
+
+N_REQUESTS, CONCURRENCY = 2000, 32
+
+
+@pytest.fixture(scope="module")
+def rec(bundle_root) -> Recommender:
+    return Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def ids(rec) -> list:
+    return list(rec.items.item_ids)
+
+
+@pytest.fixture(scope="module")
+def client(rec):
+    with TestClient(create_app(rec, max_batch=16, max_wait_ms=1, max_body_bytes=1 << 20)) as c:
+        yield c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+# ---------------------------------------------------------------- live server under load
+
+def test_live_server_concurrent_load(bundle_root, rec, ids):
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "genattn_runtime.service", str(bundle(bundle_root, "softmax")),
+                             "--host", "127.0.0.1", "--port", str(port), "--max-batch", "64", "--max-wait-ms", "2",
+                             "--threads", "1", "--backend", "cpu", "--log-level", "info"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "server did not become healthy in 30 s"
+            time.sleep(0.1)
+
+        rng = np.random.default_rng(0)
+        hists = [[ids[j] for j in rng.integers(0, len(ids), size=int(rng.integers(0, 20)))] for _ in range(100)]
+        hists[0] = ["not-an-item", ids[1]]
+        expected = [rec.recommend(h, k=10) for h in hists]
+        results: list = [None] * N_REQUESTS
+
+        async def load() -> None:
+            limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+            async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as c:
+                async def worker(w: int) -> None:
+                    for n in range(w, N_REQUESTS, CONCURRENCY):
+                        r = await c.post("/recommend", json={"history": hists[n % len(hists)], "k": 10})
+                        results[n] = (r.status_code, r.json())
+
+                await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
+
+        t0 = time.perf_counter()
+        asyncio.run(load())
+        elapsed = time.perf_counter() - t0
+        failures = [(n, s, b) for n, (s, b) in enumerate(results) if s != 200]
+        assert not failures, failures[:3]
+        for n, (_, body) in enumerate(results):
+            want = expected[n % len(hists)]
+            assert body["items"] == want.items, n
+            np.testing.assert_allclose(body["scores"], want.scores, rtol=1e-5, atol=1e-6)
+            assert body["fallback"] == want.fallback and body["unknown_items"] == want.unknown_items
+        assert results[0][1]["unknown_items"] == ["not-an-item"]
+
+        metrics = httpx.get(f"{base}/metrics").text
+        n_batches = _metric(metrics, "genattn_batch_size_count")
+        single_row = _metric(metrics, 'genattn_batch_size_bucket{le="1.0"}')
+        assert n_batches - single_row > 0, "no micro-batch grouped more than one request"
+        assert _metric(metrics, 'genattn_http_requests_total{endpoint="/recommend",status="200"}') == N_REQUESTS
+        print(f"\n{N_REQUESTS} requests in {elapsed:.2f} s ({N_REQUESTS / elapsed:.0f} req/s), "
+              f"{n_batches:.0f} session runs, mean batch {_metric(metrics, 'genattn_batch_size_sum') / n_batches:.1f}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    # uvicorn exits 0, or re-raises the signal it handled gracefully (recent versions)
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "queue drained" in out and "Application shutdown complete" in out
+
+
+def test_shutdown_drains_queue(rec, ids):
+    async def scenario():
+        b = MicroBatcher(rec, max_batch=4, max_wait_ms=50, metrics=Metrics())
+        await b.start()
+        preps = [rec.prepare(ids[i:i + 3], k=5) for i in range(10)]
+        tasks = [asyncio.create_task(b.submit(p)) for p in preps]
+        await asyncio.sleep(0)  # every request is queued
+        await b.stop()  # must answer all ten before returning
+        assert all(t.done() for t in tasks)
+        with pytest.raises(Exception, match="shutting down"):
+            await b.submit(preps[0])
+        return [t.result() for t in tasks]
+
+    got = asyncio.run(scenario())
+    assert got == [rec.recommend(ids[i:i + 3], k=5) for i in range(10)]
+
+
+# ---------------------------------------------------------------- endpoints and bad requests
+
+def test_single_and_batch(client, rec, ids):
+    r = client.post("/recommend", json={"history": ids[:4], "k": 5})
+    assert r.status_code == 200
+    assert r.json() == rec.recommend(ids[:4], k=5).to_dict()
+    r = client.post("/recommend", json={"histories": [ids[:4], [], ids[5:7]], "k": 3, "exclude_seen": False})
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert [x["fallback"] for x in res] == [None, "popularity", None]
+    assert res[2] == rec.recommend(ids[5:7], k=3, exclude_seen=False).to_dict()
+    assert client.post("/recommend", json={"histories": []}).json() == {"results": []}
+    r = client.post("/recommend", json={"history": [str(ids[0]), "ghost"], "k": 2})
+    assert r.status_code == 200 and r.json()["unknown_items"] == ["ghost"]
+
+
+@pytest.mark.parametrize("body, status, match", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "empty request body"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    (b"[" * 200_000 + b"]" * 200_000, 400, "nested too deeply"),
+    (b'{"history": [' + b"9" * 5000 + b']}', 400, "not valid JSON"),
+    (b'{"history": [1, NaN]}', 422, "item 1 is a float"),
+    (b"[1, 2]", 422, "JSON object"),
+    (b'{"k": 3}', 422, "exactly one of 'history'"),
+    (b'{"history": [1], "histories": [[1]]}', 422, "exactly one of"),
+    (b'{"hisotry": [1]}', 422, r"unknown field\(s\) \['hisotry'\]"),
+    (b'{"history": "1,2,3"}', 422, "string"),
+    (b'{"history": null}', 422, "got None"),
+    (b'{"history": [1, 2.5]}', 422, "item 1 is a float"),
+    (b'{"history": [1, {"a": 1}]}', 422, "item 1 is a dict"),
+    (b'{"history": [[1], [2]]}', 422, "send a batch as 'histories'"),
+    (b'{"histories": [[1], 2]}', 422, r"histories\[1\] must be a list"),
+    (b'{"histories": {"a": 1}}', 422, "must be a list of lists"),
+    (b'{"history": [1], "k": 0}', 422, r"k must be in 1\.\.20"),
+    (b'{"history": [1], "k": 1000}', 422, r"k must be in 1\.\.20"),
+    (b'{"history": [1], "k": "5"}', 422, "k must be a positive integer"),
+    (b'{"history": [1], "k": 2.0}', 422, "k must be a positive integer"),
+    (b'{"histories": [], "k": -1}', 422, "k must be in"),
+    (b'{"history": [1], "seed": -4}', 422, "seed must be"),
+    (b'{"history": [1], "exclude_seen": "no"}', 422, "exclude_seen must be"),
+])
+def test_bad_requests(client, body, status, match):
+    r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert re.search(match, r.json()["detail"]), r.json()
+
+
+def test_body_size_limit(rec):
+    with TestClient(create_app(rec, max_body_bytes=2048)) as client:
+        big = json.dumps({"history": list(range(2000))}).encode()
+        r = client.post("/recommend", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "limit of 2048" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: the limit must hold while streaming
+            for _ in range(10):
+                yield b" " * 500
+
+        r = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert client.post("/recommend", json={"history": [1, 2]}).status_code == 200
+
+
+def test_unknown_items_error_policy(bundle_root, ids):
+    strict = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", unknown_items="error", threads=1)
+    with TestClient(create_app(strict)) as c:
+        r = c.post("/recommend", json={"history": [ids[0], "ghost", 10**12]})
+        assert r.status_code == 400
+        body = r.json()
+        assert body["error"] == "unknown_items" and body["unknown_items"] == ["ghost", 10**12]
+        assert "'ghost'" in body["detail"]
+        r = c.post("/recommend", json={"histories": [[ids[0]], ["ghost"]]})
+        assert r.status_code == 400 and "histories [1]" in r.json()["detail"]
+
+
+def test_health_metadata_metrics(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    meta = client.get("/metadata").json()
+    assert meta["attention"] == "softmax" and meta["k"] == 20 and meta["max_len"] == 12
+    assert meta["n_items"] == 60 and meta["backend"] == "cpu" and meta["max_batch"] == 16
+    assert "sampler" in meta and meta["deterministic"] is True
+    client.post("/recommend", content=b"{", headers={"content-type": "application/json"})
+    text = client.get("/metrics").text
+    assert 'genattn_http_requests_total{endpoint="/recommend",status="400"}' in text
+    assert "genattn_http_request_seconds_bucket" in text and "genattn_batch_size_bucket" in text
+    assert client.get("/nope").status_code == 404
+    assert 'endpoint="other",status="404"' in client.get("/metrics").text
