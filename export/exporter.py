@@ -106,6 +106,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         if bad:
             raise ExportError(f"graph contains ops the contract forbids: {bad}")
 
+        from .tensorrt import check_tensorrt_graph
+
+        import onnx
+
+        trt_problems = check_tensorrt_graph(onnx.load(str(onnx_path)))
+        if trt_problems:
+            log.warning("graph would not pass the TensorRT contract check: %s", trt_problems)
+
         real = _real_sequences(ck, opts.verify_users)
         parity_cases = cases(spec, cfg.n_items, real, noise_size)
         parity = {"fp32": check_parity(graph, spec, str(onnx_path), parity_cases)}
@@ -173,6 +181,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
             "training_metrics": {s: ck.metrics.get(s) for s in ("valid", "test")},
             "checkpoint": str(Path(checkpoint).resolve()),
             "tensorrt": trt_meta,
+            "tensorrt_graph_check": {"passed": not trt_problems, "problems": trt_problems,
+                                     "checked_against": "onnx-tensorrt operators.md, TensorRT 10.x"},
             "triton": None,
             "files": {name: file_entry(p) for name, p in files.items()},
         }

@@ -143,7 +143,8 @@ def inspect(bundle, as_json) -> None:
         f"parity      max|diff| {r['parity']['fp32']['max_abs_diff']:.2e}, min top-K overlap "
         f"{r['parity']['fp32']['min_topk_overlap']:.3f}, deterministic bit-identical "
         f"{r['parity'].get('deterministic_bit_identical')}",
-        f"tensorrt    {r['tensorrt'] or 'none'}",
+        f"tensorrt    {r['tensorrt'] or 'no engine'}; graph check "
+        f"{'passed' if (r.get('tensorrt_graph_check') or {}).get('passed') else (r.get('tensorrt_graph_check') or {}).get('problems', 'not run')}",
         f"triton      {r['triton'] or 'none'}",
         "tools       " + ", ".join(f"{k} {v}" for k, v in r["tools"].items()),
     ]
