@@ -157,11 +157,12 @@ def inspect(bundle, as_json) -> None:
 
 def _register_runtime_commands() -> None:
     try:
-        from genattn_runtime.cli import recommend_cmd, serve_cmd
+        from genattn_runtime.cli import recommend_cmd, serve_cmd, timings_cmd
     except ImportError:  # runtime extras missing: the commands say so when invoked
         return
     main.add_command(recommend_cmd, "recommend")
     main.add_command(serve_cmd, "serve")
+    main.add_command(timings_cmd, "runtime-timings")
 
 
 _register_runtime_commands()
