@@ -34,12 +34,13 @@ SHOWN = ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10", "ild@1
 log = logging.getLogger("benchmarks.accuracy")
 
 
-def trained(kind: str, seed: int, runs: Path, source: str) -> Path:
+def trained(kind: str, seed: int, runs: Path, source: str, max_minutes: float | None) -> Path:
     out = runs / f"{kind}_seed{seed}"
     metrics = out / "metrics.json"
     if metrics.is_file() and "test" in json.loads(metrics.read_text()):
         return out
-    run = load_run_config(CONFIGS / f"{kind}.toml", {"train": {"seed": seed}, "data": {"source": source}})
+    run = load_run_config(CONFIGS / f"{kind}.toml", {"train": {"seed": seed, "max_minutes": max_minutes},
+                                                         "data": {"source": source}})
     train(run, out, progress=sys.stderr.isatty())
     return out
 
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default="ml-100k")
     ap.add_argument("--runs", default="runs/accuracy")
     ap.add_argument("--out", default="benchmarks/results/accuracy_ml100k")
+    ap.add_argument("--max-minutes", type=float, default=None, help="wall-time budget per training run")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     kinds = a.kinds.split(",")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         per_seed = {"valid": [], "test": [], "stoch_valid": [], "stoch_test": [], "seconds": [], "epochs": []}
         sweep: dict[int, list] = {n: [] for n in steps}
         for seed in seeds:
-            path = trained(kind, seed, runs, a.data)
+            path = trained(kind, seed, runs, a.data, a.max_minutes)
             ck = load_checkpoint(path)
             kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
             per_seed["valid"].append(ck.metrics["valid"])
