@@ -91,6 +91,14 @@ class Recommender:
         self.noise_size = manifest.noise_size
         self.exclude_in_graph = manifest.exclude_in_graph
         self._raw = [None, *items.item_ids]  # internal index -> raw id (index 0 = padding)
+        self._raw_arr = np.array(self._raw, dtype=object)
+        # Integer catalogs (the common case) encode through a lookup table: one numpy
+        # gather instead of a dict lookup per id keeps batch-1 Python overhead small.
+        self._lut = None
+        ids = items.item_ids
+        if ids and all(type(x) is int and x >= 0 for x in ids) and max(ids) < 50_000_000:
+            self._lut = np.zeros(max(ids) + 1, dtype=np.int64)
+            self._lut[np.asarray(ids, dtype=np.int64)] = np.arange(1, len(ids) + 1)
         pop = np.asarray(items.popularity, dtype=np.int64)
         self._pop_order = (np.argsort(-pop[1:], kind="stable") + 1)[: self.k_max]
         self._pop_scores = pop[self._pop_order].astype(np.float64)
@@ -228,7 +236,10 @@ class Recommender:
                              f"got {_describe(histories)}")
         if len(histories) == 0:
             return [histories], True
-        nested = [isinstance(h, (list, tuple, np.ndarray)) for h in histories]
+        seq_types = (list, tuple, np.ndarray)
+        if not isinstance(histories[0], seq_types):
+            return [histories], True  # one history; a list further on is reported by _encode
+        nested = [isinstance(h, seq_types) for h in histories]
         if all(nested):
             return list(histories), False
         if any(nested):
@@ -237,11 +248,33 @@ class Recommender:
                              "pass one history (a list of ids) or a batch (a list of lists)")
         return [histories], True
 
+    def _encode_fast(self, hist) -> tuple[list[int], list] | None:
+        """Lookup-table path for plain-int histories on integer catalogs; None = use the general path."""
+        lut = self._lut
+        if lut is None or not hist or set(map(type, hist)) != {int}:
+            return None
+        try:
+            arr = np.array(hist, dtype=np.int64)
+        except OverflowError:
+            return None
+        if arr.min() >= 0 and arr.max() < len(lut):
+            idx = lut[arr]
+            if idx.all():
+                return idx.tolist(), []
+        else:
+            ok = (arr >= 0) & (arr < len(lut))
+            idx = np.where(ok, lut[np.where(ok, arr, 0)], 0)
+        unknown = list(dict.fromkeys(arr[idx == 0].tolist()))
+        return idx[idx > 0].tolist(), unknown
+
     def _encode(self, hist, where: str) -> tuple[list[int], list]:
-        index = self.items.index
-        idx, unknown, seen_unknown = [], [], set()
         if isinstance(hist, np.ndarray):
             hist = hist.tolist()
+        fast = self._encode_fast(hist)
+        if fast is not None:
+            return fast
+        index = self.items.index
+        idx, unknown, seen_unknown = [], [], set()
         for j, x in enumerate(hist):
             t = type(x)
             if t is str:
@@ -362,12 +395,14 @@ class Recommender:
             items, scores = out[0][r], out[1][r]
             r += 1
             if row.post_exclude is None and np.isfinite(scores[:k]).all():
-                idx, sc = items[:k].tolist(), scores[:k].tolist()
-            else:  # drop masked (-inf) entries, padding and seen items older than the window
-                post = row.post_exclude or ()
-                kept = [(i, s) for i, s in zip(items.tolist(), scores.tolist())
-                        if i > 0 and math.isfinite(s) and i not in post][:k]
-                idx, sc = [i for i, _ in kept], [s for _, s in kept]
+                recs.append(Recommendation(items=self._raw_arr[items[:k]].tolist(), scores=scores[:k].tolist(),
+                                           unknown_items=row.unknown, truncated=row.truncated))
+                continue
+            # Drop masked (-inf) entries, padding and seen items older than the window.
+            post = row.post_exclude or ()
+            kept = [(i, s) for i, s in zip(items.tolist(), scores.tolist())
+                    if i > 0 and math.isfinite(s) and i not in post][:k]
+            idx, sc = [i for i, _ in kept], [s for _, s in kept]
             recs.append(Recommendation(items=[raw[i] for i in idx], scores=sc, unknown_items=row.unknown,
                                        truncated=row.truncated, partial=len(idx) < k))
         return recs[0] if p.single else recs
