@@ -69,14 +69,20 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(a.work)
     result = {"command": "python -m benchmarks.steps " + " ".join(argv or []), "machine": machine_info(),
               "diffusion": {}, "vae": {}}
+    prev = Path(a.out + ".json")
+    if prev.is_file():  # keep a kind measured by an earlier invocation
+        old = json.loads(prev.read_text())
+        result.update({k: old.get(k, {}) for k in ("diffusion", "vae")})
     settings = []
     if a.diffusion and Path(a.diffusion).is_dir():
         for n in [int(x) for x in a.steps.split(",")]:
             settings.append(("diffusion", a.diffusion, f"steps={n}, zeros, eta=0", ExportOptions(steps=n)))
+        result["diffusion"] = {}
         settings.append(("diffusion", a.diffusion, "steps=8, noise start, eta=1",
                          ExportOptions(steps=8, start="noise", eta=1.0)))
     if a.vae and Path(a.vae).is_dir():
         settings.append(("vae", a.vae, "mean", ExportOptions(vae_mode="mean")))
+        result["vae"] = {}
         for m in [int(x) for x in a.samples.split(",")]:
             settings.append(("vae", a.vae, f"sample x{m}", ExportOptions(vae_mode="sample", samples=m)))
     data_cache: dict = {}

@@ -22,8 +22,12 @@ def run_demo(out: Path, attention: str = "diffusion", epochs: int | None = None)
     # The demo keeps to a few minutes on 2 CPU cores; benchmarks/ trains to convergence.
     run.train.epochs = epochs or 12
     run.train.max_minutes = 4.0
-    click.echo(f"[1/4] training {attention} attention on {run.data.source} data ({run.train.epochs} epochs max)")
-    res = train(run, out / "checkpoint")
+    from .data import load_source
+
+    ds = load_source(run.data)
+    click.echo(f"[1/4] training {attention} attention on {ds.source} ({ds.n_users} users, {ds.n_items} items; "
+               f"{run.train.epochs} epochs or {run.train.max_minutes:.0f} min at most)")
+    res = train(run, out / "checkpoint", dataset=ds)
     t = res.metrics["test"]
     click.echo(f"      test NDCG@10 {t['ndcg@10']:.4f}  HR@10 {t['hr@10']:.4f}  coverage@10 {t['coverage@10']:.3f}")
 
