@@ -9,6 +9,7 @@ repeated calls on this machine; the ratios to softmax come from the same run.
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 import time
 from pathlib import Path
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         r["serve_ms_b64_ratio"] = r["serve_ms_b64"] / base["serve_ms_b64"]
         r["train_step_ratio"] = r["train_step_s_b128"] / base["train_step_s_b128"]
         r["serve_flops_ratio"] = r["serve_gflops_b1"] / base["serve_gflops_b1"]
-    result = {"command": "python -m benchmarks.cost " + " ".join(argv or []), "machine": machine_info(),
+    result = {"command": "python -m benchmarks.cost " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": machine_info(),
               "threads": a.threads, "n_items": a.n_items, "quick": a.quick, "rows": rows}
     write_json_atomic(a.out + ".json", result)
     lines = ["# Cost of each attention variant (torch eager, CPU)", "",

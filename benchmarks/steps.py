@@ -11,6 +11,7 @@ catalog, history masked) with the same metric code.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 from pathlib import Path
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     work = Path(a.work)
-    result = {"command": "python -m benchmarks.steps " + " ".join(argv or []), "machine": machine_info(),
+    result = {"command": "python -m benchmarks.steps " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": machine_info(),
               "diffusion": {}, "vae": {}}
     prev = Path(a.out + ".json")
     if prev.is_file():  # keep a kind measured by an earlier invocation
