@@ -35,13 +35,19 @@ def _fail(e: Exception) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
 @click.option("--attention", type=click.Choice(["softmax", "vae", "diffusion"]), help="Attention kind.")
 @click.option("--data", "source", help="'auto', 'ml-100k', 'synthetic' or a data file path.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "inter", "csv", "tsv", "parquet", "ml-dat"]),
+              help="Reader for a data file (default: from the suffix).")
+@click.option("--user-col", help="User id column of a CSV/TSV/Parquet file.")
+@click.option("--item-col", help="Item id column.")
+@click.option("--time-col", help="Timestamp column.")
 @click.option("--epochs", type=int)
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--max-len", type=int)
 @click.option("--resume", is_flag=True, help="Continue from the training state in --out.")
 @click.option("--no-progress", is_flag=True)
-def train(config, out, attention, source, epochs, seed, device, max_len, resume, no_progress) -> None:
+def train(config, out, attention, source, fmt, user_col, item_col, time_col, epochs, seed, device, max_len, resume,
+          no_progress) -> None:
     """Train a model and write a checkpoint (best validation NDCG@10)."""
     from .config import ConfigError, load_run_config
     from .data import DataError
@@ -50,7 +56,8 @@ def train(config, out, attention, source, epochs, seed, device, max_len, resume,
     try:
         run = load_run_config(config, {"model": {"attention": attention, "max_len": max_len},
                                        "train": {"epochs": epochs, "seed": seed, "device": device},
-                                       "data": {"source": source}})
+                                       "data": {"source": source, "fmt": fmt, "user_col": user_col,
+                                                "item_col": item_col, "time_col": time_col}})
         res = run_train(run, out, resume=resume, progress=not no_progress)
     except (ConfigError, DataError, FileNotFoundError) as e:
         _fail(e)
