@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "protocol": "leave-one-out, full ranking over the whole catalog, history items masked",
                     "machine": machine_info()}
     prev = Path(a.out + ".json")
-    if prev.is_file():  # keep kinds measured by an earlier invocation
-        result.update({k: v for k, v in json.loads(prev.read_text()).items() if k in ("softmax", "vae", "diffusion")})
+    if prev.is_file():  # keep entries measured by earlier invocations (each records its command)
+        result.update({k: v for k, v in json.loads(prev.read_text()).items() if k not in result})
     for kind in kinds:
         per_seed = {"valid": [], "test": [], "stoch_valid": [], "stoch_test": [], "seconds": [], "epochs": []}
         sweep: dict[int, list] = {n: [] for n in steps}
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
         entry = {"valid": mean_std(per_seed["valid"]), "test": mean_std(per_seed["test"]),
                  "train_seconds": mean_std([{"s": s} for s in per_seed["seconds"]])["s"],
                  "epochs": per_seed["epochs"], "seeds": seeds, "per_seed_test": per_seed["test"],
-                 "config": str(CONFIGS / f"{kind}.toml")}
+                 "config": str(CONFIGS / f"{kind}.toml"), "command": result["command"],
+                 "patience": load_run_config(CONFIGS / f"{kind}.toml").train.patience}
         if per_seed["stoch_test"]:
             entry["stochastic"] = {"sampling": stochastic(kind, base).__dict__, "sample_seeds": sample_seeds,
                                    "valid": mean_std(per_seed["stoch_valid"]),
@@ -129,21 +130,32 @@ def render(r: dict) -> str:
     for split in ("test", "valid"):
         lines += [f"## {split}", "", "| model | sampling | " + " | ".join(SHOWN) + " |",
                   "|---|---|" + "---|" * len(SHOWN)]
-        for kind in ("softmax", "vae", "diffusion"):
-            if kind not in r:
+        for key in ENTRIES:
+            if key not in r:
                 continue
-            e = r[kind]
-            det = "deterministic" if kind == "softmax" else _samp(e.get("deterministic_sampling", {}))
-            lines.append(f"| {kind} | {det} | " + " | ".join(fmt(e[split][m]) for m in SHOWN) + " |")
+            e, kind = r[key], key.split("_")[0]
+            det = {"softmax": "deterministic", "vae": "prior mean (deterministic)"}.get(kind) or \
+                _samp(e.get("deterministic_sampling", {})) + " (deterministic)"
+            lines.append(f"| {_label(key, e)} | {det} | " + " | ".join(fmt(e[split][m]) for m in SHOWN) + " |")
             if "stochastic" in e:
                 s = e["stochastic"]
-                lines.append(f"| {kind} | {_samp(s['sampling'])}, {len(s['sample_seeds'])} sampling seeds | "
+                lines.append(f"| {_label(key, e)} | {_samp(s['sampling'])}, {len(s['sample_seeds'])} sampling seeds† | "
                              + " | ".join(fmt(s[split][m]) for m in SHOWN) + " |")
         lines.append("")
-    lines += ["## Training cost (2 CPU cores)", "", "| model | wall time per run (s) | epochs run |", "|---|---|---|"]
-    for kind in ("softmax", "vae", "diffusion"):
-        if kind in r:
-            lines.append(f"| {kind} | {fmt(r[kind]['train_seconds'])} | {r[kind]['epochs']} |")
+    lines += ["† stochastic rows: each training seed's metrics averaged over the sampling seeds, then mean ± std "
+              "over training seeds.", ""]
+    lines += ["## Training cost (2 CPU cores)", "",
+              "Wall time per run, early stopping on validation NDCG@10 or the config's 14-minute budget. "
+              "Runs shared the 2 cores with other jobs at times, so these are upper bounds; "
+              "`benchmarks/results/cost.md` has per-step ratios measured in one run.", "",
+              "| model | wall time per run (s) | epochs run | command |",
+              "|---|---|---|---|"]
+    for key in ENTRIES:
+        if key in r:
+            e = r[key]
+            ts = e["train_seconds"]
+            lines.append(f"| {_label(key, e)} | {ts['mean']:.0f} ± {ts['std']:.0f} | {e['epochs']} | "
+                         f"`{e.get('command', r['command'])}` |")
     if "diffusion" in r and r["diffusion"].get("steps"):
         lines += ["", "## Diffusion: DDIM steps at inference (deterministic start, eta = 0), test split", "",
                   "| steps | NDCG@10 | HR@10 | coverage@10 |", "|---|---|---|---|"]
@@ -152,12 +164,26 @@ def render(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Entries of the results file, in table order; "<kind>_patience10" keeps an earlier
+# run of the same kind made with a shorter early-stopping patience.
+ENTRIES = ("softmax", "softmax_patience10", "vae", "vae_patience10", "diffusion")
+
+
+def _label(key: str, e: dict) -> str:
+    kind = key.split("_")[0]
+    return f"{kind} (patience {e['patience']})" if "patience" in e else (
+        f"{kind} (patience 10)" if key.endswith("patience10") else kind)
+
+
 def _samp(s: dict) -> str:
+    """Only the settings that matter for the kind (Sampling carries both kinds' fields)."""
     if not s:
         return ""
-    if s.get("mode") == "sample" and s.get("n_steps", 0) and "start" in s and s.get("start") == "noise":
-        pass
-    return ", ".join(f"{k}={v}" for k, v in s.items())
+    if s.get("mode") == "sample":
+        return f"vae sample, {s['n_samples']} map(s)"
+    if "start" in s and (s.get("start") == "noise" or s.get("eta", 0) > 0 or s.get("n_steps")):
+        return f"DDIM {s['n_steps']} steps, start={s['start']}, eta={s['eta']}"
+    return "vae prior mean"
 
 
 if __name__ == "__main__":

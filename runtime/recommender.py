@@ -97,8 +97,10 @@ class Recommender:
         self._lut = None
         ids = items.item_ids
         if ids and all(type(x) is int and x >= 0 for x in ids) and max(ids) < 50_000_000:
-            self._lut = np.zeros(max(ids) + 1, dtype=np.int64)
-            self._lut[np.asarray(ids, dtype=np.int64)] = np.arange(1, len(ids) + 1)
+            # Shifted by one and padded with a trailing 0, so `take(id + 1, mode="clip")` maps
+            # negative and too-large ids to 0 (unknown) without a separate range check.
+            self._lut = np.zeros(max(ids) + 3, dtype=np.int64)
+            self._lut[np.asarray(ids, dtype=np.int64) + 1] = np.arange(1, len(ids) + 1)
         pop = np.asarray(items.popularity, dtype=np.int64)
         self._pop_order = (np.argsort(-pop[1:], kind="stable") + 1)[: self.k_max]
         self._pop_scores = pop[self._pop_order].astype(np.float64)
@@ -257,15 +259,11 @@ class Recommender:
             arr = np.array(hist, dtype=np.int64)
         except OverflowError:
             return None
-        if arr.min() >= 0 and arr.max() < len(lut):
-            idx = lut[arr]
-            if idx.all():
-                return idx.tolist(), []
-        else:
-            ok = (arr >= 0) & (arr < len(lut))
-            idx = np.where(ok, lut[np.where(ok, arr, 0)], 0)
-        unknown = list(dict.fromkeys(arr[idx == 0].tolist()))
-        return idx[idx > 0].tolist(), unknown
+        idx = lut.take(arr + 1, mode="clip").tolist()
+        if 0 not in idx:
+            return idx, []
+        unknown = list(dict.fromkeys(x for x, i in zip(hist, idx) if i == 0))
+        return [i for i in idx if i], unknown
 
     def _encode(self, hist, where: str) -> tuple[list[int], list]:
         if isinstance(hist, np.ndarray):

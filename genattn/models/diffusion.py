@@ -31,12 +31,15 @@ class Denoiser(nn.Module):
         """Step-invariant part of the first layer, computed once per layer call."""
         return self.mlp.const([x.s, s_rel], x.rel, first=1)  # (B, H, Lq, L, hidden)
 
-    def forward(self, x_t: Tensor, t: int | Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor | None, t: int | Tensor, cond: Tensor) -> Tensor:
+        """x_t None = all zeros (the deterministic start): its term is skipped, not computed."""
         if isinstance(t, int):  # inference: a constant row, folded when traced
             te = self.temb.weight[t]
         else:  # training: one timestep per example (B,)
             te = self.temb(t)[:, None, None, None, :]
-        pre = cond + x_t.unsqueeze(-1) * self.mlp.w_in[0] + te
+        pre = cond + te
+        if x_t is not None:
+            pre = pre + x_t.unsqueeze(-1) * self.mlp.w_in[0]
         return self.mlp.run(pre)[..., 0]  # (B, H, Lq, L)
 
 
@@ -53,7 +56,7 @@ class DiffusionWeights(AttentionWeights):
     def sample(self, x: AttnInputs, cond: Tensor, samp: Sampling) -> Tensor:
         """DDIM from X_T to X_0 in samp.n_steps steps (a plain loop over a fixed list)."""
         ts = self.scheduler.timesteps(samp.n_steps) + [0]
-        x_t = draw_noise(x, x.s) if samp.start == "noise" else torch.zeros_like(x.s)
+        x_t = draw_noise(x, x.s) if samp.start == "noise" else None  # None: zeros, not materialised
         for t, t_prev in zip(ts[:-1], ts[1:]):
             x0_hat = self.denoiser(x_t, t, cond)
             noise = draw_noise(x, x.s) if (samp.eta > 0 and t_prev > 0) else None

@@ -71,15 +71,22 @@ class DDIMScheduler:
             return 0.0
         return eta * math.sqrt((1 - a_prev) / (1 - a_t)) * math.sqrt(1 - a_t / a_prev)
 
-    def step(self, x0_hat: Tensor, t: int, t_prev: int, x_t: Tensor, eta: float = 0.0,
+    def step(self, x0_hat: Tensor, t: int, t_prev: int, x_t: Tensor | None, eta: float = 0.0,
              noise: Tensor | None = None) -> Tensor:
-        """x_{t_prev} from x_t and the denoiser's x0 prediction (Song et al. 2021, eq. 12)."""
+        """x_{t_prev} from x_t and the denoiser's x0 prediction (Song et al. 2021, eq. 12).
+
+        With eps_hat = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t) the update is linear in
+        x0_hat and x_t; its two coefficients are folded here as Python floats, so a traced
+        step is two scalings and an add. x_t None means an all-zero x_t (deterministic start).
+        """
         a_t, a_prev = self.alphas_cumprod[t], self.alphas_cumprod[t_prev]
         if t_prev == 0:
             return x0_hat  # abar_0 = 1: the last step lands on the prediction
-        eps_hat = (x_t - math.sqrt(a_t) * x0_hat) / math.sqrt(1.0 - a_t)
         sigma = self.sigma(t, t_prev, eta)
-        x_prev = math.sqrt(a_prev) * x0_hat + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps_hat
+        dir_coef = math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) / math.sqrt(1.0 - a_t)
+        x_prev = (math.sqrt(a_prev) - dir_coef * math.sqrt(a_t)) * x0_hat
+        if x_t is not None:
+            x_prev = x_prev + dir_coef * x_t
         if sigma > 0.0:
             if noise is None:
                 raise ValueError("eta > 0 needs noise for every step")
