@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     prev = Path(a.out + ".json")
     if prev.is_file():  # keep a kind measured by an earlier invocation
         old = json.loads(prev.read_text())
-        result.update({k: old.get(k, {}) for k in ("diffusion", "vae")})
+        result.update({k: v for k, v in old.items() if k not in ("command", "machine")})
     settings = []
     if a.diffusion and Path(a.diffusion).is_dir():
         for n in [int(x) for x in a.steps.split(",")]:
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         stochastic = not manifest["sampler"]["deterministic"]
         runs = [evaluate_bundle(bundle, split.test_inputs, split.test_targets, ds, ck.popularity, s)
                 for s in (seeds if stochastic else [None])]
+        result[f"{kind}_command"] = result["command"]
         result[kind][label] = {"test": mean_std(runs), "stochastic": stochastic, "seeds": seeds if stochastic else [],
                                "export_seconds": export_s, "graph_nodes": manifest["graph"]["nodes"],
                                "noise_size": manifest["sampler"]["noise_size"],
@@ -117,11 +118,11 @@ def render(r: dict) -> str:
     lines = ["# Step counts through ONNX Runtime (MovieLens-100K, test split)", "",
              "Exported bundles evaluated with ONNX Runtime CPU on all test users: full ranking over the whole "
              "catalog, history masked (same metric code as training). Stochastic settings: mean ± std over "
-             "noise seeds.", "", f"Reproduce: `{r['command']}`", ""]
+             "noise seeds.", ""]
     for kind in ("diffusion", "vae"):
         if not r[kind]:
             continue
-        lines += [f"## {kind}", "", "| setting | NDCG@10 | HR@10 | coverage@10 | ILD@10 | graph nodes | noise floats/user |",
+        lines += [f"## {kind}", "", f"Reproduce: `{r.get(kind + '_command', r['command'])}`", "","| setting | NDCG@10 | HR@10 | coverage@10 | ILD@10 | graph nodes | noise floats/user |",
                   "|---|---|---|---|---|---|---|"]
         for label, e in r[kind].items():
             t = e["test"]
