@@ -144,6 +144,8 @@ def render(r: dict) -> str:
         lines.append("")
     lines += ["† stochastic rows: each training seed's metrics averaged over the sampling seeds, then mean ± std "
               "over training seeds.", ""]
+    lines += [f"Note on {key}: {r[key]['note']}." for key in ENTRIES if key in r and r[key].get("note")]
+    lines.append("")
     lines += ["## Training cost (2 CPU cores)", "",
               "Wall time per run, early stopping on validation NDCG@10 or the config's 14-minute budget. "
               "Runs shared the 2 cores with other jobs at times, so these are upper bounds; "
