@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,7 +121,7 @@ def fmt(ms: dict) -> str:
 
 
 def render(r: dict) -> str:
-    lines = [f"# Accuracy on MovieLens-100K", "",
+    lines = ["# Accuracy on MovieLens-100K", "",
              f"Data: {r['n_users']} users, {r['n_items']} items; {r['protocol']}.",
              f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), "
              f"torch {r['machine']['versions'].get('torch')}.", "",

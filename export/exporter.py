@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 import genattn
@@ -17,9 +17,10 @@ from genattn.checkpoint import load_checkpoint
 from genattn.data import DataError, leave_one_out, load_source, pad_left
 from genattn.fileio import atomic_dir
 from genattn.models import Sampling
-from genattn_runtime.bundle import FORMAT, FORMAT_VERSION, INPUT_SEQ, file_entry
+from genattn_runtime.bundle import FORMAT, FORMAT_VERSION, file_entry
 
-from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, example_inputs, finalize_onnx, to_onnx
+from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, finalize_onnx, to_onnx
+from .tensorrt import check_tensorrt_graph
 from .verify import cases, check_deterministic, check_parity
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ class ExportOptions:
 
 
 def _tool_versions() -> dict:
-    import onnx
-
     out = {"genattn": genattn.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
            "python": platform.python_version()}
     try:
@@ -105,10 +104,6 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         bad = sorted(forbidden & set(graph_stats["op_counts"]))
         if bad:
             raise ExportError(f"graph contains ops the contract forbids: {bad}")
-
-        from .tensorrt import check_tensorrt_graph
-
-        import onnx
 
         trt_problems = check_tensorrt_graph(onnx.load(str(onnx_path)))
         if trt_problems:

@@ -143,7 +143,7 @@ def inspect(bundle, as_json) -> None:
         f"bundle      {bundle}  (format {r['format']} v{r['format_version']}, created {r.get('created')})",
         f"model       {r['attention']} attention, {r['model']['n_blocks']} blocks, d={r['model']['d_model']}, "
         f"heads={r['model']['n_heads']}, max_len={r['max_len']}, items={r['n_items']}",
-        f"sampler     " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "scheduler"),
+        "sampler     " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "scheduler"),
         "inputs      " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in r["graph"]["inputs"]),
         "outputs     " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in r["graph"]["outputs"]),
         f"graph       opset {r['graph']['opset']}, {r['graph']['nodes']} nodes, exporter {r['graph']['exporter']}",

@@ -8,7 +8,7 @@ The returned aux loss is KL(q || p) over allowed entries; the model weights it.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..config import ModelConfig
 from .attention import AttentionWeights, AttnInputs, PairMLP, Posterior, Sampling, masked_mean, masked_softmax, row_context
