@@ -72,3 +72,16 @@ def bundle_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp() / "runtime-bundles"
     root.mkdir(exist_ok=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def rec(bundle_root):
+    """The softmax bundle loaded on ONNX Runtime CPU, one thread."""
+    from genattn_runtime import Recommender
+
+    return Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def ids(rec) -> list:
+    return list(rec.items.item_ids)

@@ -14,23 +14,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from runtime_fixtures import (K, KINDS, MAX_LEN, N_ITEMS, bundle, bundle_root,  # noqa: F401 (fixture)
-                              checkpoint, export_options, string_id_bundle)
+                              checkpoint, export_options, ids, rec, string_id_bundle)
 
 from genattn_runtime import (BackendUnavailableError, BundleError, InputError, Recommendation, Recommender,
                              UnknownItemError)
 from genattn_runtime.cli import recommend_cmd
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def rec(bundle_root) -> Recommender:
-    return Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
-
-
-@pytest.fixture(scope="module")
-def ids(rec) -> list:
-    return list(rec.items.item_ids)
 
 
 def _histories(ids: list, n: int, seed: int, max_len: int = 25) -> list[list]:

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from runtime_fixtures import bundle, bundle_root  # noqa: F401
+from runtime_fixtures import bundle, bundle_root, ids, rec  # noqa: F401 (fixtures)
 
 from genattn_runtime import Recommender
 from genattn_runtime.service import Metrics, MicroBatcher, create_app
@@ -23,16 +23,6 @@ from genattn_runtime.service import Metrics, MicroBatcher, create_app
 pytestmark = pytest.mark.slow
 
 N_REQUESTS, CONCURRENCY = 2000, 32
-
-
-@pytest.fixture(scope="module")
-def rec(bundle_root) -> Recommender:
-    return Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
-
-
-@pytest.fixture(scope="module")
-def ids(rec) -> list:
-    return list(rec.items.item_ids)
 
 
 @pytest.fixture(scope="module")
