@@ -78,13 +78,17 @@ class ServingGraph(nn.Module):
         self.model, self.sampling, self.k = model.eval(), sampling, k
         self.exclude, self.noise, self.full_scores = exclude, noise, full_scores
 
+    def masked_scores(self, item_seq: Tensor, exclude_items: Tensor | None = None,
+                      noise: Tensor | None = None) -> Tensor:
+        """Full-catalog scores (B, N + 1) with the excluded items at -inf: what top-K ranks."""
+        scores = self.model.scores(item_seq, self.sampling, noise if self.noise else None)
+        if self.exclude and exclude_items is not None:
+            scores = scores.scatter(1, exclude_items, float("-inf"))
+        return scores
+
     def forward(self, item_seq: Tensor, exclude_items: Tensor | None = None,
                 noise: Tensor | None = None) -> tuple[Tensor, ...]:
-        exclude = exclude_items if self.exclude else None
-        noise = noise if self.noise else None
-        scores = self.model.scores(item_seq, self.sampling, noise)  # (B, N + 1)
-        if exclude is not None:
-            scores = scores.scatter(1, exclude, float("-inf"))
+        scores = self.masked_scores(item_seq, exclude_items, noise)
         top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
         return (top_items, top_scores, scores) if self.full_scores else (top_items, top_scores)
 
