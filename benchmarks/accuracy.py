@@ -24,7 +24,7 @@ from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
 from genattn.fileio import write_json_atomic, write_text_atomic
 from genattn.metrics import mean_std
-from genattn.training import default_sampling, train
+from genattn.training import default_sampling, stochastic_sampling, train
 
 from .machine import machine_info
 
@@ -45,9 +45,8 @@ def trained(kind: str, seed: int, runs: Path, source: str, max_minutes: float | 
 
 
 def stochastic(kind: str, base):
-    if kind == "vae":
-        return replace(base, mode="sample", n_samples=1)
-    return replace(base, start="noise", eta=1.0)
+    """The stochastic setting reported beside each deterministic one (diffusion: full DDIM noise)."""
+    return stochastic_sampling(kind, base, **({"n_samples": 1} if kind == "vae" else {"eta": 1.0}))
 
 
 def main(argv: list[str] | None = None) -> dict:

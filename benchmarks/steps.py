@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from genattn.checkpoint import load_checkpoint
-from genattn.data import leave_one_out, load_source, pad_left
+from genattn.checkpoint import checkpoint_data, load_checkpoint
+from genattn.data import leave_one_out, pad_left
 from genattn.fileio import write_json_atomic, write_text_atomic
 from genattn.metrics import diversity_metrics, mean_std, rank_metrics, ranks_from_scores
 from genattn_export import ExportOptions, export_bundle
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
         result.update({k: v for k, v in old.items() if k not in ("command", "machine")})
     settings = []
     if a.diffusion and Path(a.diffusion).is_dir():
+        result["diffusion"] = {}
         for n in [int(x) for x in a.steps.split(",")]:
             settings.append(("diffusion", a.diffusion, f"steps={n}, zeros, eta=0", ExportOptions(steps=n)))
-        result["diffusion"] = {}
         settings.append(("diffusion", a.diffusion, "steps=8, noise start, eta=1",
                          ExportOptions(steps=8, start="noise", eta=1.0)))
     if a.vae and Path(a.vae).is_dir():
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         ck = load_checkpoint(ck_path)
         key = json.dumps(ck.run.data.__dict__, sort_keys=True)
         if key not in data_cache:
-            ds = load_source(ck.run.data)
+            ds = checkpoint_data(ck)
             data_cache[key] = (ds, leave_one_out(ds))
         ds, split = data_cache[key]
         opts.full_scores, opts.verify_users = True, 64

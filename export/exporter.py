@@ -13,8 +13,8 @@ import onnx
 import torch
 
 import genattn
-from genattn.checkpoint import load_checkpoint
-from genattn.data import DataError, leave_one_out, load_source, pad_left
+from genattn.checkpoint import CheckpointError, checkpoint_data, load_checkpoint
+from genattn.data import DataError, leave_one_out, pad_left
 from genattn.fileio import atomic_dir
 from genattn.models import Sampling
 from genattn_runtime.bundle import FORMAT, FORMAT_VERSION, file_entry
@@ -72,12 +72,9 @@ def _real_sequences(ck, n: int) -> np.ndarray | None:
     if n <= 0:
         return None
     try:
-        ds = load_source(ck.run.data)
-    except (DataError, OSError) as e:
-        log.warning("parity on random sequences only: the checkpoint's data is not available (%s)", e)
-        return None
-    if [str(x) for x in ds.item_ids] != [str(x) for x in ck.item_ids]:
-        log.warning("parity on random sequences only: the data's item mapping differs from the checkpoint's")
+        ds = checkpoint_data(ck)
+    except (DataError, CheckpointError, OSError) as e:
+        log.warning("parity on random sequences only: the checkpoint's data is not usable here (%s)", e)
         return None
     return pad_left(leave_one_out(ds).test_inputs[:n], ck.run.model.max_len)
 

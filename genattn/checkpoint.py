@@ -145,6 +145,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
                       n_users=items["n_users"], metrics=metrics, path=path)
 
 
+def checkpoint_data(ck: Checkpoint):
+    """Rebuild the checkpoint's dataset from its data config, refusing one whose item
+    mapping differs from the checkpoint's (scores would be about other items)."""
+    from .data import load_source
+
+    ds = load_source(ck.run.data)
+    if [str(x) for x in ds.item_ids] != [str(x) for x in ck.item_ids]:
+        raise CheckpointError(f"the data rebuilt from {ck.path}'s config has a different item mapping "
+                              "than the checkpoint")
+    return ds
+
+
 def load_train_state(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """Restore the last weights and optimizer for resuming; returns the saved progress."""
     path = Path(path)

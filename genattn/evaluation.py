@@ -76,16 +76,13 @@ def evaluate_checkpoint(path, *, split: str = "both", seeds: list[int] | None = 
     for generative kinds, each stochastic seed (mean ± std over seeds)."""
     from dataclasses import replace
 
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .data import leave_one_out, load_source
+    from .checkpoint import checkpoint_data, load_checkpoint
+    from .data import leave_one_out
     from .metrics import mean_std
-    from .training import default_sampling
+    from .training import default_sampling, stochastic_sampling
 
     ck = load_checkpoint(path, device=device)
-    ds = load_source(ck.run.data)
-    if [str(x) for x in ds.item_ids] != [str(x) for x in ck.item_ids]:
-        raise CheckpointError(f"the data rebuilt from {path}'s config has a different item mapping "
-                              "than the checkpoint: evaluation would be meaningless")
+    ds = checkpoint_data(ck)
     sets = eval_sets(leave_one_out(ds))
     names = ["valid", "test"] if split == "both" else [split]
     base = default_sampling(ck.run.model)
@@ -100,10 +97,7 @@ def evaluate_checkpoint(path, *, split: str = "both", seeds: list[int] | None = 
         det = evaluate(ck.model, sets[name], sampling=base, **kw)
         out[name] = {"deterministic" if (base is None or not base.draws(ck.run.model.attention)) else "seed0": det}
         if base is not None and seeds:
-            stoch = base
-            if not base.draws(ck.run.model.attention):  # make the sampler stochastic for the seeds
-                stoch = replace(base, mode="sample", n_samples=max(base.n_samples, 1)) if ck.run.model.attention == "vae" \
-                    else replace(base, start="noise")
+            stoch = stochastic_sampling(ck.run.model.attention, base)
             runs = [evaluate(ck.model, sets[name], sampling=stoch, seed=s, **kw) for s in seeds]
             out[name]["stochastic"] = {"sampling": stoch.__dict__, "seeds": seeds, **mean_std(runs)}
     return out

@@ -6,7 +6,7 @@ import copy
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,12 @@ def default_sampling(cfg: ModelConfig) -> Sampling | None:
     if cfg.attention == "diffusion":
         return Sampling(n_steps=cfg.train_sample_steps)
     return None
+
+
+def stochastic_sampling(kind: str, base: Sampling, **overrides) -> Sampling:
+    """`base` made to draw noise (vae: sample mode; diffusion: noise start); overrides win."""
+    changes = {} if base.draws(kind) else ({"mode": "sample"} if kind == "vae" else {"start": "noise"})
+    return replace(base, **{**changes, **overrides})
 
 
 def pick_device(name: str) -> torch.device:
