@@ -90,8 +90,8 @@ class Recommender:
         self.max_len, self.n_items, self.k_max = manifest.max_len, manifest.n_items, manifest.k
         self.noise_size = manifest.noise_size
         self.exclude_in_graph = manifest.exclude_in_graph
-        self._raw = [None, *items.item_ids]  # internal index -> raw id (index 0 = padding)
-        self._raw_arr = np.array(self._raw, dtype=object)
+        # internal index -> raw id (index 0 = padding); object array so one gather decodes a row
+        self._raw = np.array([None, *items.item_ids], dtype=object)
         # Integer catalogs (the common case) encode through a lookup table: one numpy
         # gather instead of a dict lookup per id keeps batch-1 Python overhead small.
         self._lut = None
@@ -386,14 +386,14 @@ class Recommender:
         k, raw, recs, r = p.k, self._raw, [], 0
         for row in p.rows:
             if row.fallback:
-                recs.append(Recommendation(items=[raw[i] for i in self._pop_order[:k].tolist()],
+                recs.append(Recommendation(items=raw[self._pop_order[:k]].tolist(),
                                            scores=self._pop_scores[:k].tolist(), fallback=row.fallback,
                                            unknown_items=row.unknown, truncated=row.truncated))
                 continue
             items, scores = out[0][r], out[1][r]
             r += 1
             if row.post_exclude is None and np.isfinite(scores[:k]).all():
-                recs.append(Recommendation(items=self._raw_arr[items[:k]].tolist(), scores=scores[:k].tolist(),
+                recs.append(Recommendation(items=raw[items[:k]].tolist(), scores=scores[:k].tolist(),
                                            unknown_items=row.unknown, truncated=row.truncated))
                 continue
             # Drop masked (-inf) entries, padding and seen items older than the window.
@@ -401,7 +401,7 @@ class Recommender:
             kept = [(i, s) for i, s in zip(items.tolist(), scores.tolist())
                     if i > 0 and math.isfinite(s) and i not in post][:k]
             idx, sc = [i for i, _ in kept], [s for _, s in kept]
-            recs.append(Recommendation(items=[raw[i] for i in idx], scores=sc, unknown_items=row.unknown,
+            recs.append(Recommendation(items=raw[idx].tolist(), scores=sc, unknown_items=row.unknown,
                                        truncated=row.truncated, partial=len(idx) < k))
         return recs[0] if p.single else recs
 
