@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +77,11 @@ class ServingGraph(nn.Module):
         super().__init__()
         if not 1 <= k <= min(MAX_K, model.cfg.n_items):
             raise ExportError(f"K must be in 1..{min(MAX_K, model.cfg.n_items)}, got {k}")
-        self.model, self.sampling, self.k = model.eval(), sampling, k
+        self.model, self.sampling, self.k = model, sampling, k
         self.exclude, self.noise, self.full_scores = exclude, noise, full_scores
+        # A serving graph never trains: the wrapper and the model start in eval mode (the wrapper's
+        # own flag matters, as exporters restore it recursively over the model).
+        self.eval()
 
     def masked_scores(self, item_seq: Tensor, exclude_items: Tensor | None = None,
                       noise: Tensor | None = None) -> Tensor:
@@ -121,26 +126,68 @@ def to_onnx(graph: ServingGraph, spec: GraphSpec, path: Path, *, opset: int = 18
     for q in quiet:  # the exporter's pass-by-pass INFO lines drown the user's output
         q.setLevel(logging.ERROR)
     try:
-        _export(graph, spec, path, args, kwargs, opset, dynamo)
+        with eval_mode(graph), known_export_warnings_ignored():
+            _export(graph, spec, path, args, kwargs, opset, dynamo)
     finally:
         for q, lv in zip(quiet, levels):
             q.setLevel(lv)
 
 
-def _export(graph, spec, path, args, kwargs, opset, dynamo) -> None:
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Every submodule in eval mode inside; each one's own training flag restored on exit.
+
+    Exporters restore only the top module's flag, recursively, which switches dropout back on
+    in a model whose wrapper was in training mode; restoring per module returns exactly the
+    caller's state.
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+# Warnings that export raises on every correct model, each checked to be harmless; anything
+# else (a model exported in training mode, a tracer warning from our code elsewhere) reaches
+# the caller. (category, message regex, module regex)
+KNOWN_EXPORT_WARNINGS = [
+    # every input's axis 0 is the one "batch" dimension, so torch merges the equal names
+    (UserWarning, r"# The axis name: batch will not be used, since it shares the same shape constraints", ""),
+    # torch.export's pytree internals calling their own deprecated LeafSpec check
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated", ""),
+    # --torchscript: the legacy exporter calling its own deprecated helper (the user already
+    # gets the exporter's own deprecation notice)
+    (DeprecationWarning, r"The feature will be removed\. Please remove usage of this function", r"torch\.onnx"),
+    # --torchscript: `if L > max_len` in SASRec.embed; the traced sequence axis is max_len and
+    # finalize_onnx checks that the graph's axis 1 is static, so the constant branch is right
+    (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean", r"genattn\.models\.sasrec"),
+]
+
+
+@contextmanager
+def known_export_warnings_ignored() -> Iterator[None]:
+    """Ignore exactly KNOWN_EXPORT_WARNINGS (by category, message and module) inside the block."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            batch = torch.export.Dim("batch", min=1, max=65536)
-            torch.onnx.export(graph, args, str(path), kwargs=kwargs, input_names=spec.input_names,
-                              output_names=spec.output_names, opset_version=opset, dynamo=True,
-                              dynamic_shapes={n: {0: batch} for n in spec.input_names},
-                              external_data=False, verbose=False)
-        else:
-            axes = {n: {0: "batch"} for n in spec.input_names + spec.output_names}
-            torch.onnx.export(graph, args, str(path), kwargs=kwargs, input_names=spec.input_names,
-                              output_names=spec.output_names, opset_version=opset, dynamo=False,
-                              dynamic_axes=axes)
+        for category, message, module in KNOWN_EXPORT_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
+
+
+def _export(graph, spec, path, args, kwargs, opset, dynamo) -> None:
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        torch.onnx.export(graph, args, str(path), kwargs=kwargs, input_names=spec.input_names,
+                          output_names=spec.output_names, opset_version=opset, dynamo=True,
+                          dynamic_shapes={n: {0: batch} for n in spec.input_names},
+                          external_data=False, verbose=False)
+    else:
+        axes = {n: {0: "batch"} for n in spec.input_names + spec.output_names}
+        torch.onnx.export(graph, args, str(path), kwargs=kwargs, input_names=spec.input_names,
+                          output_names=spec.output_names, opset_version=opset, dynamo=False,
+                          dynamic_axes=axes)
 
 
 def finalize_onnx(path: Path, spec: GraphSpec, *, slim: bool = False) -> dict:

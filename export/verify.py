@@ -14,7 +14,7 @@ import torch
 
 from genattn_runtime.bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ITEMS, OUTPUT_SCORES
 
-from .graph import ExportError, GraphSpec, ServingGraph, example_inputs
+from .graph import ExportError, GraphSpec, ServingGraph, eval_mode, example_inputs
 
 ATOL, RTOL = 1e-4, 1e-4
 
@@ -70,7 +70,9 @@ def check_parity(graph: ServingGraph, spec: GraphSpec, onnx_path: str, cases_: l
     report = {"atol": atol, "rtol": rtol, "precision": "fp16" if fp16 else "fp32", "cases": {}}
     for case in cases_:
         outs = dict(zip(names, sess.run(None, case.feeds)))
-        with torch.no_grad():  # one torch pass serves both the reference top-K and the tie check
+        # one torch pass serves both the reference top-K and the tie check; eval mode whatever
+        # state the caller left the graph in (dropout on would make the reference random)
+        with torch.no_grad(), eval_mode(graph):
             full = graph.masked_scores(**{n: torch.from_numpy(case.feeds[n]) for n in spec.input_names}).float()
             ref_top = full.topk(graph.k, dim=1, largest=True, sorted=True)
         ref_items, ref_scores = ref_top.indices.numpy(), ref_top.values.numpy()

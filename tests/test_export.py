@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import onnx
@@ -192,3 +193,102 @@ def test_fp16_bundle_reports_drift(checkpoints, tmp_path):
     p16 = m["parity"]["fp16"]
     assert 0 < p16["max_abs_diff"] < 0.1 and p16["min_topk_overlap"] > 0.8
     assert "model.fp16.onnx" in m["files"]
+
+
+# --------------------------------------------------------------------------- TorchScript exporter, eval mode
+
+TS_CASES = {"softmax": {}, "vae": {}, "diffusion": {"steps": 2}}
+
+
+@pytest.mark.parametrize("kind", list(TS_CASES))
+def test_torchscript_export_end_to_end(checkpoints, tmp_path, kind):
+    """--torchscript: parity passes for every kind (dropout off in export and reference), and the
+    runtime serves the bundle with torch's ranking."""
+    from genattn_runtime import Recommender
+
+    opts = ExportOptions(k=10, verify_users=16, dynamo=False, **TS_CASES[kind])
+    m = export_bundle(checkpoints[kind], tmp_path / "b", opts)
+    assert m["graph"]["exporter"] == "torchscript"
+    assert all(c["passed"] and c["topk_equal_up_to_ties"] for c in m["parity"]["fp32"]["cases"].values())
+    assert m["parity"]["fp32"]["max_abs_diff"] < 1e-4
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "model.onnx")).graph.node}
+    assert "Dropout" not in ops and not ops & FORBIDDEN
+    ck = load_checkpoint(checkpoints[kind])
+    with Recommender.load(tmp_path / "b", backend="cpu", threads=1) as rec:
+        manifest = read_manifest(tmp_path / "b")
+        feeds = _feeds(manifest, 4, seed=2)
+        items, scores = rec.recommend_indices(feeds[INPUT_SEQ], exclude=feeds[INPUT_EXCLUDE])
+        assert rec.recommend([ck.item_ids[0], ck.item_ids[3]], k=5).items
+    with torch.no_grad():
+        full = ck.model.eval().scores(torch.from_numpy(feeds[INPUT_SEQ]), opts.sampling(ck.run.model.attention))
+        ref = full.scatter(1, torch.from_numpy(feeds[INPUT_EXCLUDE]), float("-inf")).topk(10, dim=1).values
+    np.testing.assert_allclose(scores, ref.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def _tiny_graph(kind="softmax"):
+    from genattn.config import ModelConfig
+    from genattn.models import SASRec
+    from genattn_export.graph import GraphSpec, ServingGraph
+
+    torch.manual_seed(0)
+    model = SASRec(ModelConfig(n_items=30, max_len=6, d_model=16, n_heads=2, attention=kind, dropout=0.5))
+    spec = GraphSpec.build(model, k=5, noise_size=0, exclude=True, full_scores=False)
+    return ServingGraph(model, None, 5, exclude=True, noise=False, full_scores=False), spec
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_export_in_eval_mode_restores_callers_module_state(tmp_path, dynamo):
+    """A graph handed over in training mode is exported and verified in eval mode (ONNX equals
+    torch without dropout), then every module's own flag is back as the caller set it."""
+    from genattn_export.graph import to_onnx
+    from genattn_export.verify import cases, check_parity
+
+    graph, spec = _tiny_graph()
+    graph.train()
+    graph.model.blocks[0].eval()  # a mixed state must come back as it was, not as "all train"
+    before = [(name, m.training) for name, m in graph.named_modules()]
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        to_onnx(graph, spec, path, dynamo=dynamo)
+    assert [(name, m.training) for name, m in graph.named_modules()] == before
+    assert not [w for w in caught if "training mode" in str(w.message)], "exported in training mode"
+    # check_parity raises ParityError if the torch reference ran with dropout on
+    report = check_parity(graph, spec, str(path), cases(spec, 30, None, 0))
+    assert report["max_abs_diff"] < 1e-4
+    assert [(name, m.training) for name, m in graph.named_modules()] == before
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_real_export_warning_reaches_the_caller(tmp_path, monkeypatch, dynamo):
+    """Only the listed known-harmless warnings are ignored, and only inside the export."""
+    from genattn.models import SASRec
+    from genattn_export.graph import to_onnx
+
+    original = SASRec.scores
+
+    def scores(self, *a, **kw):
+        warnings.warn("embedding norms look wrong", RuntimeWarning)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(SASRec, "scores", scores)
+    graph, spec = _tiny_graph()
+    filters = list(warnings.filters)
+    with pytest.warns(RuntimeWarning, match="embedding norms look wrong") as caught:
+        to_onnx(graph, spec, tmp_path / "model.onnx", dynamo=dynamo)
+    assert warnings.filters == filters, "export changed the caller's warning filters"
+    assert not [w for w in caught if "axis name: batch" in str(w.message)], "known-harmless warning leaked"
+
+
+def test_real_warning_reaches_the_caller_of_export_bundle(checkpoints, tmp_path, monkeypatch):
+    from genattn.models import SASRec
+
+    original = SASRec.scores
+
+    def scores(self, *a, **kw):
+        warnings.warn("embedding norms look wrong", UserWarning)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(SASRec, "scores", scores)
+    with pytest.warns(UserWarning, match="embedding norms look wrong"):
+        export_bundle(checkpoints["softmax"], tmp_path / "b", ExportOptions(k=5, verify_users=0, dynamo=False))
