@@ -422,3 +422,18 @@ def test_synthetic_rejects_bad_parameters() -> None:
         synthetic_interactions(n_items=10, n_topics=2, seq_len=(5, 11))
     with pytest.raises(ValueError, match="n_topics"):
         synthetic_interactions(n_items=10, n_topics=6)
+
+
+@pytest.mark.parametrize("ids", [
+    np.array([30, -2, 30, 7, 7, 0]),
+    np.array(["b", "a", "Toy Story (1995)", "a", "$1,000,000 Duck (1971)"], dtype=object),
+    np.array(["x", "y", "x"]),
+    np.array([2.5, np.nan, 1.0, np.nan, 2.5]),
+])
+def test_encode_matches_np_unique(ids: np.ndarray) -> None:
+    from genattn.data.dataset import _encode
+
+    vocab, codes = _encode(ids, "item", "src")
+    ref_vocab, ref_codes = np.unique(ids, return_inverse=True)
+    assert vocab.tolist() == ref_vocab.tolist() or np.array_equal(vocab, ref_vocab, equal_nan=True)
+    assert codes.tolist() == ref_codes.reshape(-1).tolist()
