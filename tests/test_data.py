@@ -161,6 +161,7 @@ def test_real_ml100k() -> None:
     before = set(sys.modules)
     inter = load_ml100k()
     assert "recbole" not in sys.modules or "recbole" in before  # located, never imported
+    assert inter.source == "ml-100k"  # no machine-specific path ends up in results
     assert len(inter) == 100_000
     assert len(np.unique(inter.users)) == 943
     assert len(np.unique(inter.items)) == 1682

@@ -160,7 +160,9 @@ def locate_ml100k() -> Path:
 
 def load_ml100k() -> Interactions:
     """MovieLens-100K as shipped with RecBole, with genres from ``ml-100k.item``."""
-    return read_interactions(locate_ml100k() / "ml-100k.inter", fmt="inter")
+    inter = read_interactions(locate_ml100k() / "ml-100k.inter", fmt="inter")
+    inter.source = "ml-100k"  # the built-in name, not a machine-specific path
+    return inter
 
 
 # --------------------------------------------------------------------------- #
