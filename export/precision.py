@@ -2,20 +2,79 @@
 half precision is baked into the ONNX, with the numerically sensitive ops kept fp32."""
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 # Softmax over attention logits and LayerNorm statistics overflow / lose mass in fp16;
 # top-K selection and the -inf exclusion scatter stay fp32 so ranking ties match fp32.
 KEEP_FP32 = ["Softmax", "LayerNormalization", "TopK", "ScatterElements"]
 
+# onnxconverter_common clamps finite constants above max_finite_val (default 1e4) to it. fp16
+# holds every magnitude up to 65504, so clamping at 1e4 would change representable constants;
+# only what fp16 cannot hold is saturated (and reported by fp16_saturation).
+FP16_MAX = float(np.finfo(np.float16).max)
+# Below this the converter raises a nonzero constant to it (so it does not flush to zero).
+FP16_MIN_POSITIVE = 1e-7
 
-def to_fp16(src: Path, dst: Path) -> None:
+# The converter warns "the float32 number -inf will be truncated to -10000.0" whenever a
+# tensor's extreme is at or beyond the clamp, -inf included, but it clamps finite values only
+# and keeps ±inf (the attention mask and the exclusion fill stay -inf; see docs/export.md).
+# For ±inf the message is a false alarm; finite values keep the converter's warning.
+_INF_FALSE_ALARM = r"the float32 number -?inf will be truncated to "
+
+
+def _float_tensors(graph) -> Iterator[tuple[str, object]]:
+    """(name, TensorProto) of every fp32 constant: initializers, Constant and tensor attributes,
+    subgraphs included."""
+    from onnx import AttributeProto, TensorProto
+
+    for t in graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            yield t.name, t
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+                yield f"{node.name or node.op_type}.{attr.name}", attr.t
+            elif attr.type == AttributeProto.GRAPH:
+                yield from _float_tensors(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _float_tensors(g)
+
+
+def fp16_saturation(model) -> dict[str, dict]:
+    """fp32 constants whose finite values fp16 cannot hold (|x| > FP16_MAX): to_fp16 saturates
+    them to ±FP16_MAX. Keyed by tensor name: count and the largest magnitude."""
+    from onnx import numpy_helper
+
+    out = {}
+    for name, t in _float_tensors(model.graph):
+        a = numpy_helper.to_array(t)
+        over = np.isfinite(a) & (np.abs(a) > FP16_MAX)
+        if over.any():
+            out[name] = {"count": int(over.sum()), "max_abs": float(np.abs(a[over]).max())}
+    return out
+
+
+def to_fp16(src: Path, dst: Path) -> dict:
+    """Write the mixed-precision graph; returns {"saturated": fp16_saturation of the source}."""
     import onnx
     from onnx import TensorProto
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
-    half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=KEEP_FP32)
+    saturated = fp16_saturation(model)
+    if saturated:  # a real change of a constant's value: the caller hears of it
+        warnings.warn(f"fp16: constants beyond the fp16 range are saturated to ±{FP16_MAX:g}: {saturated}",
+                      UserWarning, stacklevel=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_INF_FALSE_ALARM, category=UserWarning,
+                                module=r"onnxconverter_common\.float16")
+        half = float16.convert_float_to_float16(model, min_positive_val=FP16_MIN_POSITIVE, max_finite_val=FP16_MAX,
+                                                keep_io_types=True, op_block_list=KEEP_FP32)
     # The converter retypes a Cast's output to fp16 but leaves its `to` attribute at fp32
     # (seen on bool -> float casts); align the attribute with the declared type.
     declared = {v.name: v.type.tensor_type.elem_type for v in list(half.graph.value_info) + list(half.graph.output)}
@@ -28,3 +87,4 @@ def to_fp16(src: Path, dst: Path) -> None:
                 attr.i = TensorProto.FLOAT16
     onnx.checker.check_model(half)
     onnx.save(half, str(dst))
+    return {"saturated": saturated}

@@ -184,8 +184,23 @@ def test_failed_export_leaves_no_partial_bundle(checkpoints, bundles, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
 
+def _constants(model) -> dict[str, np.ndarray]:
+    """Initializers and Constant / ConstantOfShape tensors by name."""
+    out = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                out[f"{n.name}.{a.name}"] = onnx.numpy_helper.to_array(a.t)
+    return out
+
+
 def test_fp16_bundle_reports_drift(checkpoints, tmp_path):
-    m = export_bundle(checkpoints["softmax"], tmp_path / "b", ExportOptions(k=10, verify_users=0, fp16=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = export_bundle(checkpoints["softmax"], tmp_path / "b", ExportOptions(k=10, verify_users=0, fp16=True))
+    # the converter's "-inf will be truncated" is a false alarm (below) and is not passed on
+    assert not [w for w in caught if "will be truncated" in str(w.message)], [str(w.message) for w in caught]
+    full = onnx.load(str(tmp_path / "b" / "model.onnx"))
     half = onnx.load(str(tmp_path / "b" / "model.fp16.onnx"))
     # Weights are fp16, the sensitive ops stay fp32 (their inputs are cast up).
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
@@ -193,6 +208,49 @@ def test_fp16_bundle_reports_drift(checkpoints, tmp_path):
     p16 = m["parity"]["fp16"]
     assert 0 < p16["max_abs_diff"] < 0.1 and p16["min_topk_overlap"] > 0.8
     assert "model.fp16.onnx" in m["files"]
+    # The attention-mask fill and the exclusion fill are -inf in fp32 and still -inf in fp16.
+    c32, c16 = _constants(full), _constants(half)
+    neg_inf = [name for name, a in c32.items() if a.dtype == np.float32 and a.size and np.all(a == -np.inf)]
+    assert len(neg_inf) >= 2, neg_inf
+    for name in neg_inf:
+        assert c16[name].dtype == np.float16 and np.all(c16[name] == -np.inf), name
+    # Ranking of padded histories: no padding, no history item, finite scores (also for an empty
+    # history), and the same top-K as fp32 up to fp16 drift.
+    manifest = read_manifest(tmp_path / "b")
+    feeds = _feeds(manifest, 8, seed=7)
+    feeds[INPUT_SEQ][0] = 0
+    feeds[INPUT_EXCLUDE][0] = 0
+    items16, scores16 = _session(tmp_path / "b" / "model.fp16.onnx").run(None, feeds)
+    items32, _ = _session(tmp_path / "b" / "model.onnx").run(None, feeds)
+    assert np.isfinite(scores16).all()
+    for row, hist in zip(items16, feeds[INPUT_EXCLUDE]):
+        assert 0 not in row and not set(row) & set(hist[hist > 0])
+    assert np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(items16, items32)]) > 0.8
+
+
+def test_fp16_keeps_inf_and_representable_constants(tmp_path):
+    """to_fp16 keeps ±inf and every value fp16 can hold; it saturates only |x| > 65504, and says so."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from genattn_export.precision import FP16_MAX, fp16_saturation, to_fp16
+
+    values = np.array([-np.inf, -2e4, 3e4, 1e5, 0.5, np.inf], dtype=np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "g", [x], [y],
+                          initializer=[numpy_helper.from_array(values, "c")]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    assert fp16_saturation(model) == {"c": {"count": 1, "max_abs": 1e5}}
+    src, dst = tmp_path / "m.onnx", tmp_path / "m16.onnx"
+    onnx.save(model, str(src))
+    with pytest.warns(UserWarning, match=r"saturated .*'c'") as caught:
+        report = to_fp16(src, dst)
+    assert report["saturated"] == {"c": {"count": 1, "max_abs": 1e5}}
+    assert not [w for w in caught if "inf will be truncated" in str(w.message)]
+    half = _constants(onnx.load(str(dst)))["c"]
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(half, np.array([-np.inf, -2e4, 3e4, FP16_MAX, 0.5, np.inf], dtype=np.float16))
 
 
 # --------------------------------------------------------------------------- TorchScript exporter, eval mode
