@@ -43,6 +43,8 @@ class ExportOptions:
     verify_users: int = 256         # real sequences checked for parity (0 = random only)
     tensorrt: bool = False          # build a TensorRT engine (needs tensorrt + GPU)
     triton: str | None = None       # write a Triton model repository here
+    triton_name: str | None = None  # its model name (default: the bundle folder's name, sanitised)
+    triton_force: bool = False      # replace a same-named model another bundle wrote there
     trt_min_batch: int = 1
     trt_opt_batch: int = 8
     trt_max_batch: int = 256
@@ -79,9 +81,24 @@ def _real_sequences(ck, n: int) -> np.ndarray | None:
     return pad_left(leave_one_out(ds).test_inputs[:n], ck.run.model.max_len)
 
 
+def _triton_name(opts: ExportOptions, out: str | Path) -> str | None:
+    """The Triton model name, checked against the repository before any work (None without --triton)."""
+    if not opts.triton:
+        if opts.triton_name is not None or opts.triton_force:
+            raise ExportError("--triton-name and --triton-force need --triton REPO")
+        return None
+    from .triton import check_triton_target, triton_model_name
+
+    name = opts.triton_name if opts.triton_name is not None else triton_model_name(out)
+    variants = ["onnxruntime"] + ["fp16"] * opts.fp16 + ["tensorrt"] * opts.tensorrt
+    check_triton_target(opts.triton, name, out, variants, force=opts.triton_force)
+    return name
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions | None = None) -> dict:
     """Export, verify and write the bundle folder atomically; returns the manifest."""
     opts = opts or ExportOptions()
+    triton_name = _triton_name(opts, out)  # before the work: a bad Triton name or a clash fails at once
     ck = load_checkpoint(checkpoint)
     model, cfg = ck.model.eval(), ck.run.model
     sampling = opts.sampling(cfg.attention)
@@ -184,8 +201,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         from .triton import TritonOptions, write_triton_repo
 
         engine = Path(out) / trt_meta["file"] if trt_meta else None
-        written = write_triton_repo(Path(opts.triton), manifest, Path(out) / "model.onnx", engine, TritonOptions())
-        manifest["triton"] = {"repository": str(Path(opts.triton).resolve()), "configs": [str(p) for p in written]}
+        written = write_triton_repo(Path(opts.triton), manifest, Path(out) / "model.onnx", engine,
+                                    TritonOptions(model_name=triton_name), items_path=Path(out) / "items.json",
+                                    fp16_path=Path(out) / "model.fp16.onnx" if opts.fp16 else None,
+                                    bundle=Path(out), force=opts.triton_force)
+        manifest["triton"] = {"repository": str(Path(opts.triton).resolve()), "model_name": triton_name,
+                              "configs": [str(p) for p in written]}
         from genattn.fileio import write_json_atomic
 
         write_json_atomic(Path(out) / "manifest.json", manifest)

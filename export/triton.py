@@ -2,8 +2,15 @@
 
     <repo>/<name>/config.pbtxt        ONNX Runtime backend
     <repo>/<name>/1/model.onnx
+    <repo>/<name>/items.json          the bundle's id map (internal index i is item_ids[i - 1])
+    <repo>/<name>/genattn_model.json  which bundle wrote the folder (the overwrite check)
+    <repo>/<name>_fp16/...            ONNX Runtime, the bundle's model.fp16.onnx (with --fp16)
     <repo>/<name>_trt/config.pbtxt    TensorRT backend (only with an engine)
     <repo>/<name>_trt/1/model.plan
+
+A model folder is replaced only when it was written from the same bundle folder (or with
+force=True); a folder of another bundle, or one without genattn_model.json, is refused
+with TritonModelExists, so two bundles cannot overwrite each other's model by sharing a name.
 
 With max_batch_size > 0 Triton owns the batch axis (dimension 0 of every tensor), so the
 configs list the graph tensors without it; the dynamic batcher groups requests up to the
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib.util
+import json
 import logging
 import re
 import shutil
@@ -49,11 +58,91 @@ BACKENDS = {
 }
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+MAX_NAME = 200  # a folder name, leaving room for the "_fp16" / "_trt" variants
+DEFAULT_NAME = "genattn"
+
+ID_MAP = "items.json"
+PROVENANCE = "genattn_model.json"
+PROVENANCE_FORMAT = "genattn-triton-model"
+# variant -> folder suffix
+VARIANTS = {"onnxruntime": "", "fp16": "_fp16", "tensorrt": "_trt"}
+
+
+class TritonError(ValueError):
+    """A Triton model name or repository the export cannot use; the message says which and why."""
+
+
+class TritonModelExists(TritonError):
+    """The repository already holds a different model under the name (pass force to replace it)."""
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is usable as a Triton model name and folder, else TritonError saying why."""
+    if not isinstance(name, str) or not name:
+        raise TritonError("Triton model name is empty")
+    if len(name) > MAX_NAME:
+        raise TritonError(f"Triton model name {name[:40]!r}... is {len(name)} characters long (at most {MAX_NAME})")
+    if not _NAME.fullmatch(name):
+        bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9_.\-]", c)})
+        why = (f"characters {bad} are not allowed" if bad
+               else "it must not start with '.' or '-'")
+        raise TritonError(f"Triton model name {name!r} is invalid: {why} "
+                          f"(use letters, digits, '_', '.', '-'; first a letter, digit or '_')")
+    return name
+
+
+def triton_model_name(bundle: str | Path) -> str:
+    """The default model name: the bundle folder's name with every character Triton names do not
+    take replaced by '_' (and a leading '.' or '-' dropped); "genattn" if nothing is left."""
+    raw = Path(bundle).resolve().name
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", raw).lstrip(".-")[:MAX_NAME]
+    return check_model_name(name if name.strip("_") else DEFAULT_NAME)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _owner(folder: Path) -> str | None:
+    """The bundle that wrote a model folder, or None when the folder is not one of ours."""
+    try:
+        info = json.loads((folder / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != PROVENANCE_FORMAT:
+        return None
+    return info.get("bundle") if isinstance(info.get("bundle"), str) else None
+
+
+def check_triton_target(repo: str | Path, name: str, bundle: str | Path, variants: list[str],
+                        force: bool = False) -> list[Path]:
+    """The model folders an export of `bundle` would write; TritonModelExists if one of them
+    holds another bundle's model (or a folder we did not write) and force is off."""
+    check_model_name(name)
+    repo, bundle = Path(repo), str(Path(bundle).resolve())
+    if repo.exists() and not repo.is_dir():
+        raise TritonError(f"Triton repository {repo} exists and is not a folder")
+    folders = [repo / f"{name}{VARIANTS[v]}" for v in variants]
+    if force:
+        return folders
+    for folder in folders:
+        if not folder.exists():
+            continue
+        owner = _owner(folder)
+        if owner != bundle:
+            by = f"written from {owner}" if owner else f"not written by genattn export (no valid {PROVENANCE})"
+            raise TritonModelExists(f"Triton model {folder.name!r} already exists in {repo}, {by}; choose another "
+                                    f"name (--triton-name) or replace it (--triton-force)")
+    return folders
 
 
 @dataclass
 class TritonOptions:
-    model_name: str = "genattn"              # folder and Triton model name (the engine's gets "_trt")
+    model_name: str = DEFAULT_NAME           # folder and Triton model name (variants add "_fp16", "_trt")
     max_batch_size: int = 256                # largest batch the dynamic batcher forms
     preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 32, 64])
     max_queue_delay_us: int = 500            # how long a request may wait for a batch to fill
@@ -62,8 +151,10 @@ class TritonOptions:
     backends: tuple = ("onnxruntime",)       # add "tensorrt" when an engine exists
 
     def __post_init__(self) -> None:
-        if not _NAME.fullmatch(self.model_name) or self.model_name in (".", ".."):
-            raise ValueError(f"model_name {self.model_name!r} is not a valid folder / Triton model name")
+        try:
+            check_model_name(self.model_name)
+        except TritonError as e:
+            raise TritonError(f"model_name: {e}") from None
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 (the graph has a batch axis), got {self.max_batch_size}")
         bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
@@ -146,40 +237,62 @@ def _trt_options(opts: TritonOptions, manifest: dict) -> TritonOptions:
 
 
 def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: Path | None,
-                      opts: TritonOptions) -> list[Path]:
+                      opts: TritonOptions, *, fp16_path: Path | None = None, items_path: Path | None = None,
+                      bundle: Path | None = None, force: bool = False) -> list[Path]:
     """Write the model folders into `repo` (each replaced whole and atomically); return the configs.
 
-    Every config is made and validated before anything is written.
+    fp16_path adds the `<name>_fp16` model; items_path (default: items.json beside onnx_path) is
+    the id map shipped in every model folder; bundle (default: onnx_path's folder) identifies the
+    writer for the overwrite check (check_triton_target). Every config is made and validated and
+    every target checked before anything is written.
     """
     repo, onnx_path = Path(repo), Path(onnx_path)
+    bundle = Path(bundle) if bundle is not None else onnx_path.parent
+    items_path = Path(items_path) if items_path is not None else onnx_path.parent / ID_MAP
     graph = manifest["graph"]
     inputs, outputs = graph["inputs"], graph["outputs"]
     if "tensorrt" in opts.backends and engine_path is None:
         raise ValueError("backends include 'tensorrt' but no engine_path was given")
-    models = []  # (folder, config text, model file, its name in the version folder)
+    if not items_path.is_file():
+        raise FileNotFoundError(f"id map not found: {items_path} (a Triton client needs it to map item ids)")
+    models = []  # (variant, config text, model file, its name in the version folder)
     if "onnxruntime" in opts.backends:
-        if not onnx_path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {onnx_path}")
-        cfg = triton_config(opts.model_name, "onnxruntime", inputs, outputs, opts)
-        models.append((repo / opts.model_name, cfg, onnx_path, BACKENDS["onnxruntime"][2]))
+        for variant, path in (("onnxruntime", onnx_path), ("fp16", fp16_path)):
+            if path is None:
+                continue
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"ONNX file not found: {path}")
+            name = opts.model_name + VARIANTS[variant]
+            models.append((variant, triton_config(name, "onnxruntime", inputs, outputs, opts), Path(path),
+                           BACKENDS["onnxruntime"][2]))
+    elif fp16_path is not None:
+        raise ValueError("fp16_path needs the 'onnxruntime' backend")
     if engine_path is not None:
         engine_path = Path(engine_path)
         if not engine_path.is_file():
             raise FileNotFoundError(f"TensorRT engine not found: {engine_path}")
-        name = f"{opts.model_name}_trt"
+        name = opts.model_name + VARIANTS["tensorrt"]
         cfg = triton_config(name, "tensorrt", inputs, outputs, _trt_options(opts, manifest))
-        models.append((repo / name, cfg, engine_path, BACKENDS["tensorrt"][2]))
-    elif (repo / f"{opts.model_name}_trt").exists():
-        log.warning("%s holds a TensorRT model from an earlier export; it was not rebuilt and may be stale",
-                    repo / f"{opts.model_name}_trt")
+        models.append(("tensorrt", cfg, engine_path, BACKENDS["tensorrt"][2]))
     for _, cfg, _, _ in models:
         parse_config(cfg)  # never write a config Triton would reject
+    targets = check_triton_target(repo, opts.model_name, bundle, [m[0] for m in models], force=force)
+    for variant, suffix in VARIANTS.items():
+        stale = repo / f"{opts.model_name}{suffix}"
+        if variant not in [m[0] for m in models] and stale.exists():
+            log.warning("%s holds a %s model from an earlier export; it was not rewritten and may be stale",
+                        stale, variant)
+    provenance = {"format": PROVENANCE_FORMAT, "bundle": str(bundle.resolve()),
+                  "created": manifest.get("created")}
     written = []
-    for target, cfg, model_file, filename in models:
+    for target, (variant, cfg, model_file, filename) in zip(targets, models):
         with atomic_dir(target) as tmp:
             (tmp / "config.pbtxt").write_text(cfg)
             (tmp / "1").mkdir()
             shutil.copyfile(model_file, tmp / "1" / filename)
+            shutil.copyfile(items_path, tmp / ID_MAP)
+            info = {**provenance, "variant": variant, "model_sha256": _sha256(model_file)}
+            (tmp / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
         written.append(target / "config.pbtxt")
     return written
 

@@ -103,15 +103,18 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
 @click.option("--torchscript", is_flag=True, help="Use the (deprecated) TorchScript exporter.")
 @click.option("--tensorrt", is_flag=True, help="Build a TensorRT engine (needs tensorrt and a GPU).")
 @click.option("--triton", type=click.Path(file_okay=False), help="Write a Triton model repository here.")
+@click.option("--triton-name", help="Triton model name [default: the bundle folder's name, sanitised].")
+@click.option("--triton-force", is_flag=True, help="Replace a same-named Triton model another bundle wrote.")
 @click.option("--verify-users", type=int, default=256, show_default=True)
 def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_scores, no_exclude_in_graph, opset,
-               fp16, slim, torchscript, tensorrt, triton, verify_users) -> None:
+               fp16, slim, torchscript, tensorrt, triton, triton_name, triton_force, verify_users) -> None:
     """Export a checkpoint to a verified bundle (ONNX + manifest [+ TensorRT, Triton])."""
     from genattn_export import ExportError, ExportOptions, export_bundle
 
     opts = ExportOptions(steps=steps, eta=eta, start=start, vae_mode=vae_mode, samples=samples, k=k,
                          full_scores=full_scores, exclude_in_graph=not no_exclude_in_graph, opset=opset,
                          fp16=fp16, slim=slim, dynamo=not torchscript, tensorrt=tensorrt, triton=triton,
+                         triton_name=triton_name, triton_force=triton_force,
                          verify_users=verify_users)
     try:
         m = export_bundle(checkpoint, out, opts)

@@ -350,3 +350,60 @@ def test_real_warning_reaches_the_caller_of_export_bundle(checkpoints, tmp_path,
     monkeypatch.setattr(SASRec, "scores", scores)
     with pytest.warns(UserWarning, match="embedding norms look wrong"):
         export_bundle(checkpoints["softmax"], tmp_path / "b", ExportOptions(k=5, verify_users=0, dynamo=False))
+
+
+# --------------------------------------------------------------------------- Triton repository from an export
+
+
+def test_export_triton_names_id_map_fp16_and_overwrite_policy(checkpoints, tmp_path):
+    from genattn_export.triton import TritonError, TritonModelExists, parse_config
+
+    repo = tmp_path / "repo"
+    quick = dict(k=5, verify_users=0, dynamo=False, triton=str(repo))
+    m1 = export_bundle(checkpoints["softmax"], tmp_path / "rec-a", ExportOptions(fp16=True, **quick))
+    m2 = export_bundle(checkpoints["vae"], tmp_path / "rec b", ExportOptions(**quick))
+    # two bundles, two models: named after their folders, neither overwrites the other
+    assert m1["triton"]["model_name"] == "rec-a" and m2["triton"]["model_name"] == "rec_b"
+    assert sorted(p.name for p in repo.iterdir()) == ["rec-a", "rec-a_fp16", "rec_b"]
+    assert read_manifest(tmp_path / "rec-a").raw["triton"]["model_name"] == "rec-a"
+    for name, bundle in (("rec-a", "rec-a"), ("rec-a_fp16", "rec-a"), ("rec_b", "rec b")):
+        assert parse_config((repo / name / "config.pbtxt").read_text())["name"] == name
+        assert (repo / name / "items.json").read_bytes() == (tmp_path / bundle / "items.json").read_bytes()
+    assert (repo / "rec-a_fp16" / "1" / "model.onnx").read_bytes() == (tmp_path / "rec-a" / "model.fp16.onnx").read_bytes()
+    # the id map is what a client needs: item_ids[i - 1] is the raw id of internal index i
+    items = json.loads((repo / "rec-a" / "items.json").read_text())["item_ids"]
+    assert items == list(load_checkpoint(checkpoints["softmax"]).item_ids)
+
+    # A third bundle whose folder has the same name is refused before any work: nothing written.
+    other = tmp_path / "elsewhere" / "rec-a"
+    with pytest.raises(TritonModelExists, match="rec-a"):
+        export_bundle(checkpoints["diffusion"], other, ExportOptions(steps=1, **quick))
+    assert not other.exists()
+    # re-exporting the same bundle replaces its own model; --triton-force replaces another's
+    export_bundle(checkpoints["softmax"], tmp_path / "rec-a", ExportOptions(**quick))
+    export_bundle(checkpoints["diffusion"], other, ExportOptions(steps=1, triton_force=True, **quick))
+    assert json.loads((repo / "rec-a" / "genattn_model.json").read_text())["bundle"] == str(other.resolve())
+    # an explicit name is validated (before the work), and only with --triton
+    with pytest.raises(TritonError, match="'/'"):
+        export_bundle(checkpoints["softmax"], tmp_path / "c", ExportOptions(triton_name="a/b", **quick))
+    with pytest.raises(ExportError, match="need --triton"):
+        export_bundle(checkpoints["softmax"], tmp_path / "c", ExportOptions(k=5, triton_name="x"))
+    assert not (tmp_path / "c").exists()
+
+
+def test_cli_export_triton_name(checkpoints, tmp_path):
+    from click.testing import CliRunner
+
+    from genattn.cli import main
+
+    repo = tmp_path / "repo"
+    base = ["export", str(checkpoints["softmax"]), "-k", "5", "--verify-users", "0", "--torchscript",
+            "--triton", str(repo)]
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "b"), "--triton-name", "bad name"])
+    assert r.exit_code != 0 and "Error:" in r.output and "'bad name'" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "b").exists()
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "b"), "--triton-name", "ranker"])
+    assert r.exit_code == 0, r.output
+    assert (repo / "ranker" / "1" / "model.onnx").is_file() and (repo / "ranker" / "items.json").is_file()
+    r = CliRunner().invoke(main, base + ["-o", str(tmp_path / "b2"), "--triton-name", "ranker"])
+    assert r.exit_code != 0 and "--triton-force" in r.output

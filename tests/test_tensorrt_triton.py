@@ -23,7 +23,18 @@ from genattn_export.tensorrt import (
     check_tensorrt_graph,
     engine_name,
 )
-from genattn_export.triton import TritonOptions, _model_config_pb2, parse_config, triton_config, write_triton_repo
+from genattn_export.triton import (
+    TritonError,
+    TritonModelExists,
+    TritonOptions,
+    _model_config_pb2,
+    check_model_name,
+    check_triton_target,
+    parse_config,
+    triton_config,
+    triton_model_name,
+    write_triton_repo,
+)
 
 # ---------------------------------------------------------------------------- small ONNX graphs
 
@@ -530,6 +541,7 @@ def _manifest(**trt):
 def test_write_triton_repo(tmp_path):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"onnx-bytes")
+    (tmp_path / "items.json").write_text('{"item_ids": ["a", "b"]}')
     engine = tmp_path / "model.sm90.trt10.3.0.engine"
     engine.write_bytes(b"plan-bytes")
     repo = tmp_path / "triton"
@@ -537,6 +549,7 @@ def test_write_triton_repo(tmp_path):
     written = write_triton_repo(repo, _manifest(), onnx_path, None, TritonOptions())
     assert written == [repo / "genattn" / "config.pbtxt"]
     assert (repo / "genattn" / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
+    assert (repo / "genattn" / "items.json").read_text() == '{"item_ids": ["a", "b"]}'
     assert not (repo / "genattn_trt").exists()
     assert parse_config(written[0].read_text())["name"] == "genattn"
 
@@ -544,6 +557,7 @@ def test_write_triton_repo(tmp_path):
     written = write_triton_repo(repo, _manifest(min_batch=1, opt_batch=8, max_batch=32), onnx_path, engine, opts)
     assert written == [repo / "rec" / "config.pbtxt", repo / "rec_trt" / "config.pbtxt"]
     assert (repo / "rec_trt" / "1" / "model.plan").read_bytes() == b"plan-bytes"
+    assert (repo / "rec_trt" / "items.json").is_file()
     trt_cfg = parse_config(written[1].read_text())
     assert trt_cfg["name"] == "rec_trt" and trt_cfg["platform"] == "tensorrt_plan"
     assert trt_cfg["max_batch_size"] == 32  # capped to the engine's profile
@@ -560,6 +574,9 @@ def test_write_triton_repo(tmp_path):
 def test_write_triton_repo_errors(tmp_path):
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="id map"):
+        write_triton_repo(tmp_path / "r", _manifest(), onnx_path, None, TritonOptions())
+    (tmp_path / "items.json").write_text("{}")
     engine = tmp_path / "e.engine"
     engine.write_bytes(b"x")
     with pytest.raises(ValueError, match="engine_path"):
@@ -572,3 +589,77 @@ def test_write_triton_repo_errors(tmp_path):
     with pytest.raises(ValueError):
         write_triton_repo(tmp_path / "r", bad, onnx_path, None, TritonOptions())
     assert not (tmp_path / "r" / "genattn").exists()
+
+
+@pytest.mark.parametrize("folder,name", [("rec", "rec"), ("my bundle (v2)", "my_bundle__v2_"), (".hidden", "hidden"),
+                                         ("-x.1", "x.1"), ("ü", "genattn"), ("a" * 300, "a" * 200)])
+def test_triton_model_name_from_bundle_folder(tmp_path, folder, name):
+    assert triton_model_name(tmp_path / folder) == name
+    assert check_model_name(name) == name
+
+
+@pytest.mark.parametrize("name,why", [("", "empty"), ("a/b", "'/'"), ("../x", "'/'"), ("-x", "must not start"),
+                                      (".x", "must not start"), ("a b", "' '"), ("x" * 201, "at most 200")])
+def test_triton_model_name_is_validated(name, why):
+    with pytest.raises(TritonError, match=why):
+        check_model_name(name)
+    with pytest.raises(TritonError, match="model_name"):  # also a ValueError, as the other option errors
+        TritonOptions(model_name=name)
+
+
+def _bundle(folder, onnx=b"onnx", fp16=b"onnx16"):
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(onnx)
+    (folder / "model.fp16.onnx").write_bytes(fp16)
+    (folder / "items.json").write_text(f'{{"item_ids": ["{folder.name}"]}}')
+    return folder
+
+
+def test_write_triton_repo_fp16_variant_and_provenance(tmp_path):
+    import json
+
+    b = _bundle(tmp_path / "b1")
+    repo = tmp_path / "repo"
+    written = write_triton_repo(repo, _manifest(), b / "model.onnx", None, TritonOptions(model_name="rec"),
+                                fp16_path=b / "model.fp16.onnx")
+    assert written == [repo / "rec" / "config.pbtxt", repo / "rec_fp16" / "config.pbtxt"]
+    fp16 = parse_config(written[1].read_text())
+    assert fp16["name"] == "rec_fp16" and fp16["backend"] == "onnxruntime"
+    # the fp16 graph keeps fp32 / int64 I/O, so the tensors are the fp32 model's
+    assert fp16["input"] == parse_config(written[0].read_text())["input"]
+    assert (repo / "rec_fp16" / "1" / "model.onnx").read_bytes() == b"onnx16"
+    for folder in ("rec", "rec_fp16"):
+        assert json.loads((repo / folder / "items.json").read_text()) == {"item_ids": ["b1"]}
+        info = json.loads((repo / folder / "genattn_model.json").read_text())
+        assert info["bundle"] == str(b.resolve())
+    assert json.loads((repo / "rec_fp16" / "genattn_model.json").read_text())["variant"] == "fp16"
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        write_triton_repo(repo, _manifest(), b / "model.onnx", None, TritonOptions(model_name="x"),
+                          fp16_path=b / "missing.onnx")
+
+
+def test_triton_repo_refuses_another_bundles_model(tmp_path):
+    b1, b2 = _bundle(tmp_path / "b1", onnx=b"one"), _bundle(tmp_path / "b2", onnx=b"two")
+    repo = tmp_path / "repo"
+    opts = TritonOptions(model_name="rec")
+    write_triton_repo(repo, _manifest(), b1 / "model.onnx", None, opts)
+    # the same bundle may rewrite its own model
+    write_triton_repo(repo, _manifest(), b1 / "model.onnx", None, opts)
+    # another bundle may not, with any of the variants it would write
+    with pytest.raises(TritonModelExists, match="'rec'.*b1.*--triton-name.*--triton-force"):
+        write_triton_repo(repo, _manifest(), b2 / "model.onnx", None, opts)
+    write_triton_repo(repo, _manifest(), b1 / "model.onnx", None, TritonOptions(model_name="rec2"),
+                      fp16_path=b1 / "model.fp16.onnx")
+    with pytest.raises(TritonModelExists, match="rec2_fp16"):
+        check_triton_target(repo, "rec2", b2, ["fp16"])
+    assert (repo / "rec" / "1" / "model.onnx").read_bytes() == b"one", "a refused write changed the model"
+    # a folder genattn did not write is refused too
+    (repo / "theirs").mkdir()
+    with pytest.raises(TritonModelExists, match="not written by genattn"):
+        write_triton_repo(repo, _manifest(), b1 / "model.onnx", None, TritonOptions(model_name="theirs"))
+    # force replaces
+    write_triton_repo(repo, _manifest(), b2 / "model.onnx", None, opts, force=True)
+    assert (repo / "rec" / "1" / "model.onnx").read_bytes() == b"two"
+    with pytest.raises(TritonError, match="not a folder"):
+        (tmp_path / "file").write_text("x")
+        check_triton_target(tmp_path / "file", "rec", b1, ["onnxruntime"])
