@@ -202,6 +202,14 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
               help="micro-batcher: longest wait for more requests after the first")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True,
               help="larger request bodies get 413")
+@click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,
+              help="most histories in one request; more get 413")
+@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+              help="most requests waiting for the micro-batcher; more get 503 with Retry-After")
+@click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="deadline from queueing to the answer; later gets 504")
+@click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="time to receive the whole body after the headers; later gets 408")
 @_backend_opt
 @_strict_opt
 @_unknown_opt
@@ -210,8 +218,8 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.option("--access-log", is_flag=True, help="log every request (uvicorn access log)")
-def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, backend, strict, unknown, threads,
-              trt_cache_dir, log_level, access_log):
+def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, max_users, max_queue, request_timeout_s,
+              body_timeout_s, backend, strict, unknown, threads, trt_cache_dir, log_level, access_log):
     """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics."""
     _logging(False, default=getattr(logging, log_level.upper()))
     try:
@@ -221,7 +229,8 @@ def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, backen
                                    f"pip install 'genattn[serve]' ({e})") from None
     rec = _load(bundle, backend, strict, unknown, threads, trt_cache_dir=trt_cache_dir)
     serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
-          log_level=log_level, access_log=access_log)
+          max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
+          body_timeout_s=body_timeout_s, log_level=log_level, access_log=access_log)
 
 
 IMPORT_PROBE = ("import sys, time; t = time.perf_counter(); import genattn_runtime; t1 = time.perf_counter(); "

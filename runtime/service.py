@@ -3,15 +3,23 @@
     POST /recommend   {"history": [...], "k": 10, "exclude_seen": true, "seed": null}
                       {"histories": [[...], ...], "k": 10, ...}
     GET  /healthz     {"status": "ok"} (503 while shutting down)
-    GET  /metadata    bundle summary and backend
+    GET  /metadata    bundle summary, backend and the service's limits
     GET  /metrics     Prometheus text format
 
 Concurrent requests are validated in the event loop, queued, and grouped by one
 worker into a single session run (at most `max_batch` rows, waiting at most
-`max_wait_ms` after the first); the run happens in a worker thread so the loop keeps
-accepting. On shutdown the queue is drained before the app exits. User input never
-causes a 500: malformed JSON -> 400, wrong fields / types / k -> 422, unknown ids under
-policy "error" -> 400 naming them, a body over `max_body_bytes` -> 413.
+`max_wait_ms` after the first; a request larger than `max_batch` runs alone); the run
+happens in a worker thread so the loop keeps accepting. On shutdown the queue is
+drained before the app exits.
+
+Every answer other than 2xx is a JSON object `{"error": ..., "detail": ...}`. User
+input never causes a 500: malformed JSON -> 400, wrong fields / types / k -> 422,
+unknown ids under policy "error" -> 400 naming them. The work one request can cause is
+bounded: a body over `max_body_bytes` or more than `max_users` histories -> 413, a body
+not received within `body_timeout_s` -> 408 (connection closed), a full queue
+(`max_queue` requests waiting) -> 503 with Retry-After, no answer within
+`request_timeout_s` of queueing -> 504. A backend failure -> 500 for the requests it
+concerns only: a failed micro-batch is retried request by request.
 
 Run with `genattn serve BUNDLE` or `python -m genattn_runtime.service BUNDLE`.
 """
@@ -23,10 +31,12 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
 
 from .errors import InputError, UnknownItemError
 from .recommender import PreparedRequest, Recommender
@@ -38,14 +48,26 @@ REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed"}
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
+# Defaults of the limits (create_app, serve and `genattn serve` share them; docs/runtime.md states them).
+MAX_BATCH = 64              # rows per session run of the micro-batcher
+MAX_WAIT_MS = 2.0           # longest wait for more requests after the first of a batch
+MAX_BODY_BYTES = 1 << 20    # request body size
+MAX_USERS = 256             # histories in one request
+MAX_QUEUE = 256             # requests waiting for the micro-batcher
+REQUEST_TIMEOUT_S = 10.0    # from queueing to the answer
+BODY_TIMEOUT_S = 10.0       # to receive the whole body once the headers are in
+RETRY_AFTER_S = 1           # Retry-After of a 503
+
 
 class HTTPError(Exception):
-    def __init__(self, status: int, error: str, detail: str, **extra):
+    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None, **extra):
         super().__init__(detail)
         self.status, self.error, self.detail, self.extra = status, error, detail, extra
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.error, "detail": self.detail, **self.extra}, status_code=self.status)
+        return JSONResponse({"error": self.error, "detail": self.detail, **self.extra}, status_code=self.status,
+                            headers=self.headers)
 
 
 class Metrics:
@@ -68,33 +90,73 @@ class Metrics:
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("genattn_queue_depth", "Requests waiting in the micro-batch queue", registry=r)
         self.users = Counter("genattn_recommended_users", "Users answered, by kind", ["kind"], registry=r)
+        self.failures = Counter("genattn_inference_failures", "Failed session runs: 'batch' (then retried "
+                                "request by request) or 'request' (answered 500)", ["scope"], registry=r)
+
+
+@dataclass
+class _Job:
+    prep: PreparedRequest
+    fut: asyncio.Future
+    t_queued: float
+    rows: int  # rows it takes in a batch (a request whose users all fall back still costs a slot)
+    waiting: bool = True  # counted in MicroBatcher.waiting until a batch takes it or its deadline passes
 
 
 class MicroBatcher:
-    """asyncio queue + one worker: concurrent requests share one session run."""
+    """asyncio queue + one worker: concurrent requests share one session run.
 
-    def __init__(self, rec: Recommender, max_batch: int, max_wait_ms: float, metrics: Metrics):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
+    At most `max_queue` requests wait at a time. They are counted rather than bounded by
+    the asyncio queue, so that a request whose deadline passed frees its place at once
+    (its entry stays in the queue until the worker skips it).
+    """
+
+    def __init__(self, rec: Recommender, max_batch: int, max_wait_ms: float, metrics: Metrics,
+                 max_queue: int = MAX_QUEUE):
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self.rec, self.max_batch, self.max_wait = rec, int(max_batch), max_wait_ms / 1000.0
+        self.max_queue = int(max_queue)
         self.metrics = metrics
         self.queue: asyncio.Queue | None = None
+        self.waiting = 0
         self.task: asyncio.Task | None = None
         self.closing = False
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genattn-infer")
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
+        self.waiting = 0
         self.closing = False
         self.task = asyncio.create_task(self._worker(), name="genattn-microbatcher")
 
-    async def submit(self, prep: PreparedRequest):
+    async def submit(self, prep: PreparedRequest, timeout: float | None = None):
+        """Queue one prepared call and wait for its result (HTTPError 503 / 504 / 500 otherwise)."""
         if self.closing or self.queue is None:
-            raise HTTPError(503, "shutting_down", "the server is shutting down")
-        fut = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((prep, fut, time.perf_counter()))
-        self.metrics.queue_depth.set(self.queue.qsize())
-        return await fut
+            raise HTTPError(503, "shutting_down", "the server is shutting down",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+        if self.waiting >= self.max_queue:
+            raise HTTPError(503, "queue_full", f"the server is at capacity ({self.max_queue} requests queued, "
+                            f"max_queue); retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
+        job = _Job(prep, asyncio.get_running_loop().create_future(), time.perf_counter(),
+                   max(1, prep.n_model_rows))
+        self.queue.put_nowait(job)
+        self.waiting += 1
+        self.metrics.queue_depth.set(self.waiting)
+        try:
+            # On timeout wait_for cancels the future: the worker then skips the job if it has not run yet.
+            return await asyncio.wait_for(job.fut, timeout)
+        except asyncio.TimeoutError:
+            raise HTTPError(504, "deadline_exceeded", f"no result within the request deadline of {timeout:g} s "
+                            "(request_timeout_s); the server is overloaded or the backend is slow") from None
+        finally:
+            self._unwait(job)
+
+    def _unwait(self, job: _Job) -> None:
+        if job.waiting:
+            job.waiting = False
+            self.waiting -= 1
+            self.metrics.queue_depth.set(self.waiting)
 
     async def stop(self) -> None:
         """Refuse new work, finish everything already queued, stop the worker."""
@@ -108,13 +170,23 @@ class MicroBatcher:
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         q = self.queue
-        stop = False
-        while not stop:
-            first = await q.get()
-            if first is None:
+        carry: _Job | None = None  # taken from the queue but did not fit the previous batch: starts the next
+        stopping = False
+        while True:
+            if carry is not None:
+                first, carry = carry, None
+            elif stopping:
                 break
-            batch, rows = [first], max(1, first[0].n_model_rows)
+            else:
+                first = await q.get()
+                if first is None:
+                    break
+            if first.fut.done():  # its deadline passed while it waited
+                continue
+            self._unwait(first)
+            batch, rows = [first], first.rows
             deadline = loop.time() + self.max_wait
+            # A request as large as max_batch or larger never enters this loop: it runs alone.
             while rows < self.max_batch:
                 try:
                     nxt = q.get_nowait()
@@ -127,44 +199,73 @@ class MicroBatcher:
                     except asyncio.TimeoutError:
                         break
                 if nxt is None:
-                    stop = True  # drain: run what we hold, then exit (the sentinel is last in the queue)
+                    stopping = True  # drain: run what we hold, then exit (the sentinel is last in the queue)
                     break
+                if nxt.fut.done():
+                    continue
+                if rows + nxt.rows > self.max_batch:
+                    carry = nxt
+                    break
+                self._unwait(nxt)
                 batch.append(nxt)
-                rows += max(1, nxt[0].n_model_rows)
-            self.metrics.queue_depth.set(q.qsize())
+                rows += nxt.rows
             try:
                 await self._run(loop, batch)
             except Exception:  # keep serving: a dead worker would hang every later request
                 log.exception("micro-batch worker error")
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("internal error in the micro-batcher"))
+                for job in batch:
+                    if not job.fut.done():
+                        job.fut.set_exception(HTTPError(500, "internal_error", "internal error in the micro-batcher"))
 
-    async def _run(self, loop, batch) -> None:
+    async def _run(self, loop, batch: list[_Job]) -> None:
+        batch = [j for j in batch if not j.fut.done()]  # deadlines may have passed while collecting
+        if not batch:
+            return
         now = time.perf_counter()
-        for _, _, t in batch:
-            self.metrics.queue_wait.observe(now - t)
-        preps = [p for p, _, _ in batch]
+        for job in batch:
+            self.metrics.queue_wait.observe(now - job.t_queued)
+        preps = [j.prep for j in batch]
         n_rows = sum(p.n_model_rows for p in preps)
         if n_rows:
             self.metrics.batch_rows.observe(n_rows)
             self.metrics.batch_requests.observe(len(preps))
         try:
             results = await loop.run_in_executor(self.executor, self.rec.run_prepared, preps)
-        except Exception as e:  # a backend failure, never user input (validated before queueing)
-            log.exception("inference failed for a micro-batch of %d requests", len(batch))
-            for _, fut, _ in batch:
-                if not fut.done():
-                    fut.set_exception(e)
+        except Exception:  # a backend failure, never user input (validated before queueing)
+            if len(batch) == 1:
+                self._fail(batch[0])
+                return
+            # One bad request must not fail the ones it was merely grouped with: run each alone.
+            self.metrics.failures.labels("batch").inc()
+            log.warning("inference failed for a micro-batch of %d requests; retrying each alone", len(batch),
+                        exc_info=True)
+            for job in batch:
+                if job.fut.done():
+                    continue
+                try:
+                    res = await loop.run_in_executor(self.executor, self.rec.run_prepared, [job.prep])
+                except Exception:
+                    self._fail(job)
+                else:
+                    if not job.fut.done():
+                        job.fut.set_result(res[0])
             return
         self.metrics.inference.observe(time.perf_counter() - now)
-        for (_, fut, _), res in zip(batch, results):
-            if not fut.done():  # the client may have gone away
-                fut.set_result(res)
+        for job, res in zip(batch, results, strict=True):
+            if not job.fut.done():  # the deadline may have passed during the run
+                job.fut.set_result(res)
+
+    def _fail(self, job: _Job) -> None:
+        self.metrics.failures.labels("request").inc()
+        log.exception("inference failed for a request of %d model rows", job.prep.n_model_rows)
+        if not job.fut.done():
+            job.fut.set_exception(HTTPError(500, "inference_failed",
+                                            "the model failed on this request; the server log has the details"))
 
 
-class _MetricsMiddleware:
-    """Pure ASGI middleware: request count by endpoint and status, latency histogram."""
+class _GuardMiddleware:
+    """Pure ASGI middleware: request count by endpoint and status, latency histogram, and a
+    JSON 500 for any exception that escapes the app (Starlette's own answer is plain text)."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -173,16 +274,23 @@ class _MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        status = 500
+        status, started = 500, False
 
         async def send_wrapper(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:  # else the server closes the connection mid-response
+                status = 500
+                await JSONResponse({"error": "internal_error",
+                                    "detail": "unexpected server error; the server log has the details"},
+                                   status_code=500, headers={"Connection": "close"})(scope, receive, send)
         finally:
             path = scope.get("path", "")
             endpoint = path if path in ENDPOINTS else "other"
@@ -190,20 +298,41 @@ class _MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+# Answers sent before the whole body was read close the connection: the unread rest of the
+# body would otherwise be parsed as the next request on a kept-alive connection.
+_CLOSE = {"Connection": "close"}
+
+
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     cl = request.headers.get("content-length")
     if cl is not None:
         try:
             n = int(cl)
         except ValueError:
-            raise HTTPError(400, "bad_request", f"invalid Content-Length {cl!r}") from None
+            raise HTTPError(400, "bad_request", f"invalid Content-Length {cl!r}", headers=_CLOSE) from None
         if n > limit:
-            raise HTTPError(413, "payload_too_large", f"request body of {n} bytes exceeds the limit of {limit}")
+            raise HTTPError(413, "payload_too_large", f"request body of {n} bytes exceeds the limit of {limit}",
+                            headers=_CLOSE)
+    # uvicorn's keep-alive timeout does not cover a client that sent its headers and stalls
+    # on the body; one deadline for the whole body also stops a byte-at-a-time trickle.
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    stream = request.stream().__aiter__()
     chunks, size = [], 0
-    async for chunk in request.stream():  # also bounds chunked bodies without a Content-Length
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, end - loop.time()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise HTTPError(408, "request_timeout", f"request body not received within {timeout:g} s "
+                            "(body_timeout_s)", headers=_CLOSE) from None
+        except ClientDisconnect:
+            raise HTTPError(400, "client_disconnected", "the client closed the connection mid-body") from None
         size += len(chunk)
-        if size > limit:
-            raise HTTPError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
+        if size > limit:  # also bounds chunked bodies without a Content-Length
+            raise HTTPError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes",
+                            headers=_CLOSE)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -244,19 +373,27 @@ _REQUEST_SCHEMA = {
 }
 
 
-def create_app(recommender: Recommender, max_batch: int = 64, max_wait_ms: float = 2.0,
-               max_body_bytes: int = 1 << 20) -> FastAPI:
+def create_app(recommender: Recommender, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
+               max_body_bytes: int = MAX_BODY_BYTES, max_users: int = MAX_USERS, max_queue: int = MAX_QUEUE,
+               request_timeout_s: float = REQUEST_TIMEOUT_S, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """The ASGI app. The micro-batcher starts and drains with the app's lifespan."""
+    if max_body_bytes < 1 or max_users < 1:
+        raise ValueError("max_body_bytes and max_users must be >= 1")
+    if not (request_timeout_s > 0 and body_timeout_s > 0):
+        raise ValueError("request_timeout_s and body_timeout_s must be > 0")
     metrics = Metrics()
-    batcher = MicroBatcher(recommender, max_batch, max_wait_ms, metrics)
-    meta = {**recommender.metadata(), "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-            "max_body_bytes": max_body_bytes}
+    batcher = MicroBatcher(recommender, max_batch, max_wait_ms, metrics, max_queue=max_queue)
+    limits = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body_bytes,
+              "max_users": max_users, "max_queue": max_queue, "request_timeout_s": request_timeout_s,
+              "body_timeout_s": body_timeout_s}
+    meta = {**recommender.metadata(), **limits}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
-        log.info("genattn serve: %s bundle, backend %s, micro-batch <= %d rows / %.1f ms",
-                 meta["attention"], meta["backend"], max_batch, max_wait_ms)
+        log.info("genattn serve: %s bundle, backend %s, micro-batch <= %d rows / %.1f ms, <= %d users per "
+                 "request, queue <= %d requests, deadline %g s", meta["attention"], meta["backend"], max_batch,
+                 max_wait_ms, max_users, max_queue, request_timeout_s)
         try:
             yield
         finally:
@@ -272,12 +409,15 @@ def create_app(recommender: Recommender, max_batch: int = 64, max_wait_ms: float
 
     @app.post("/recommend", openapi_extra=_REQUEST_SCHEMA)
     async def recommend(request: Request):
-        payload = _parse(await _read_body(request, max_body_bytes))
+        payload = _parse(await _read_body(request, max_body_bytes, body_timeout_s))
         single = "history" in payload
         histories = payload["history"] if single else payload["histories"]
         if not single and not isinstance(histories, list):
             raise HTTPError(422, "invalid_input",
                             f"'histories' must be a list of lists, got {type(histories).__name__}")
+        if not single and len(histories) > max_users:  # before any per-user work in the event loop
+            raise HTTPError(413, "too_many_users", f"{len(histories)} histories in one request; the limit is "
+                            f"{max_users} per request (max_users): split the request", max_users=max_users)
         if not single and histories and not all(isinstance(h, list) for h in histories):
             bad = next(i for i, h in enumerate(histories) if not isinstance(h, list))
             raise HTTPError(422, "invalid_input", f"histories[{bad}] must be a list of item ids")
@@ -293,7 +433,7 @@ def create_app(recommender: Recommender, max_batch: int = 64, max_wait_ms: float
             raise HTTPError(400, "unknown_items", str(e), unknown_items=e.unknown) from None
         except InputError as e:
             raise HTTPError(422, "invalid_input", str(e)) from None
-        result = await batcher.submit(prep)
+        result = await batcher.submit(prep, timeout=request_timeout_s)
         if single:
             metrics.users.labels(result.fallback or "model").inc()
             return JSONResponse(result.to_dict())
@@ -304,7 +444,8 @@ def create_app(recommender: Recommender, max_batch: int = 64, max_wait_ms: float
     @app.get("/healthz")
     async def healthz():
         if batcher.closing:
-            return JSONResponse({"status": "shutting_down"}, status_code=503)
+            return JSONResponse({"status": "shutting_down"}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
         return {"status": "ok", "backend": recommender.backend}
 
     @app.get("/metadata")
@@ -315,17 +456,21 @@ def create_app(recommender: Recommender, max_batch: int = 64, max_wait_ms: float
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(_GuardMiddleware, metrics=metrics)
     return app
 
 
-def serve(recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64,
-          max_wait_ms: float = 2.0, max_body_bytes: int = 1 << 20, log_level: str = "info",
-          access_log: bool = False, graceful_timeout_s: float = 30.0) -> None:
+def serve(recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, max_batch: int = MAX_BATCH,
+          max_wait_ms: float = MAX_WAIT_MS, max_body_bytes: int = MAX_BODY_BYTES, log_level: str = "info",
+          access_log: bool = False, graceful_timeout_s: float = 30.0, max_users: int = MAX_USERS,
+          max_queue: int = MAX_QUEUE, request_timeout_s: float = REQUEST_TIMEOUT_S,
+          body_timeout_s: float = BODY_TIMEOUT_S) -> None:
     """Run the app under uvicorn (one process, one event loop; blocks until SIGINT / SIGTERM)."""
     import uvicorn
 
-    app = create_app(recommender, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes)
+    app = create_app(recommender, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
+                     max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
+                     body_timeout_s=body_timeout_s)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
                 timeout_graceful_shutdown=graceful_timeout_s, lifespan="on")
 

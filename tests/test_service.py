@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -216,3 +218,211 @@ def test_health_metadata_metrics(client):
     assert "genattn_http_request_seconds_bucket" in text and "genattn_batch_size_bucket" in text
     assert client.get("/nope").status_code == 404
     assert 'endpoint="other",status="404"' in client.get("/metrics").text
+
+
+# ---------------------------------------------------------------- limits and failure isolation
+
+class FakeRec:
+    """The real Recommender with `run_prepared` replaced (a slow, gated or failing backend)."""
+
+    def __init__(self, rec, run):
+        self._rec, self._run, self.calls = rec, run, []
+
+    def __getattr__(self, name):
+        return getattr(self._rec, name)
+
+    def run_prepared(self, preps):
+        self.calls.append(len(preps))
+        return self._run(self._rec, preps)
+
+
+@contextlib.asynccontextmanager
+async def serving(app):
+    """The app with its lifespan (micro-batcher) running, and an in-process async client."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as c:
+            yield c
+
+
+async def _until(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def gated(started: threading.Event, release: threading.Event):
+    """A backend whose runs wait for `release` (signalling `started`): deterministic queueing."""
+    def run(rec, preps):
+        started.set()
+        assert release.wait(30)
+        return rec.run_prepared(preps)
+    return run
+
+
+def test_user_cap(rec, ids):
+    with TestClient(create_app(rec, max_users=3)) as c:
+        r = c.post("/recommend", json={"histories": [ids[:2]] * 4, "k": 2})
+        assert r.status_code == 413
+        body = r.json()
+        assert body["error"] == "too_many_users" and body["max_users"] == 3
+        assert "limit is 3 per request (max_users)" in body["detail"]
+        r = c.post("/recommend", json={"histories": [ids[:2]] * 3, "k": 2})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+        assert c.get("/metadata").json()["max_users"] == 3
+
+
+def test_queue_full_503_and_deadline_504(rec, ids):
+    started, release = threading.Event(), threading.Event()
+    fake = FakeRec(rec, gated(started, release))
+    app = create_app(fake, max_batch=1, max_wait_ms=0, max_queue=1, request_timeout_s=0.5)
+
+    async def scenario():
+        async with serving(app) as c:
+            try:
+                # 1st runs (blocked in the backend), 2nd waits in the queue, 3rd finds it full.
+                t1 = asyncio.create_task(c.post("/recommend", json={"history": ids[:2]}))
+                await _until(started.is_set)
+                t2 = asyncio.create_task(c.post("/recommend", json={"history": ids[2:4]}))
+                await _until(lambda: app.state.batcher.waiting == 1)
+                r3 = await c.post("/recommend", json={"history": ids[4:6]})
+                assert r3.status_code == 503 and r3.headers["retry-after"] == "1"
+                assert r3.json()["error"] == "queue_full" and "max_queue" in r3.json()["detail"]
+                r1, r2 = await t1, await t2  # the backend is still blocked: both pass their deadline
+            finally:
+                release.set()
+            for r in (r1, r2):
+                assert r.status_code == 504
+                assert r.json()["error"] == "deadline_exceeded" and "0.5 s" in r.json()["detail"]
+            # expired jobs are dropped, the service still answers
+            r = await c.post("/recommend", json={"history": ids[:3], "k": 4})
+            assert r.status_code == 200 and r.json() == rec.recommend(ids[:3], k=4).to_dict()
+        return fake.calls
+
+    calls = asyncio.run(scenario())
+    assert calls == [1, 1]  # the request queued behind the blocked run expired and never ran
+
+
+def test_failed_batch_isolates_requests(rec, ids):
+    """One request that breaks the backend fails alone; those grouped with it are retried and answered."""
+    poison = ids[40]
+    poison_index = rec.items.index[str(poison)]
+    started, release = threading.Event(), threading.Event()
+
+    def run(r, preps):
+        if not started.is_set():  # the first run blocks so the others queue up behind it
+            return gated(started, release)(r, preps)
+        if any((p.seq == poison_index).any() for p in preps):
+            raise RuntimeError("injected backend failure")
+        return r.run_prepared(preps)
+
+    fake = FakeRec(rec, run)
+    app = create_app(fake, max_batch=64, max_wait_ms=0)
+    hists = [ids[i:i + 3] for i in range(0, 15, 3)] + [[ids[1], poison]]  # the last one is the poison
+
+    async def scenario():
+        async with serving(app) as c:
+            try:
+                first = asyncio.create_task(c.post("/recommend", json={"history": ids[20:22]}))
+                await _until(started.is_set)
+                tasks = [asyncio.create_task(c.post("/recommend", json={"history": h, "k": 5})) for h in hists]
+                await _until(lambda: app.state.batcher.waiting == len(hists))
+            finally:
+                release.set()
+            return await first, await asyncio.gather(*tasks), (await c.get("/metrics")).text
+
+    first, rs, metrics = asyncio.run(scenario())
+    assert first.status_code == 200
+    assert fake.calls == [1, len(hists)] + [1] * len(hists)  # grouped run failed, then one by one
+    for h, r in zip(hists[:-1], rs[:-1]):
+        assert r.status_code == 200 and r.json() == rec.recommend(h, k=5).to_dict()
+    assert rs[-1].status_code == 500
+    assert rs[-1].json()["error"] == "inference_failed"
+    assert _metric(metrics, 'genattn_inference_failures_total{scope="batch"}') == 1
+    assert _metric(metrics, 'genattn_inference_failures_total{scope="request"}') == 1
+
+
+def test_unexpected_errors_are_json_500(rec, ids):
+    class Broken(FakeRec):
+        def prepare(self, *a, **kw):
+            raise ZeroDivisionError("boom")
+
+    with TestClient(create_app(Broken(rec, None))) as c:
+        r = c.post("/recommend", json={"history": ids[:2]})
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        assert r.json()["error"] == "internal_error" and "boom" not in r.text
+        assert 'status="500"' in c.get("/metrics").text
+
+
+def test_large_request_runs_alone(rec, ids):
+    """A request with more rows than max_batch is never grouped; no batch overflows max_batch."""
+    seen: list[list[int]] = []
+
+    def run(r, preps):
+        seen.append([p.n_model_rows for p in preps])
+        return r.run_prepared(preps)
+
+    async def scenario():
+        b = MicroBatcher(FakeRec(rec, run), max_batch=4, max_wait_ms=200, metrics=Metrics())
+        await b.start()
+        sizes = [1, 10, 3, 2, 1, 4, 1]
+        preps = [rec.prepare([ids[i:i + 2] for i in range(n)], k=3) for n in sizes]
+        got = await asyncio.gather(*(b.submit(p) for p in preps))
+        await b.stop()
+        return preps, got
+
+    preps, got = asyncio.run(scenario())
+    assert [10] in seen and [4] in seen
+    for batch in seen:
+        assert len(batch) == 1 or sum(batch) <= 4, seen
+    assert sorted(n for batch in seen for n in batch) == sorted(p.n_model_rows for p in preps)
+    assert got == [rec.run_prepared([p])[0] for p in preps]
+
+
+def test_stalled_body_gets_408_and_connection_closed(rec):
+    import uvicorn
+
+    port = _free_port()
+    app = create_app(rec, body_timeout_s=0.5)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and th.is_alive(), "server did not start"
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"history\": [1, ")  # 15 of 100 bytes, then silence
+            t0 = time.monotonic()
+            data = b""
+            while True:  # read until the server closes the connection
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            elapsed = time.monotonic() - t0
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), data
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["error"] == "request_timeout"
+        assert 0.4 < elapsed < 8, elapsed  # the 0.5 s body timeout, not the socket's 10 s
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:  # still serving
+            assert c.get("/healthz").status_code == 200
+    finally:
+        server.should_exit = True
+        th.join(30)
+
+
+def test_limit_defaults_match_cli():
+    import inspect
+
+    from genattn_runtime.cli import serve_cmd
+
+    defaults = {p.name: p.default for p in serve_cmd.params}
+    sig = inspect.signature(create_app).parameters
+    for name in ("max_batch", "max_wait_ms", "max_body_bytes", "max_users", "max_queue", "request_timeout_s",
+                 "body_timeout_s"):
+        assert defaults[name] == sig[name].default, name
