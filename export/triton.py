@@ -279,7 +279,7 @@ def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: 
     targets = check_triton_target(repo, opts.model_name, bundle, [m[0] for m in models], force=force)
     for variant, suffix in VARIANTS.items():
         stale = repo / f"{opts.model_name}{suffix}"
-        if variant not in [m[0] for m in models] and stale.exists():
+        if variant not in [m[0] for m in models] and stale.exists() and _owner(stale) == str(bundle.resolve()):
             log.warning("%s holds a %s model from an earlier export; it was not rewritten and may be stale",
                         stale, variant)
     provenance = {"format": PROVENANCE_FORMAT, "bundle": str(bundle.resolve()),

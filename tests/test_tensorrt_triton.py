@@ -615,7 +615,7 @@ def _bundle(folder, onnx=b"onnx", fp16=b"onnx16"):
     return folder
 
 
-def test_write_triton_repo_fp16_variant_and_provenance(tmp_path):
+def test_write_triton_repo_fp16_variant_and_provenance(tmp_path, caplog):
     import json
 
     b = _bundle(tmp_path / "b1")
@@ -633,6 +633,10 @@ def test_write_triton_repo_fp16_variant_and_provenance(tmp_path):
         info = json.loads((repo / folder / "genattn_model.json").read_text())
         assert info["bundle"] == str(b.resolve())
     assert json.loads((repo / "rec_fp16" / "genattn_model.json").read_text())["variant"] == "fp16"
+    # re-exported without fp16: the old fp16 model of the same bundle is flagged as stale
+    with caplog.at_level("WARNING", logger="genattn_export.triton"):
+        write_triton_repo(repo, _manifest(), b / "model.onnx", None, TritonOptions(model_name="rec"))
+    assert "rec_fp16" in caplog.text and "stale" in caplog.text
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         write_triton_repo(repo, _manifest(), b / "model.onnx", None, TritonOptions(model_name="x"),
                           fp16_path=b / "missing.onnx")
