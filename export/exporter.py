@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -17,7 +18,7 @@ from genattn.checkpoint import CheckpointError, checkpoint_data, load_checkpoint
 from genattn.data import DataError, leave_one_out, pad_left
 from genattn.fileio import atomic_dir
 from genattn.models import Sampling
-from genattn_runtime.bundle import FORMAT, FORMAT_VERSION, file_entry
+from genattn_runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_entry, manifest_text
 
 from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, finalize_onnx, to_onnx
 from .tensorrt import check_tensorrt_graph
@@ -48,6 +49,7 @@ class ExportOptions:
     trt_min_batch: int = 1
     trt_opt_batch: int = 8
     trt_max_batch: int = 256
+    sign_key: str | Path | None = None  # Ed25519 private key (PEM): also write manifest.sig (docs/export.md)
 
     def sampling(self, kind: str) -> Sampling | None:
         if kind == "diffusion":
@@ -81,6 +83,31 @@ def _real_sequences(ck, n: int) -> np.ndarray | None:
     return pad_left(leave_one_out(ds).test_inputs[:n], ck.run.model.max_len)
 
 
+def _signing_key(path: str | Path | None):
+    if path is None:
+        return None
+    from genattn_runtime.errors import KeyFileError
+    from genattn_runtime.signing import load_private_key
+
+    password = os.environ.get("GENATTN_SIGN_PASSWORD")
+    try:
+        return load_private_key(path, password.encode() if password else None)
+    except KeyFileError as e:
+        raise ExportError(str(e)) from None
+
+
+def _write_manifest(folder: Path, manifest: dict, signer) -> None:
+    """manifest.json with its digest set (in `manifest` too), and manifest.sig when signing; each atomically."""
+    from genattn.fileio import write_text_atomic
+
+    text = manifest_text(manifest)
+    if signer is not None:
+        from genattn_runtime.signing import SIGNATURE_FILE, signature_text
+
+        write_text_atomic(folder / SIGNATURE_FILE, signature_text(manifest, signer))
+    write_text_atomic(folder / MANIFEST_FILE, text)
+
+
 def _triton_name(opts: ExportOptions, out: str | Path) -> str | None:
     """The Triton model name, checked against the repository before any work (None without --triton)."""
     if not opts.triton:
@@ -98,7 +125,8 @@ def _triton_name(opts: ExportOptions, out: str | Path) -> str | None:
 def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions | None = None) -> dict:
     """Export, verify and write the bundle folder atomically; returns the manifest."""
     opts = opts or ExportOptions()
-    triton_name = _triton_name(opts, out)  # before the work: a bad Triton name or a clash fails at once
+    signer = _signing_key(opts.sign_key)  # before the work: a bad key fails in a second, not after the export
+    triton_name = _triton_name(opts, out)  # likewise a bad Triton name or a clash in its repository
     ck = load_checkpoint(checkpoint)
     model, cfg = ck.model.eval(), ck.run.model
     sampling = opts.sampling(cfg.attention)
@@ -195,7 +223,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
             "triton": None,
             "files": {name: file_entry(p) for name, p in files.items()},
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _write_manifest(tmp, manifest, signer)
 
     if opts.triton:
         from .triton import TritonOptions, write_triton_repo
@@ -207,7 +235,5 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
                                     bundle=Path(out), force=opts.triton_force)
         manifest["triton"] = {"repository": str(Path(opts.triton).resolve()), "model_name": triton_name,
                               "configs": [str(p) for p in written]}
-        from genattn.fileio import write_json_atomic
-
-        write_json_atomic(Path(out) / "manifest.json", manifest)
+        _write_manifest(Path(out), manifest, signer)  # the digest and signature cover the Triton entry too
     return manifest

@@ -106,8 +106,11 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
 @click.option("--triton-name", help="Triton model name [default: the bundle folder's name, sanitised].")
 @click.option("--triton-force", is_flag=True, help="Replace a same-named Triton model another bundle wrote.")
 @click.option("--verify-users", type=int, default=256, show_default=True)
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
+              help="Sign the bundle with this Ed25519 private key (PEM; see `genattn keygen`): writes manifest.sig.")
 def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_scores, no_exclude_in_graph, opset,
-               fp16, slim, torchscript, tensorrt, triton, triton_name, triton_force, verify_users) -> None:
+               fp16, slim, torchscript, tensorrt, triton, triton_name, triton_force, verify_users,
+               sign_key) -> None:
     """Export a checkpoint to a verified bundle (ONNX + manifest [+ TensorRT, Triton])."""
     from genattn_export import ExportError, ExportOptions, export_bundle
 
@@ -115,7 +118,7 @@ def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_sc
                          full_scores=full_scores, exclude_in_graph=not no_exclude_in_graph, opset=opset,
                          fp16=fp16, slim=slim, dynamo=not torchscript, tensorrt=tensorrt, triton=triton,
                          triton_name=triton_name, triton_force=triton_force,
-                         verify_users=verify_users)
+                         verify_users=verify_users, sign_key=sign_key)
     try:
         m = export_bundle(checkpoint, out, opts)
     except (ExportError, ValueError, RuntimeError) as e:
@@ -128,15 +131,20 @@ def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_sc
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
-def inspect(bundle, as_json) -> None:
-    """Print a bundle's manifest readably and verify its file hashes."""
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 public key (PEM); repeatable. Fail unless the bundle is signed by one of them.")
+def inspect(bundle, as_json, trusted_keys) -> None:
+    """Print a bundle's manifest readably and verify its file hashes (and signature, with --trusted-key)."""
     from genattn_runtime.bundle import read_manifest, verify_files
-    from genattn_runtime.errors import BundleError
+    from genattn_runtime.errors import GenattnRuntimeError
+    from genattn_runtime.signing import describe_signature, verify_signature
 
     try:
         m = read_manifest(bundle)
+        signature = (f"ok, signed by trusted key {verify_signature(m, trusted_keys)}" if trusted_keys
+                     else describe_signature(m))
         verify_files(m)
-    except BundleError as e:
+    except GenattnRuntimeError as e:
         _fail(e)
     r = m.raw
     if as_json:
@@ -159,11 +167,33 @@ def inspect(bundle, as_json) -> None:
         f"triton      {r['triton'] or 'none'}",
         "tools       " + ", ".join(f"{k} {v}" for k, v in r["tools"].items()),
     ]
-    tm = r.get("training_metrics", {}).get("test") or {}
+    tm = (r.get("training_metrics") or {}).get("test") or {}
     if tm:
         lines.append("test        " + ", ".join(f"{k}={v:.4f}" for k, v in tm.items()))
     lines.append("files       " + ", ".join(f"{n} ({f['bytes']} B, sha256 {f['sha256'][:12]}… ok)" for n, f in r["files"].items()))
+    lines.append(f"signature   {signature}")
     click.echo("\n".join(lines))
+
+
+@main.command()
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="Private key file to write (PEM, mode 0600); the public key goes to OUT.pub.")
+@click.option("--force", is_flag=True, help="Overwrite existing key files.")
+def keygen(out, force) -> None:
+    """Make an Ed25519 key pair for signing bundles (genattn export --sign OUT; load with --trusted-key OUT.pub)."""
+    from genattn_runtime.signing import generate_key_pair, key_id, load_public_key
+
+    from .fileio import write_bytes_atomic
+
+    private, public = Path(out), Path(f"{out}.pub")
+    existing = [str(p) for p in (private, public) if p.exists()]
+    if existing and not force:
+        raise click.ClickException(f"{', '.join(existing)} exist(s); pass --force to overwrite")
+    priv_pem, pub_pem = generate_key_pair()
+    write_bytes_atomic(private, priv_pem, mode=0o600)
+    write_bytes_atomic(public, pub_pem)
+    click.echo(f"wrote {private} (private, keep it secret) and {public} (public, "
+               f"key id {key_id(load_public_key(pub_pem))})")
 
 
 def _register_runtime_commands() -> None:

@@ -1,11 +1,11 @@
 """Atomic file and folder writes: readers never see a half-written result.
 
-Torch-free, shared by checkpoints, bundles and benchmark results.
+Torch-free, shared by checkpoints, bundles and benchmark results. (File hashing lives in
+the runtime, `genattn_runtime.bundle.sha256_file`, which must not import this package.)
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """mode: permissions of the result (0o600 for a private key: the file is never readable by others,
+    not even between creation and rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -63,10 +65,3 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

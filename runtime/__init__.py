@@ -3,13 +3,14 @@
     from genattn_runtime import Recommender
     rec = Recommender.load("bundle/")            # backend="auto": TensorRT > TRT EP > CUDA > CPU
     rec.recommend([12, 7, 33], k=10)             # -> Recommendation(items=[...], scores=[...], ...)
+    Recommender.load("bundle/", trusted_keys=["signer.pub"])   # only bundles signed by that key
 
 Importing this package imports numpy only; ONNX Runtime is imported when a bundle is
 loaded, FastAPI / uvicorn only by `genattn_runtime.service`. Never torch.
 """
 from .backends import BACKENDS, BackendOptions
-from .errors import (BackendUnavailableError, BundleError, GenattnRuntimeError, InputError,
-                     UnknownItemError)
+from .errors import (BackendUnavailableError, BundleError, GenattnRuntimeError, InferenceError, InputError,
+                     KeyFileError, RecommenderClosedError, SignatureError, UnknownItemError)
 from .recommender import PreparedRequest, Recommendation, Recommender
 
 __all__ = [
@@ -20,6 +21,10 @@ __all__ = [
     "BACKENDS",
     "GenattnRuntimeError",
     "BundleError",
+    "SignatureError",
+    "KeyFileError",
+    "RecommenderClosedError",
+    "InferenceError",
     "BackendUnavailableError",
     "InputError",
     "UnknownItemError",

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import INPUT_NOISE, OUTPUT_ITEMS, OUTPUT_SCORES, Manifest
-from .errors import BackendUnavailableError
+from .bundle import INPUT_NOISE, ORT_DTYPES, OUTPUT_ITEMS, OUTPUT_SCORES, Manifest, check_graph_io
+from .errors import BackendUnavailableError, BundleError
 
 log = logging.getLogger("genattn_runtime")
 
@@ -157,8 +157,9 @@ class OrtBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, RuntimeException)
-            if requested == "cpu":
-                raise
+            if requested == "cpu":  # nothing to fall back to: the model itself does not load
+                raise BundleError(f"bundle {manifest.path}: ONNX Runtime cannot load {model_path.name} "
+                                  f"({type(e).__name__}: {str(e)[:300]})") from e
             raise BackendUnavailableError(f"backend {requested!r}: ONNX Runtime could not create the session "
                                           f"({type(e).__name__}: {e})") from e
         self.providers = self.session.get_providers()
@@ -169,11 +170,18 @@ class OrtBackend(Backend):
             if strict:
                 raise BackendUnavailableError(msg)
             log.warning("%s; using %s", msg, self.name)
+        check_graph_io(manifest, self._io(self.session.get_inputs()), self._io(self.session.get_outputs()),
+                       model_path.name)
         self.output_names = [OUTPUT_ITEMS, OUTPUT_SCORES]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._graph = None
         if self.name == "cuda" and opts.cuda_graph_batch:
             self._graph = _CudaGraphRunner(self, opts.cuda_graph_batch)
+
+    @staticmethod
+    def _io(args) -> list[tuple[str, str, list]]:
+        """(name, numpy dtype name, shape) of ORT NodeArgs: what the graph itself declares."""
+        return [(a.name, ORT_DTYPES.get(a.type, a.type), a.shape) for a in args]
 
     def _providers(self, requested: str, model_path: Path) -> list:
         extra = self.opts.provider_options
@@ -217,6 +225,7 @@ class OrtBackend(Backend):
         return items, scores
 
     def close(self) -> None:
+        self._graph = None
         self.session = None
 
 
@@ -271,12 +280,8 @@ class _CudaGraphRunner:
 
 
 def _engine_path(manifest: Manifest) -> Path | None:
-    meta = manifest.raw.get("tensorrt") or {}
-    name = meta.get("file")
-    if not name:
-        return None
-    p = manifest.path / name
-    return p if p.is_file() else None
+    name = manifest.engine_file
+    return manifest.file(name) if name else None  # listed, inside the bundle, of the hashed size
 
 
 def create_backend(requested: str, manifest: Manifest, model_path: Path, opts: BackendOptions,

@@ -31,6 +31,10 @@ _threads_opt = click.option("--threads", type=click.IntRange(min=0), default=0, 
                             help="ONNX Runtime intra-op threads (0 = physical cores)")
 _unknown_opt = click.option("--unknown", "unknown", type=click.Choice(["skip", "error"]), default="skip",
                             show_default=True, help="item ids not in the catalog: skip and report, or fail")
+_trust_opt = click.option("--trusted-key", "trusted_keys", multiple=True,
+                          type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                          help="Ed25519 public key (PEM), repeatable: load the bundle only if it is signed by one "
+                               "of them (genattn export --sign)")
 
 
 def _logging(verbose: bool, default: int = logging.WARNING) -> None:
@@ -77,15 +81,16 @@ def _parse_history(text: str) -> list:
 @_backend_opt
 @_strict_opt
 @_unknown_opt
+@_trust_opt
 @_threads_opt
 @click.option("-v", "--verbose", is_flag=True, help="log the backend choice and timings to stderr")
 def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, batch_size, no_progress,
-                  backend, strict, unknown, threads, verbose):
+                  backend, strict, unknown, threads, verbose, trusted_keys):
     """Top-k items for one history (--history) or a JSON-lines file (--input)."""
     _logging(verbose)
     if (history is None) == (input_path is None):
         raise click.UsageError("give exactly one of --history or --input")
-    rec = _load(bundle, backend, strict, unknown, threads)
+    rec = _load(bundle, backend, strict, unknown, threads, trusted_keys=list(trusted_keys) or None)
     if history is not None:
         ids = _parse_history(history)
         try:
@@ -213,13 +218,14 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
 @_backend_opt
 @_strict_opt
 @_unknown_opt
+@_trust_opt
 @_threads_opt
 @click.option("--trt-cache-dir", type=click.Path(file_okay=False), help="tensorrt-ep: engine cache folder")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.option("--access-log", is_flag=True, help="log every request (uvicorn access log)")
 def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, max_users, max_queue, request_timeout_s,
-              body_timeout_s, backend, strict, unknown, threads, trt_cache_dir, log_level, access_log):
+              body_timeout_s, backend, strict, unknown, threads, trt_cache_dir, log_level, access_log, trusted_keys):
     """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics."""
     _logging(False, default=getattr(logging, log_level.upper()))
     try:
@@ -227,7 +233,8 @@ def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, max_us
     except ImportError as e:
         raise click.ClickException(f"serving needs FastAPI, uvicorn and prometheus_client: "
                                    f"pip install 'genattn[serve]' ({e})") from None
-    rec = _load(bundle, backend, strict, unknown, threads, trt_cache_dir=trt_cache_dir)
+    rec = _load(bundle, backend, strict, unknown, threads, trt_cache_dir=trt_cache_dir,
+                trusted_keys=list(trusted_keys) or None)
     serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
           max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
           body_timeout_s=body_timeout_s, log_level=log_level, access_log=access_log)

@@ -6,7 +6,23 @@ class GenattnRuntimeError(Exception):
 
 
 class BundleError(GenattnRuntimeError):
-    """The bundle is missing, tampered with, or of an unsupported format version."""
+    """The bundle is missing, malformed, tampered with, or of an unsupported format version."""
+
+
+class SignatureError(BundleError):
+    """The bundle is unsigned, signed by no trusted key, or its signature does not verify."""
+
+
+class KeyFileError(GenattnRuntimeError, ValueError):
+    """A signing or trusted key is unreadable or not an Ed25519 key."""
+
+
+class RecommenderClosedError(GenattnRuntimeError):
+    """The Recommender was closed; its backend is released and it takes no more calls."""
+
+
+class InferenceError(GenattnRuntimeError):
+    """The backend failed while running the graph (not the caller's input)."""
 
 
 class BackendUnavailableError(GenattnRuntimeError):

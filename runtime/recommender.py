@@ -9,13 +9,18 @@ Pipeline of one call: `prepare` (validate, map ids to indices, keep the newest
 max_len, build the exclusion and noise inputs) -> `run_prepared` (one session run for
 any number of prepared calls: the HTTP micro-batcher groups requests here) -> decode
 (post-filter, indices back to raw ids).
+
+Lifecycle: `close()` releases the backend once no call is running on it (calls hold a
+reference count); any call after `close()` raises RecommenderClosedError.
 """
 from __future__ import annotations
 
 import logging
 import math
 import numbers
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from .backends import BACKENDS, Backend, BackendOptions, create_backend
-from .bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, ItemTable, Manifest, read_manifest, verify_files
-from .errors import BundleError, InputError, UnknownItemError
+from .bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, ItemTable, Manifest, check_files, read_manifest,
+                     verify_files)
+from .errors import (BundleError, GenattnRuntimeError, InferenceError, InputError, RecommenderClosedError,
+                     UnknownItemError)
 
 log = logging.getLogger("genattn_runtime")
 
@@ -80,13 +87,20 @@ def _describe(x: Any) -> str:
 
 
 class Recommender:
-    """A loaded bundle. Thread-safe: many threads may call `recommend` on one instance."""
+    """A loaded bundle. Thread-safe: many threads may call `recommend` on one instance, and
+    `close()` may race them (it waits for running calls; later calls raise RecommenderClosedError)."""
 
     def __init__(self, manifest: Manifest, items: ItemTable, backend: Backend, unknown_items: str = "skip"):
         if unknown_items not in UNKNOWN_POLICIES:
             raise ValueError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {unknown_items!r}")
         self.manifest, self.items, self._backend = manifest, items, backend
         self.unknown_items = unknown_items
+        self.signed_by: str | None = None  # key id that verified the bundle (load with trusted_keys)
+        # Lifecycle: calls on the backend are counted under this condition; close() waits for zero.
+        self._cv = threading.Condition()
+        self._active = 0
+        self._closed = False
+        self._released = False
         self.max_len, self.n_items, self.k_max = manifest.max_len, manifest.n_items, manifest.k
         self.noise_size = manifest.noise_size
         self.exclude_in_graph = manifest.exclude_in_graph
@@ -112,50 +126,65 @@ class Recommender:
              session_options: Any = None, precision: str = "fp32", device_id: int = 0,
              cuda_graph_batch: int | None = None, trt_cache_dir: str | Path | None = None,
              trt_fp16: bool = False, trt_max_batch: int = 256,
-             provider_options: dict | None = None) -> "Recommender":
+             provider_options: dict | None = None,
+             trusted_keys: Iterable[str | Path | bytes] | None = None) -> "Recommender":
         """Read, verify and open a bundle.
 
         backend: "auto" | "cpu" | "cuda" | "tensorrt-ep" | "tensorrt"; `recommender.backend`
         says what actually runs. strict: raise BackendUnavailableError instead of falling
-        back when the named backend cannot run. verify: check every file's sha256.
-        threads: ORT intra-op threads (0 = physical cores). session_options: an
-        onnxruntime.SessionOptions, or a dict of its attributes (plus "config": entries).
-        precision: "fp32" or "fp16" (the bundle's model.fp16.onnx). cuda_graph_batch:
-        CUDA EP only, capture a CUDA graph for this fixed batch size.
+        back when the named backend cannot run. verify: check every file's sha256 (the
+        manifest's schema and digest, file sizes, the graph's I/O against the manifest
+        and a probe run are checked either way). trusted_keys: Ed25519 public keys (PEM
+        paths or bytes); only a bundle signed by one of them loads (SignatureError
+        otherwise). threads: ORT intra-op threads (0 = physical cores). session_options:
+        an onnxruntime.SessionOptions, or a dict of its attributes (plus "config":
+        entries). precision: "fp32" or "fp16" (the bundle's model.fp16.onnx).
+        cuda_graph_batch: CUDA EP only, capture a CUDA graph for this fixed batch size.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if unknown_items not in UNKNOWN_POLICIES:
             raise ValueError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {unknown_items!r}")
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if trusted_keys is not None:
+            if isinstance(trusted_keys, (str, bytes, Path)):
+                trusted_keys = [trusted_keys]  # one key given bare, not a sequence of characters
+            trusted_keys = list(trusted_keys)
+            if not verify:
+                raise ValueError("verify=False cannot be combined with trusted_keys: a signature covers the "
+                                 "files only through their hashes")
         manifest = read_manifest(bundle)
-        if verify:
-            verify_files(manifest)
+        signed_by = None
+        if trusted_keys is not None:
+            from .signing import verify_signature
+
+            signed_by = verify_signature(manifest, trusted_keys)
+        (verify_files if verify else check_files)(manifest)
         items = cls._read_items(manifest)
         if precision == "fp32":
-            model = manifest.path / "model.onnx"
-        elif precision == "fp16":
-            name = manifest.raw["graph"].get("fp16_file")
-            if not name:
-                raise BundleError(f"bundle {manifest.path} has no FP16 graph (export with --fp16)")
-            model = manifest.path / name
+            model = manifest.file("model.onnx")
+        elif manifest.fp16_file:
+            model = manifest.file(manifest.fp16_file)
         else:
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-        if not model.is_file():
-            raise BundleError(f"bundle {manifest.path}: {model.name} missing")
+            raise BundleError(f"bundle {manifest.path} has no FP16 graph (export with --fp16)")
         opts = BackendOptions(threads=threads, session_options=session_options, device_id=device_id,
                               cuda_graph_batch=cuda_graph_batch, trt_cache_dir=trt_cache_dir,
                               trt_fp16=trt_fp16, trt_max_batch=trt_max_batch,
                               provider_options=provider_options or {})
         be = create_backend(backend, manifest, model, opts, strict=strict)
-        return cls(manifest, items, be, unknown_items=unknown_items)
+        try:
+            rec = cls(manifest, items, be, unknown_items=unknown_items)
+            rec.signed_by = signed_by
+            rec._probe()
+        except BaseException:
+            be.close()
+            raise
+        return rec
 
     @staticmethod
     def _read_items(manifest: Manifest) -> ItemTable:
-        path = manifest.path / "items.json"
-        try:
-            items = ItemTable.load(path)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BundleError(f"bundle {manifest.path}: items.json unreadable ({type(e).__name__}: {e})") from e
+        items = ItemTable.load(manifest.file("items.json"))
         n = manifest.n_items
         if len(items.item_ids) != n or len(items.popularity) != n + 1:
             raise BundleError(f"bundle {manifest.path}: items.json has {len(items.item_ids)} ids and "
@@ -163,6 +192,32 @@ class Recommender:
         if len(items.index) != n:
             raise BundleError(f"bundle {manifest.path}: items.json holds ids that are equal as strings")
         return items
+
+    def _probe(self) -> None:
+        """One run on two rows (all padding; the highest indices) before serving: a graph whose
+        actual output shapes, dtypes or index range differ from the manifest's, or that fails to
+        run on valid input (a swapped model of another catalog), is refused at load."""
+        L, N = self.max_len, self.n_items
+        seq = np.zeros((2, L), dtype=np.int64)
+        seq[1] = np.arange(N - L + 1, N + 1).clip(0)
+        feeds = {INPUT_SEQ: seq}
+        if self.exclude_in_graph:
+            feeds[INPUT_EXCLUDE] = np.zeros_like(seq)
+        if self.noise_size:
+            feeds[INPUT_NOISE] = np.zeros((2, self.noise_size), dtype=np.float32)
+        where = f"bundle {self.manifest.path}: the graph ({self.backend})"
+        try:
+            items, scores = self._run_backend(feeds)
+        except InferenceError as e:
+            raise BundleError(f"{where} fails on valid input: {e}") from e
+        for name, a, dtype in (("top_items", items, np.int64), ("top_scores", scores, np.float32)):
+            if not isinstance(a, np.ndarray) or a.shape != (2, self.k_max) or a.dtype != dtype:
+                got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+                raise BundleError(f"{where} returns {name} {got}, the manifest says {np.dtype(dtype)} "
+                                  f"(batch, {self.k_max})")
+        if items.size and (items.min() < 0 or items.max() > N):
+            raise BundleError(f"{where} returns item indices {int(items.min())}..{int(items.max())}, outside "
+                              f"the catalog's 0..{N}")
 
     @property
     def backend(self) -> str:
@@ -173,8 +228,45 @@ class Recommender:
     def providers(self) -> list[str]:
         return list(self._backend.providers)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        self._backend.close()
+        """Refuse new calls, wait for the running ones, then release the backend. Idempotent."""
+        with self._cv:
+            if self._closed:
+                self._cv.wait_for(lambda: self._released)
+                return
+            self._closed = True
+            self._cv.wait_for(lambda: self._active == 0)
+            try:
+                self._backend.close()
+            finally:
+                self._released = True
+                self._cv.notify_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecommenderClosedError("this Recommender was closed; load the bundle again")
+
+    def _run_backend(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The one place the backend runs: counted for close(), failures typed."""
+        with self._cv:
+            self._check_open()
+            self._active += 1
+        try:
+            return self._backend.run(feeds)
+        except GenattnRuntimeError:
+            raise
+        except Exception as e:  # ONNX Runtime / TensorRT raise their own types; inputs were validated before
+            raise InferenceError(f"backend {self.backend} failed to run the graph ({type(e).__name__}: "
+                                 f"{str(e)[:300]})") from e
+        finally:
+            with self._cv:
+                self._active -= 1
+                if self._closed and not self._active:
+                    self._cv.notify_all()
 
     def __enter__(self) -> "Recommender":
         return self
@@ -191,7 +283,7 @@ class Recommender:
                 "n_items": self.n_items, "backend": self.backend, "providers": self.providers,
                 "exclude_in_graph": self.exclude_in_graph, "unknown_items": self.unknown_items,
                 "format_version": raw["format_version"], "created": raw.get("created"),
-                "genattn": (raw.get("tools") or {}).get("genattn")}
+                "genattn": raw["tools"].get("genattn"), "signed_by": self.signed_by}
 
     # ------------------------------------------------------------------ high level
     def recommend(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
@@ -299,6 +391,7 @@ class Recommender:
     def prepare(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
                 unknown_items: str | None = None) -> PreparedRequest:
         """Validate and encode one call (raises InputError / UnknownItemError)."""
+        self._check_open()
         k = self.check_k(k)
         if not isinstance(exclude_seen, (bool, np.bool_)):
             raise InputError(f"exclude_seen must be true or false, got {_describe(exclude_seen)}")
@@ -367,9 +460,15 @@ class Recommender:
         return feeds
 
     def _infer(self, preps: list[PreparedRequest]) -> tuple[np.ndarray, np.ndarray] | None:
-        if not any(p.n_model_rows for p in preps):
+        rows = sum(p.n_model_rows for p in preps)
+        if not rows:
+            self._check_open()  # fallback-only calls never touch the backend, but a closed Recommender is closed
             return None
-        return self._backend.run(self._feeds(preps))
+        items, scores = self._run_backend(self._feeds(preps))
+        if items.shape != (rows, self.k_max) or scores.shape != (rows, self.k_max):
+            raise BundleError(f"bundle {self.manifest.path}: the graph returned {items.shape} / {scores.shape} "
+                              f"for {rows} rows, the manifest says K = {self.k_max}")
+        return items, scores
 
     def run_prepared(self, preps: list[PreparedRequest]) -> list:
         """Run any number of prepared calls in ONE session run; one result per call."""
@@ -379,7 +478,11 @@ class Recommender:
             m = p.n_model_rows
             part = (out[0][offset:offset + m], out[1][offset:offset + m]) if m else None
             offset += m
-            results.append(self._decode(p, part))
+            try:
+                results.append(self._decode(p, part))
+            except IndexError:  # only a graph that breaks its contract returns indices past the catalog
+                raise BundleError(f"bundle {self.manifest.path}: the graph returned item indices outside "
+                                  f"0..{self.n_items}") from None
         return results
 
     def _decode(self, p: PreparedRequest, out) -> Recommendation | list[Recommendation]:
@@ -436,8 +539,9 @@ class Recommender:
         elif noise is not None:
             raise InputError("this bundle is deterministic: it takes no noise")
         if B == 0:
+            self._check_open()
             return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
-        items, scores = self._backend.run(feeds)
+        items, scores = self._run_backend(feeds)
         if exclude is not None and not self.exclude_in_graph:
             hit = (items[:, :, None] == exclude[:, None, :]).any(-1) & (items > 0)
             scores = np.where(hit, -np.inf, scores).astype(np.float32)

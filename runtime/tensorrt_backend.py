@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Backend
-from .bundle import OUTPUT_ITEMS, OUTPUT_SCORES, Manifest
-from .errors import BackendUnavailableError
+from .bundle import OUTPUT_ITEMS, OUTPUT_SCORES, Manifest, check_graph_io
+from .errors import BackendUnavailableError, BundleError
 
 log = logging.getLogger("genattn_runtime")
 
@@ -107,6 +107,16 @@ class TensorRTBackend(Backend):
         missing = {OUTPUT_ITEMS, OUTPUT_SCORES} - set(self.outputs)
         if missing:
             raise BackendUnavailableError(f"engine lacks output(s) {sorted(missing)}")
+
+        def io(names):  # -1 is TensorRT's dynamic axis
+            return [(n, self.dtypes[n].name,
+                     [None if int(d) < 0 else int(d) for d in self.engine.get_tensor_shape(n)]) for n in names]
+
+        try:
+            check_graph_io(manifest, io(self.inputs), io(self.outputs), Path(engine_path).name)
+        except BundleError:
+            self.close()
+            raise
         for name in self.inputs + self.outputs:
             nbytes = self.max_batch * self.width[name] * self.dtypes[name].itemsize
             self._buffers[name] = int(self._check(cudart.cudaMalloc(nbytes), f"cudaMalloc {name}"))
@@ -157,6 +167,8 @@ class TensorRTBackend(Backend):
         return out[OUTPUT_ITEMS].astype(np.int64, copy=False), out[OUTPUT_SCORES]
 
     def close(self) -> None:
+        if not hasattr(self, "cudart"):
+            return
         for ptr in self._buffers.values():
             self.cudart.cudaFree(ptr)
         self._buffers = {}

@@ -50,6 +50,17 @@ def bundle(root: Path, kind: str, stochastic: bool = False) -> Path:
     return _bundles[key]
 
 
+def rewrite_manifest(folder: Path, edit) -> dict:
+    """Apply `edit(manifest_dict)` and write the manifest back with its digest recomputed, as a
+    tamperer who knows the format would: what is then refused is refused for the edit itself."""
+    from genattn_runtime.bundle import manifest_text
+
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    (folder / "manifest.json").write_text(manifest_text(m))
+    return m
+
+
 def string_id_bundle(root: Path) -> Path:
     """The softmax bundle with its catalog ids stored as strings ("1", "2", ...), hashes updated."""
     if "str" not in _bundles:
@@ -60,9 +71,7 @@ def string_id_bundle(root: Path) -> Path:
         items = json.loads((dst / "items.json").read_text())
         items["item_ids"] = [f"{x}" for x in items["item_ids"]]
         (dst / "items.json").write_text(json.dumps(items) + "\n")
-        manifest = json.loads((dst / "manifest.json").read_text())
-        manifest["files"]["items.json"] = file_entry(dst / "items.json")
-        (dst / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        rewrite_manifest(dst, lambda m: m["files"].update({"items.json": file_entry(dst / "items.json")}))
         _bundles["str"] = dst
     return _bundles["str"]
 

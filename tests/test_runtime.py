@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from runtime_fixtures import (K, KINDS, MAX_LEN, N_ITEMS, bundle, bundle_root,  # noqa: F401 (fixture)
-                              checkpoint, export_options, ids, rec, string_id_bundle)
+                              checkpoint, export_options, ids, rec, rewrite_manifest, string_id_bundle)
 
 from genattn_runtime import (BackendUnavailableError, BundleError, InputError, Recommendation, Recommender,
                              UnknownItemError)
@@ -241,7 +241,7 @@ def _flip_byte(path: Path, at: int) -> None:
     ("onnx_truncated", "model.onnx has .* bytes"),
     ("delete_items", "items.json listed in the manifest is missing"),
     ("delete_manifest", "manifest.json missing"),
-    ("format_version", "format version 2 is not supported"),
+    ("format_version", "format version 99 is not supported"),
     ("format_name", "is not 'genattn-bundle'"),
 ])
 def test_tampered_bundle_refused(bundle_root, tmp_path, case, match):
@@ -257,7 +257,7 @@ def test_tampered_bundle_refused(bundle_root, tmp_path, case, match):
     else:
         m = json.loads((b / "manifest.json").read_text())
         if case == "format_version":
-            m["format_version"] = 2
+            m["format_version"] = 99
         else:
             m["format"] = "other"
         (b / "manifest.json").write_text(json.dumps(m))
@@ -270,6 +270,10 @@ def test_inconsistent_items_refused_even_without_verify(bundle_root, tmp_path):
     items = json.loads((b / "items.json").read_text())
     items["item_ids"] = items["item_ids"][:-1]
     (b / "items.json").write_text(json.dumps(items))
+    with pytest.raises(BundleError, match="items.json has 500 bytes, manifest says 505"):  # sizes: checked always
+        Recommender.load(b, backend="cpu", verify=False)
+    size = (b / "items.json").stat().st_size  # the size made to match, the hash left stale
+    rewrite_manifest(b, lambda m: m["files"]["items.json"].update(bytes=size))
     with pytest.raises(BundleError, match="items.json has 59 ids"):
         Recommender.load(b, backend="cpu", verify=False)
 
@@ -278,12 +282,12 @@ def test_inconsistent_items_refused_even_without_verify(bundle_root, tmp_path):
 
 def test_runtime_never_imports_torch(bundle_root, ids):
     b = bundle(bundle_root, "diffusion")
-    code = ("import sys, genattn_runtime, genattn_runtime.cli, genattn_runtime.service\n"
+    code = ("import sys, genattn_runtime, genattn_runtime.cli, genattn_runtime.service, genattn_runtime.signing\n"
             f"r = genattn_runtime.Recommender.load({str(b)!r}, threads=1)\n"
             f"out = r.recommend({ids[:5]!r}, k=5)\n"
             "assert len(out.items) == 5\n"
-            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'genattn.models', "
-            "'genattn.training', 'genattn_export', 'pandas')))\n"
+            "bad = sorted(m for m in sys.modules if m in ('torch', 'genattn') or m.startswith(('torch.', "
+            "'genattn.', 'genattn_export', 'pandas')))\n"
             "assert not bad, bad\n"
             "print('ok', r.backend)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -341,10 +345,12 @@ def test_native_tensorrt_engine_unusable_here(bundle_root, tmp_path, caplog):
 
     b = _copy(bundle_root, tmp_path)
     (b / "model.engine").write_bytes(b"not a real engine")
-    m = json.loads((b / "manifest.json").read_text())
-    m["tensorrt"] = {"file": "model.engine", "tensorrt_version": "10.9.0", "compute_capability": "9.0"}
-    m["files"]["model.engine"] = file_entry(b / "model.engine")
-    (b / "manifest.json").write_text(json.dumps(m))
+
+    def add_engine(m):
+        m["tensorrt"] = {"file": "model.engine", "tensorrt_version": "10.9.0", "compute_capability": "9.0"}
+        m["files"]["model.engine"] = file_entry(b / "model.engine")
+
+    rewrite_manifest(b, add_engine)
     with pytest.raises(BackendUnavailableError, match="needs the tensorrt package"):
         Recommender.load(b, backend="tensorrt", strict=True)
     with caplog.at_level(logging.INFO, logger="genattn_runtime"):
