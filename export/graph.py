@@ -121,14 +121,33 @@ def to_onnx(graph: ServingGraph, spec: GraphSpec, path: Path, *, opset: int = 18
     ex = example_inputs(spec, batch=2, n_items=graph.model.cfg.n_items)
     args = (ex[INPUT_SEQ],)
     kwargs = {n: ex[n] for n in spec.input_names[1:]}
+    with eval_mode(graph), known_export_warnings_ignored(), _exporter_logs_at_warning():
+        _export(graph, spec, path, args, kwargs, opset, dynamo)
+
+
+class _DropKnownLogs(logging.Filter):
+    """Drops the dynamo exporter's "torchvision is not installed. Skipping torchvision::nms" lines:
+    it registers torchvision's ops when it can, and we export none of them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed. Skipping")
+
+
+@contextmanager
+def _exporter_logs_at_warning() -> Iterator[None]:
+    """The exporters' loggers at WARNING inside the block: their pass-by-pass INFO lines drown
+    the user's output, their warnings do not (except the known-harmless ones above)."""
     quiet = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
     levels = [q.level for q in quiet]
-    for q in quiet:  # the exporter's pass-by-pass INFO lines drown the user's output
-        q.setLevel(logging.ERROR)
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    drop = _DropKnownLogs()
+    for q in quiet:
+        q.setLevel(logging.WARNING)
+    registration.addFilter(drop)
     try:
-        with eval_mode(graph), known_export_warnings_ignored():
-            _export(graph, spec, path, args, kwargs, opset, dynamo)
+        yield
     finally:
+        registration.removeFilter(drop)
         for q, lv in zip(quiet, levels):
             q.setLevel(lv)
 

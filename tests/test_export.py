@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import warnings
 
@@ -324,18 +325,33 @@ def test_real_export_warning_reaches_the_caller(tmp_path, monkeypatch, dynamo):
     from genattn_export.graph import to_onnx
 
     original = SASRec.scores
+    exporter_log = logging.getLogger("torch.onnx._internal.exporter.test")
 
     def scores(self, *a, **kw):
         warnings.warn("embedding norms look wrong", RuntimeWarning)
+        exporter_log.warning("exporter falls back to something")  # an exporter's logged warning
+        exporter_log.info("pass 17 of 40 done")
         return original(self, *a, **kw)
 
     monkeypatch.setattr(SASRec, "scores", scores)
     graph, spec = _tiny_graph()
     filters = list(warnings.filters)
-    with pytest.warns(RuntimeWarning, match="embedding norms look wrong") as caught:
-        to_onnx(graph, spec, tmp_path / "model.onnx", dynamo=dynamo)
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    torch_onnx = logging.getLogger("torch.onnx")
+    torch_onnx.addHandler(handler)
+    try:
+        with pytest.warns(RuntimeWarning, match="embedding norms look wrong") as caught:
+            to_onnx(graph, spec, tmp_path / "model.onnx", dynamo=dynamo)
+    finally:
+        torch_onnx.removeHandler(handler)
     assert warnings.filters == filters, "export changed the caller's warning filters"
     assert not [w for w in caught if "axis name: batch" in str(w.message)], "known-harmless warning leaked"
+    logged = [r.getMessage() for r in records]
+    assert "exporter falls back to something" in logged
+    assert "pass 17 of 40 done" not in logged, "the exporters' INFO lines are kept out"
+    assert not [m for m in logged if "torchvision is not installed" in m], "known-harmless log line leaked"
 
 
 def test_real_warning_reaches_the_caller_of_export_bundle(checkpoints, tmp_path, monkeypatch):
