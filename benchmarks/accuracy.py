@@ -24,7 +24,8 @@ from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
 from genattn.fileio import write_json_atomic, write_text_atomic
 from genattn.metrics import mean_std
-from genattn.training import default_sampling, stochastic_sampling, train
+from genattn.models import default_sampling, stochastic_sampling
+from genattn.training import train
 
 from .machine import machine_info
 

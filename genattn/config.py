@@ -34,6 +34,12 @@ class ModelConfig:
     beta: float = 0.1                # weight of KL (vae) / diffusion bound (diffusion)
     beta_warmup_steps: int = 1000    # linear KL annealing from 0 to beta
     gamma: float = 1.0               # weight of the prior-path CE (hybrid objective)
+    prior_ce: str = "through"        # "through": the prior-path CE also trains the prior (can buy a
+                                     # deterministic prior); "backbone": it trains only the rest of the
+                                     # network, the prior learns from the KL / diffusion bound alone
+    posterior_gain: float = 0.0      # initial gain of the posterior's target-affinity skip path
+    train_prior_noise: bool = False  # prior path in training samples (vae: mu + sigma*eps; diffusion:
+                                     # noise start, eta 1) instead of running the deterministic mode
     # Diffusion prior.
     diffusion_steps: int = 100       # T, training timesteps
     schedule: str = "cosine"         # "cosine" | "linear" betas
@@ -44,6 +50,8 @@ class ModelConfig:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.generative_blocks not in ("all", "last"):
             raise ConfigError(f"generative_blocks must be 'all' or 'last', got {self.generative_blocks!r}")
+        if self.prior_ce not in ("through", "backbone"):
+            raise ConfigError(f"prior_ce must be 'through' or 'backbone', got {self.prior_ce!r}")
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
         for name in ("max_len", "d_model", "n_heads", "n_blocks", "pair_hidden", "diffusion_steps"):

@@ -6,14 +6,17 @@ the ranking, in validation and test alike, and so is padding. Metrics come from
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
+from . import diversify
 from .data import Split, pad_left
 from .metrics import KS, diversity_metrics, rank_metrics
-from .models import SASRec, Sampling, make_noise
+from .models import SASRec, Sampling, default_sampling, make_noise, stochastic_sampling
 
 
 @dataclass
@@ -40,26 +43,35 @@ def mask_seen(scores: torch.Tensor, seen: list[np.ndarray]) -> None:
 @torch.no_grad()
 def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: int,
              genres: np.ndarray | None = None, sampling: Sampling | None = None,
-             seed: int | None = None, batch_size: int = 512, device: str | torch.device = "cpu") -> dict[str, float]:
+             seed: int | None = None, batch_size: int = 512, device: str | torch.device = "cpu",
+             noise_scale: float = 1.0, rerank: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             mc_dropout: float = 0.0) -> dict[str, float]:
     """HR/NDCG/MRR@{10,20}, coverage@10, ILD@10, novelty@10 over all users of `data`.
 
-    A stochastic `sampling` draws its noise from a generator seeded with `seed`.
+    A stochastic `sampling` draws its noise from a generator seeded with `seed`, scaled
+    by `noise_scale` (the prior's sampling temperature). Serving-time diversification
+    (genattn.diversify): `rerank` reorders the scores (seen items masked), `mc_dropout`
+    keeps dropout on at that rate.
     """
     was_training = model.training
     model.eval()
+    dropout = diversify.mc_dropout(model, mc_dropout) if mc_dropout > 0 else contextlib.nullcontext()
     L = model.cfg.max_len
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
     ranks, tops = [], []
-    for start in range(0, len(data.targets), batch_size):
-        sl = slice(start, start + batch_size)
-        seq = torch.from_numpy(pad_left(data.inputs[sl], L)).to(device)
-        noise = make_noise(model, sampling, len(seq), generator=gen) if sampling else None
-        scores = model.scores(seq, sampling, None if noise is None else noise.to(device)).float().cpu()
-        mask_seen(scores, data.seen[sl])
-        tgt = torch.from_numpy(np.asarray(data.targets[sl], dtype=np.int64))
-        t_score = scores.gather(1, tgt[:, None])
-        ranks.append((scores > t_score).sum(1).numpy())
-        tops.append(scores.topk(max(KS), dim=1).indices.numpy())
+    with dropout:
+        for start in range(0, len(data.targets), batch_size):
+            sl = slice(start, start + batch_size)
+            seq = torch.from_numpy(pad_left(data.inputs[sl], L)).to(device)
+            noise = make_noise(model, sampling, len(seq), generator=gen, scale=noise_scale) if sampling else None
+            scores = model.scores(seq, sampling, None if noise is None else noise.to(device)).float().cpu()
+            mask_seen(scores, data.seen[sl])
+            if rerank is not None:
+                scores = rerank(scores)
+            tgt = torch.from_numpy(np.asarray(data.targets[sl], dtype=np.int64))
+            t_score = scores.gather(1, tgt[:, None])
+            ranks.append((scores > t_score).sum(1).numpy())
+            tops.append(scores.topk(max(KS), dim=1).indices.numpy())
     model.train(was_training)
     top = np.concatenate(tops)
     out = rank_metrics(np.concatenate(ranks))
@@ -79,7 +91,6 @@ def evaluate_checkpoint(path, *, split: str = "both", seeds: list[int] | None = 
     from .checkpoint import checkpoint_data, load_checkpoint
     from .data import leave_one_out
     from .metrics import mean_std
-    from .training import default_sampling, stochastic_sampling
 
     ck = load_checkpoint(path, device=device)
     ds = checkpoint_data(ck)

@@ -6,7 +6,7 @@ import copy
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,27 +14,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, load_train_state, save_checkpoint
-from .config import ModelConfig, RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig
 from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, pad_left
 from .evaluation import eval_sets, evaluate
-from .models import SASRec, Sampling
+from .models import SASRec, default_sampling
 
 log = logging.getLogger(__name__)
-
-
-def default_sampling(cfg: ModelConfig) -> Sampling | None:
-    """The deterministic serving default of each kind (what validation selects on)."""
-    if cfg.attention == "vae":
-        return Sampling(mode="mean")
-    if cfg.attention == "diffusion":
-        return Sampling(n_steps=cfg.train_sample_steps)
-    return None
-
-
-def stochastic_sampling(kind: str, base: Sampling, **overrides) -> Sampling:
-    """`base` made to draw noise (vae: sample mode; diffusion: noise start); overrides win."""
-    changes = {} if base.draws(kind) else ({"mode": "sample"} if kind == "vae" else {"start": "noise"})
-    return replace(base, **{**changes, **overrides})
 
 
 def pick_device(name: str) -> torch.device:
@@ -121,7 +106,7 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     while state["epoch"] < tc.epochs:
         model.train()
         order = torch.randperm(len(x_all), generator=shuffle).to(device)
-        losses = []
+        losses, extra = [], {}
         for b in range(steps_per_epoch):
             idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
             beta = run.model.beta * min(1.0, (state["step"] + 1) / max(run.model.beta_warmup_steps, 1))
@@ -133,9 +118,13 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             opt.step()
             state["step"] += 1
             losses.append(float(out_d["ce"]))
+            for key in ("ce_posterior", "bound"):
+                if key in out_d:
+                    extra.setdefault(key, []).append(float(out_d[key]))
         state["epoch"] += 1
         state["seconds"] = time.perf_counter() - t0
-        entry = {"epoch": state["epoch"], "ce": float(np.mean(losses))}
+        entry = {"epoch": state["epoch"], "ce": float(np.mean(losses)),
+                 **{key: float(np.mean(v)) for key, v in extra.items()}}
         if state["epoch"] % tc.eval_every == 0 or state["epoch"] == tc.epochs:
             v = evaluate(model, sets["valid"], sampling=sampling, **eval_kw)
             entry["valid_ndcg@10"] = v["ndcg@10"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
 
 from conftest import KIND_IDS, KIND_LAYOUTS, random_batch
 from genattn.config import ConfigError, ModelConfig
-from genattn.models import SASRec, Sampling, make_noise
+from genattn.models import SASRec, Sampling, default_sampling, make_noise
 
 GEN_LAYOUTS = [kb for kb in KIND_LAYOUTS if kb[0] != "softmax"]
 GEN_IDS = [i for i in KIND_IDS if i != "softmax"]
@@ -27,7 +28,7 @@ DETERMINISTIC = {
 }
 # Stochastic samplings with the number of noise maps per generative layer, by hand.
 STOCHASTIC = {
-    "vae": [(Sampling(mode="sample", n_samples=1), 1), (Sampling(mode="sample", n_samples=3), 3)],
+    "vae": [(Sampling(mode="sample", n_samples=1), 1)],
     "diffusion": [(Sampling(n_steps=4, start="noise"), 1),
                   (Sampling(n_steps=4, eta=1.0), 3),
                   (Sampling(n_steps=3, eta=0.5, start="noise"), 3)],
@@ -233,6 +234,27 @@ def test_stochastic_serving_matches_full_forward_with_same_noise(make_model, kin
         model.scores(seq, samp, None)
 
 
+@pytest.mark.parametrize("kind,blocks", GEN_LAYOUTS, ids=GEN_IDS)
+def test_sample_average_is_the_mean_of_single_sample_scores(make_model, kind, blocks):
+    """n_samples = S serves the mean of S sampled score vectors, each sample reading its
+    own consecutive slice of the user's noise row."""
+    model = make_model(kind, blocks)
+    one = Sampling(mode="sample") if kind == "vae" else Sampling(n_steps=3, eta=1.0, start="noise")
+    four = replace(one, n_samples=4)
+    n1 = model.noise_size(one)
+    assert model.noise_size(four) == 4 * n1
+    seq = random_batch(3, model.cfg.max_len, model.cfg.n_items, seed=21)
+    noise = make_noise(model, four, len(seq), seed=3)
+    served = model.scores(seq, four, noise)
+    singles = torch.stack([model.scores(seq, one, noise[:, s * n1:(s + 1) * n1]) for s in range(4)])
+    assert (singles[0, :, 1:] - singles[1, :, 1:]).abs().amax() > 1e-4  # the samples differ
+    torch.testing.assert_close(served[:, 1:], singles.mean(0)[:, 1:], atol=ATOL, rtol=1e-5)
+    # A deterministic sampling has one sample whatever n_samples says: no noise, same scores.
+    det = replace(default_sampling(model.cfg), n_samples=4)
+    assert model.noise_size(det) == 0
+    torch.testing.assert_close(model.scores(seq, det), model.scores(seq, default_sampling(model.cfg)))
+
+
 def test_noise_size_is_zero_for_softmax_and_deterministic_samplings(make_model):
     soft = make_model("softmax")
     for s, _ in STOCHASTIC["vae"] + STOCHASTIC["diffusion"]:
@@ -363,8 +385,10 @@ def test_sampling_rejects_bad_arguments(kwargs):
 
 
 def test_sampling_draw_counts():
-    assert Sampling(mode="sample", n_samples=4).draws("vae") == 4
+    assert Sampling(mode="sample", n_samples=4).draws("vae") == 1  # per sample
+    assert Sampling(mode="sample", n_samples=4).samples("vae") == 4
     assert Sampling(mode="mean", n_samples=4).draws("vae") == 0
+    assert Sampling(mode="mean", n_samples=4).samples("vae") == 1  # nothing to average
     assert Sampling(n_steps=5).draws("diffusion") == 0
     assert Sampling(n_steps=5, start="noise").draws("diffusion") == 1
     assert Sampling(n_steps=5, eta=0.3).draws("diffusion") == 4
@@ -448,3 +472,80 @@ def test_a_few_adamw_steps_decrease_the_loss(make_model, kind, blocks):
     after = losses()
     assert after["loss"] < 0.8 * before["loss"], (before, after)
     assert after["ce"] < before["ce"]  # the served (prior) path learned too
+
+
+# --------------------------------------------------------------------------- #
+# Objective options against collapse (docs/model.md)
+# --------------------------------------------------------------------------- #
+def _prior_params(model: SASRec) -> list[torch.nn.Parameter]:
+    w = model.blocks[-1].attn.weights
+    return list((w.prior if w.kind == "vae" else w.denoiser).parameters())
+
+
+@pytest.mark.parametrize("kind", ["vae", "diffusion"])
+@pytest.mark.parametrize("prior_ce", ["through", "backbone"])
+def test_prior_ce_backbone_leaves_the_prior_to_the_bound(make_model, kind, prior_ce):
+    """With beta = 0 only the two CE terms remain: "through" trains the prior by the
+    prior-path CE, "backbone" must give the prior no gradient at all, while the
+    backbone still learns from the prior path."""
+    model = make_model(kind, "last", prior_ce=prior_ce, train_prior_noise=True).train()
+    L, N = model.cfg.max_len, model.cfg.n_items
+    seq = random_batch(4, L, N, seed=30, min_len=L)
+    tgt = random_batch(4, L, N, seed=31, min_len=L)
+    model(seq, tgt, rng=torch.Generator().manual_seed(0), beta=0.0)["loss"].backward()
+    prior_grad = sum(float(p.grad.abs().sum()) for p in _prior_params(model) if p.grad is not None)
+    if prior_ce == "through":
+        assert prior_grad > 0
+    else:
+        assert prior_grad == 0.0
+    assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["vae", "diffusion"])
+def test_stochastic_prior_path_in_training_draws_from_the_generator(make_model, kind):
+    """train_prior_noise: the prior path samples (different generator seeds, different
+    prior-path states); without it the prior path is deterministic."""
+    L, N = 8, 30
+    seq = random_batch(3, L, N, seed=32)
+
+    def prior_state(model, seed):
+        captured = []
+        hook = model.ln_f.register_forward_hook(lambda m, i, o: captured.append(o.detach().clone()))
+        with torch.no_grad():
+            model(seq, seq, rng=torch.Generator().manual_seed(seed))
+        hook.remove()
+        return captured[1]  # posterior pass first, then the prior pass
+
+    noisy = make_model(kind, "last", train_prior_noise=True).train()
+    assert (prior_state(noisy, 0) - prior_state(noisy, 1)).abs().amax() > 1e-4
+    plain = make_model(kind, "last", train_prior_noise=False).train()
+    torch.testing.assert_close(prior_state(plain, 0), prior_state(plain, 1))
+
+
+def test_posterior_gain_makes_a_fresh_posterior_follow_the_target(make_model):
+    """Unrandomised (fresh) models: without the skip path the posterior mean is the
+    same whatever the target; with posterior_gain it moves toward the keys that
+    explain the target, by exactly gain * (a - max a)."""
+    L, N = 8, 30
+    seq = random_batch(2, L, N, seed=33, min_len=L)
+    t1, t2 = random_batch(2, L, N, seed=34, min_len=L), random_batch(2, L, N, seed=35, min_len=L)
+
+    def post_mean(model, tgt):
+        out = []
+        hook = model.blocks[-1].attn.weights.posterior.register_forward_hook(lambda m, i, o: out.append(o[0]))
+        with torch.no_grad():
+            model(seq, tgt, rng=torch.Generator().manual_seed(0))
+        hook.remove()
+        return out[0]
+
+    plain = make_model("vae", "last", randomize=False)
+    assert torch.equal(post_mean(plain, t1), post_mean(plain, t2))
+    skip = make_model("vae", "last", randomize=False, posterior_gain=2.0)
+    assert (post_mean(skip, t1) - post_mean(skip, t2)).abs().amax() > 1e-3
+    assert "blocks.1.attn.weights.posterior.gain" in dict(skip.named_parameters())
+    assert "blocks.1.attn.weights.posterior.gain" not in dict(plain.named_parameters())
+
+
+def test_prior_ce_is_validated():
+    with pytest.raises(ConfigError, match="prior_ce"):
+        ModelConfig(prior_ce="sometimes")

@@ -23,7 +23,8 @@ from genattn.data import (SequenceDataset, build_dataset, item_popularity, leave
 from genattn.evaluation import eval_sets, evaluate, mask_seen
 from genattn.metrics import rank_metrics, ranks_from_scores
 from genattn.models import SASRec, Sampling
-from genattn.training import default_sampling, train, training_windows
+from genattn.models import default_sampling
+from genattn.training import train, training_windows
 
 CKPT_FILES = {"model.safetensors", "config.json", "items.json", "metrics.json"}
 STATE_FILES = {"state.safetensors", "state.json"}

@@ -16,60 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .sampling import NoiseReader, Sampling
 
 NEG_INF = float("-inf")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How the prior is run at inference (and in the prior path of training).
-
-    vae:       mode "mean" (Z = prior mean) or "sample" (n_samples maps averaged).
-    diffusion: n_steps DDIM steps with eta, starting from zeros ("zeros") or noise ("noise").
-    A sampling is deterministic when it draws no noise.
-    """
-    mode: str = "mean"          # vae: "mean" | "sample"
-    n_samples: int = 1          # vae sample mode
-    n_steps: int = 8            # diffusion DDIM steps
-    eta: float = 0.0            # diffusion DDIM eta
-    start: str = "zeros"        # diffusion: "zeros" | "noise"
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("mean", "sample"):
-            raise ValueError(f"mode must be 'mean' or 'sample', got {self.mode!r}")
-        if self.start not in ("zeros", "noise"):
-            raise ValueError(f"start must be 'zeros' or 'noise', got {self.start!r}")
-        if self.n_samples < 1 or self.n_steps < 1:
-            raise ValueError("n_samples and n_steps must be >= 1")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0, got {self.eta}")
-
-    def draws(self, kind: str) -> int:
-        """Noise maps one generative layer consumes per query row (0 = deterministic)."""
-        if kind == "vae":
-            return self.n_samples if self.mode == "sample" else 0
-        if kind == "diffusion":
-            return (1 if self.start == "noise" else 0) + (self.n_steps - 1 if self.eta > 0 else 0)
-        return 0
-
-
-class NoiseReader:
-    """Hands out consecutive slices of one flat noise tensor (B, N) as shaped maps.
-
-    Offsets are Python ints, so a traced graph reads fixed slices of one input.
-    """
-
-    def __init__(self, flat: Tensor):
-        self.flat, self.offset = flat, 0
-
-    def take(self, shape: tuple[int, ...]) -> Tensor:  # shape excludes batch
-        n = math.prod(shape)
-        if self.offset + n > self.flat.shape[1]:
-            raise ValueError(f"noise input too short: need {self.offset + n} values per row, "
-                             f"got {self.flat.shape[1]}")
-        out = self.flat[:, self.offset:self.offset + n].reshape(-1, *shape)
-        self.offset += n
-        return out
 
 
 @dataclass
@@ -156,12 +105,22 @@ class PairMLP(nn.Module):
 
 
 class Posterior(nn.Module):
-    """q(Z | S, y) = N(S + f_mu, exp(2 f_s)): sees the target-key affinity. Training only."""
+    """q(Z | S, y) = N(S + g_h (a - max_j a) + f_mu, exp(2 f_s)): sees the target-key
+    affinity a. Training only.
+
+    The learned per-head gain g_h (initialised at cfg.posterior_gain) is a skip path
+    for the affinity: from the first step the posterior leans toward the history items
+    that explain the target, so the latent carries information about y for the prior
+    to learn (without it the posterior stayed target-blind: docs/model.md).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.mlp = PairMLP(4, cfg.pair_hidden, 2, cfg.n_heads, cfg.max_len)
         self.lo, self.hi = cfg.logstd_min, cfg.logstd_max
+        # posterior_gain 0 = no skip path (and no parameter: older checkpoints load as they were).
+        self.gain = nn.Parameter(torch.full((cfg.n_heads, 1, 1), float(cfg.posterior_gain))) \
+            if cfg.posterior_gain else None
         nn.init.constant_(self.mlp.out.bias, 0.0)
         with torch.no_grad():
             self.mlp.out.bias[1] = -1.0  # start with std ~0.37
@@ -170,7 +129,10 @@ class Posterior(nn.Module):
         a = x.target_aff
         a_rel = row_context(a, x.allowed)
         out = self.mlp.run(self.mlp.const([x.s, s_rel, a, a_rel], x.rel))
-        return out[..., 0], out[..., 1].clamp(self.lo, self.hi)  # offset mean, log std
+        mu = out[..., 0]
+        if self.gain is not None:
+            mu = mu + self.gain * a_rel.masked_fill(~x.allowed, 0.0)
+        return mu, out[..., 1].clamp(self.lo, self.hi)  # offset mean, log std
 
 
 class CausalSelfAttention(nn.Module):

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import AttentionWeights, AttnInputs, PairMLP, Posterior, Sampling, masked_mean, masked_softmax, row_context
+from .attention import AttentionWeights, AttnInputs, PairMLP, Posterior, masked_mean, masked_softmax, row_context
+from .sampling import Sampling
 from .scheduler import DDIMScheduler
 from .vae import draw_noise
 
@@ -51,7 +52,10 @@ class DiffusionWeights(AttentionWeights):
         self.scheduler = DDIMScheduler(cfg.diffusion_steps, cfg.schedule)
         self.denoiser = Denoiser(cfg)
         self.posterior = Posterior(cfg)
-        self.train_sampling = Sampling(n_steps=cfg.train_sample_steps)
+        self.prior_ce_trains_prior = cfg.prior_ce == "through"
+        self.train_sampling = (Sampling(n_steps=cfg.train_sample_steps, start="noise", eta=1.0)
+                               if cfg.train_prior_noise else Sampling(n_steps=cfg.train_sample_steps))
+        self.serve_sampling = Sampling(n_steps=cfg.train_sample_steps)
 
     def sample(self, x: AttnInputs, cond: Tensor, samp: Sampling) -> Tensor:
         """DDIM from X_T to X_0 in samp.n_steps steps (a plain loop over a fixed list)."""
@@ -65,8 +69,8 @@ class DiffusionWeights(AttentionWeights):
 
     def forward(self, x: AttnInputs) -> tuple[Tensor, Tensor]:
         s_rel = row_context(x.s, x.allowed)
-        cond = self.denoiser.condition(x, s_rel)
         if x.target_aff is not None:  # posterior path (training)
+            cond = self.denoiser.condition(x, s_rel)
             mu_q, ls_q = self.posterior(x, s_rel)
             x0 = mu_q + ls_q.exp() * draw_noise(x, mu_q)  # (B, H, L, L) offset sample
             B = x0.shape[0]
@@ -76,6 +80,11 @@ class DiffusionWeights(AttentionWeights):
             mse = (self.denoiser(x_t, t, cond) - x0) ** 2
             bound = masked_mean(mse - ls_q, x.allowed & x.valid_q)  # -H(q) up to a constant
             return masked_softmax(x.s + x0, x.allowed), bound
-        samp = x.sampling or self.train_sampling
-        x0 = self.sample(x, cond, samp)
+        samp = x.sampling or (self.train_sampling if self.training else self.serve_sampling)
+        # In training with prior_ce = "backbone" the sampled map is taken as given: the CE
+        # trains S (and everything downstream), never the denoiser, so it cannot reward a
+        # denoiser that ignores X_t; the denoiser learns from the diffusion bound alone.
+        stop = self.training and not self.prior_ce_trains_prior
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not stop):
+            x0 = self.sample(x, self.denoiser.condition(x, s_rel), samp)
         return masked_softmax(x.s + x0, x.allowed), x.s.new_zeros(())

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import AttentionWeights, CausalSelfAttention, NoiseReader, Sampling, SoftmaxWeights
+from .attention import AttentionWeights, CausalSelfAttention, SoftmaxWeights
 from .diffusion import DiffusionWeights
+from .sampling import NoiseReader, Sampling
 from .vae import VAEWeights
 
 WEIGHTS = {"softmax": SoftmaxWeights, "vae": VAEWeights, "diffusion": DiffusionWeights}
@@ -95,23 +96,34 @@ class SASRec(nn.Module):
 
     def run_blocks(self, seq: Tensor, *, targets: Tensor | None = None, last_only: bool = False,
                    rng: torch.Generator | None = None, sampling: Sampling | None = None,
-                   noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Hidden states (B, L or 1, D) after the final LayerNorm, and summed aux loss.
+                   noise: Tensor | None = None, samples: int = 1) -> tuple[Tensor, Tensor]:
+        """Hidden states (B·samples, L or 1, D) after the final LayerNorm, and summed aux loss.
 
-        targets given -> posterior path (training); otherwise the prior path.
+        targets given -> posterior path (training); otherwise the prior path. samples > 1:
+        rows are repeated (user-major) from the first generative block on, so the
+        deterministic blocks before it run once; noise (B, samples·n) holds each user's
+        samples one after another.
         """
         x, pad = self.embed(seq)
         full = self.masks(seq, last_only=False)
         reader = NoiseReader(noise) if noise is not None else None
         aux = x.new_zeros(())
+        expand = samples > 1
         for n, block in enumerate(self.blocks):
+            if expand and block.generative:
+                expand = False
+                x, pad, seq = (t.repeat_interleave(samples, dim=0) for t in (x, pad, seq))
+                full = self.masks(seq, last_only=False)
+                if noise is not None:
+                    reader = NoiseReader(noise.reshape(seq.shape[0], -1))
             last = last_only and n == len(self.blocks) - 1
             masks = self.masks(seq, last_only=True) if last else full
             tq = self.target_queries(block, targets) if (targets is not None and block.generative) else None
             x, a = block(x, pad, masks, last_only=last, target_q=tq, rng=rng, sampling=sampling, noise=reader)
             aux = aux + a
-        if reader is not None and reader.offset != noise.shape[1]:
-            raise ValueError(f"noise input has {noise.shape[1]} values per row, the sampler used {reader.offset}")
+        if reader is not None and reader.offset != reader.flat.shape[1]:
+            raise ValueError(f"noise input has {noise.shape[1]} values per row, the sampler used "
+                             f"{reader.offset * noise.shape[1] // reader.flat.shape[1]}")
         return self.ln_f(x), aux
 
     def logits(self, h: Tensor) -> Tensor:
@@ -148,11 +160,15 @@ class SASRec(nn.Module):
         for b, block in enumerate(self.blocks):
             lq = 1 if b == len(self.blocks) - 1 else L
             n += sampling.draws(block.attn.weights.kind) * cfg.n_heads * lq * L
-        return n
+        return n * (sampling.n_samples if n else 1)
 
     def user_state(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
-        h, _ = self.run_blocks(seq, last_only=True, sampling=sampling, noise=noise)
-        return h[:, -1]  # (B, D)
+        """(B, D); with S samples, the mean of the S sampled states (scores are linear in
+        the state, so this is the mean of the S sampled score vectors)."""
+        S = sampling.samples(self.cfg.attention) if sampling is not None else 1
+        h, _ = self.run_blocks(seq, last_only=True, sampling=sampling, noise=noise, samples=S)
+        h = h[:, -1]
+        return h.view(seq.shape[0], S, -1).mean(1) if S > 1 else h
 
     def scores(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
         """Full-catalog scores (B, N + 1) for the next item; index 0 is -inf."""
@@ -160,10 +176,12 @@ class SASRec(nn.Module):
 
 
 def make_noise(model: SASRec, sampling: Sampling, batch: int, seed: int | None = None,
-               generator: torch.Generator | None = None) -> Tensor | None:
-    """Standard-normal noise input for a stochastic sampling; None when deterministic."""
+               generator: torch.Generator | None = None, scale: float = 1.0) -> Tensor | None:
+    """Normal noise input for a stochastic sampling (std `scale`, the prior's sampling
+    temperature, as the runtime's `diversity`); None when deterministic."""
     n = model.noise_size(sampling)
     if n == 0:
         return None
     g = generator or torch.Generator().manual_seed(0 if seed is None else seed)
-    return torch.randn(batch, n, generator=g)
+    noise = torch.randn(batch, n, generator=g)
+    return noise if scale == 1.0 else noise * scale
