@@ -30,6 +30,12 @@ def _fail(e: Exception) -> None:
     raise click.ClickException(f"{type(e).__name__}: {e}")
 
 
+try:  # inspect, like the runtime commands, fails in one `Error:` line (never a traceback)
+    from genattn_runtime.cli import OneLineErrors as _OneLineErrors
+except ImportError:
+    _OneLineErrors = click.Command
+
+
 @main.command()
 @click.option("-c", "--config", type=click.Path(dir_okay=False), help="TOML file with [model], [train], [data].")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
@@ -128,7 +134,7 @@ def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_sc
                f"parity max|diff| {p['max_abs_diff']:.2e}, top-K overlap {p['min_topk_overlap']:.3f}")
 
 
-@main.command()
+@main.command(cls=_OneLineErrors)
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 @click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),

@@ -8,10 +8,14 @@ them without the training stack installed.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +26,52 @@ from .errors import GenattnRuntimeError, InputError
 
 LINE_FIELDS = {"history", "k", "exclude_seen", "seed"}
 ID_FIELDS = ("id", "user", "user_id")
+
+log = logging.getLogger("genattn_runtime.cli")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "failed"
+
+
+class _UsageFailure(click.ClickException):
+    exit_code = 2  # click's code for usage errors
+
+
+class OneLineErrors(click.Command):
+    """A command whose every failure is one `Error: ...` line on stderr and a non-zero exit:
+    usage errors without the usage screen, unexpected exceptions without a traceback
+    (it is logged at DEBUG: `genattn -v ...`)."""
+
+    @staticmethod
+    def _usage(e: click.UsageError) -> click.ClickException:
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        return _UsageFailure(_one_line(e.format_message()) + hint)
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise self._usage(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise self._usage(e) from None
+        except click.ClickException as e:
+            e.message = _one_line(e.message)
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # stdout closed early (`| head`): click handles it
+                raise
+            log.debug("%s failed", ctx.command_path, exc_info=True)
+            raise click.ClickException(_one_line(f"{type(e).__name__}: {e}")) from None
+        except Exception as e:
+            log.debug("%s failed", ctx.command_path, exc_info=True)
+            raise click.ClickException(_one_line(f"{type(e).__name__}: {e}")) from None
 
 _bundle_arg = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 _backend_opt = click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
@@ -38,8 +88,79 @@ _trust_opt = click.option("--trusted-key", "trusted_keys", multiple=True,
 
 
 def _logging(verbose: bool, default: int = logging.WARNING) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else default, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    ctx = click.get_current_context(silent=True)
+    group_verbose = ctx is not None and bool(ctx.find_root().params.get("verbose"))  # `genattn -v ...`
+    level = logging.DEBUG if group_verbose else logging.INFO if verbose else default
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # basicConfig does nothing when logging is set up already, as the `genattn` group does
+    # (INFO, for training): set the level so that these commands stay quiet without -v.
+    logging.getLogger().setLevel(level)
+
+
+class _Output:
+    """--output written atomically: a temporary file beside the target, renamed over it by
+    commit(); discarded on failure. Creating it checks the path before any work is done.
+    Without a path, lines go to stdout."""
+
+    def __init__(self, path: str | None):
+        self.path, self.tmp, self.committed = path, None, False
+        if path is None:
+            self.f = sys.stdout
+            return
+        target = Path(path)
+        if target.is_dir():
+            raise click.ClickException(f"--output {path} is a directory")
+        parent = target.parent
+        if not parent.is_dir():
+            raise click.ClickException(f"cannot write --output {path}: folder {parent} does not exist")
+        try:
+            fd, self.tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
+        except OSError as e:
+            raise click.ClickException(f"cannot write --output {path}: {e.strerror or e}") from None
+        try:  # mkstemp makes 0600; give the file the mode a plain open() would
+            mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
+            os.fchmod(fd, mode)
+        except OSError:
+            pass
+        self.f = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self.f.write(text)
+
+    def commit(self) -> None:
+        if self.tmp is None:
+            self.f.flush()
+            return
+        self.f.close()
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise click.ClickException(f"cannot write --output {self.path}: {e.strerror or e}") from None
+        self.committed = True
+
+    def __enter__(self) -> "_Output":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp is not None and not self.committed:
+            self.f.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _open_input(path: str):
+    if path == "-":
+        return contextlib.nullcontext(click.get_binary_stream("stdin"))
+    try:
+        return open(path, "rb")  # bytes: a line that is not UTF-8 fails alone, like bad JSON
+    except OSError as e:
+        raise click.ClickException(f"cannot read --input {path}: {e.strerror or e}") from None
 
 
 def _load(bundle: Path, backend: str, strict: bool, unknown: str, threads: int, **kw):
@@ -64,7 +185,7 @@ def _parse_history(text: str) -> list:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-@click.command("recommend")
+@click.command("recommend", cls=OneLineErrors)
 @_bundle_arg
 @click.option("--history", help="one user's item ids, oldest first: 12,7,33 (or a JSON list)")
 @click.option("--input", "input_path", type=click.Path(allow_dash=True, dir_okay=False),
@@ -90,6 +211,9 @@ def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, see
     _logging(verbose)
     if (history is None) == (input_path is None):
         raise click.UsageError("give exactly one of --history or --input")
+    ctx = click.get_current_context()
+    out = ctx.with_resource(_Output(output_path))  # before the work: fail now, not after it
+    src = ctx.with_resource(_open_input(input_path)) if input_path is not None else None
     rec = _load(bundle, backend, strict, unknown, threads, trusted_keys=list(trusted_keys) or None)
     if history is not None:
         ids = _parse_history(history)
@@ -97,32 +221,28 @@ def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, see
             result = rec.recommend(ids, k=k, exclude_seen=not include_seen, seed=seed)
         except InputError as e:
             raise click.ClickException(str(e)) from None
-        out = json.dumps(result.to_dict())
-        if output_path:
-            Path(output_path).write_text(out + "\n")
-        else:
-            click.echo(out)
+        out.write(json.dumps(result.to_dict()) + "\n")
+        out.commit()
         return
-    failed, total = _batch(rec, input_path, output_path, k, not include_seen, seed, batch_size, no_progress)
+    failed, total = _batch(rec, src, input_path == "-", out, k, not include_seen, seed, batch_size, no_progress)
+    out.commit()  # bad lines are answered in the output too: it is complete
     if failed:
-        click.echo(f"genattn recommend: {failed} of {total} line(s) failed (see their \"error\" field)", err=True)
-        sys.exit(1)
+        raise click.ClickException(f"{failed} of {total} line(s) failed (see their \"error\" field in the output)")
 
 
-def _batch(rec, input_path: str, output_path: str | None, k: int, exclude_seen: bool, seed: int | None,
+def _batch(rec, src, is_stdin: bool, dst: _Output, k: int, exclude_seen: bool, seed: int | None,
            batch_size: int, no_progress: bool) -> tuple[int, int]:
     from tqdm import tqdm
 
     from .errors import UnknownItemError
 
-    is_stdin = input_path == "-"
     total = None
     if not is_stdin:
-        with open(input_path, "rb") as f:
-            total = sum(1 for line in f if line.strip())
-    src = sys.stdin if is_stdin else open(input_path, encoding="utf-8")
-    dst = open(output_path, "w", encoding="utf-8") if output_path else sys.stdout
-    bar = tqdm(total=total, unit="line", file=sys.stderr, disable=no_progress or is_stdin, dynamic_ncols=True)
+        total = sum(1 for line in src if line.strip())
+        src.seek(0)
+    # No bar when stderr is not a terminal (disable=None): logs and CI output stay clean.
+    bar = tqdm(total=total, unit="line", file=sys.stderr, disable=True if no_progress or is_stdin else None,
+               dynamic_ncols=True)
     failed = n = 0
     pending: list = []  # (line_no, extra, PreparedRequest | error dict)
 
@@ -149,7 +269,10 @@ def _batch(rec, input_path: str, output_path: str | None, k: int, exclude_seen: 
             n += 1
             extra: dict = {}
             try:
-                item = json.loads(raw)
+                # A line that is not UTF-8 fails alone, like bad JSON; a BOM on line 1 is tolerated.
+                item = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
+            except UnicodeDecodeError as e:
+                pending.append((line_no, extra, {"error": f"not valid UTF-8: {e}"}))
             except (ValueError, RecursionError) as e:
                 pending.append((line_no, extra, {"error": f"not valid JSON: {e or 'nested too deeply'}"}))
             else:
@@ -166,12 +289,6 @@ def _batch(rec, input_path: str, output_path: str | None, k: int, exclude_seen: 
         flush()
     finally:
         bar.close()
-        if not is_stdin:
-            src.close()
-        if output_path:
-            dst.close()
-        else:
-            dst.flush()
     return failed, n
 
 
@@ -197,7 +314,7 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
             "seed": item.get("seed", seed)}
 
 
-@click.command("serve")
+@click.command("serve", cls=OneLineErrors)
 @_bundle_arg
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind (0.0.0.0 = all)")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -233,6 +350,7 @@ def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, max_us
     except ImportError as e:
         raise click.ClickException(f"serving needs FastAPI, uvicorn and prometheus_client: "
                                    f"pip install 'genattn[serve]' ({e})") from None
+    _check_listen(host, port)  # a port in use fails here in one line, before the bundle is loaded
     rec = _load(bundle, backend, strict, unknown, threads, trt_cache_dir=trt_cache_dir,
                 trusted_keys=list(trusted_keys) or None)
     serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
@@ -240,12 +358,25 @@ def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, max_us
           body_timeout_s=body_timeout_s, log_level=log_level, access_log=access_log)
 
 
+def _check_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            s.bind(addr)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 IMPORT_PROBE = ("import sys, time; t = time.perf_counter(); import genattn_runtime; t1 = time.perf_counter(); "
                 "import onnxruntime; t2 = time.perf_counter(); "
                 "print(t1 - t, t2 - t1, 'torch' in sys.modules)")
 
 
-@click.command("runtime-timings")
+@click.command("runtime-timings", cls=OneLineErrors)
 @_bundle_arg
 @_backend_opt
 @_threads_opt
@@ -253,6 +384,7 @@ IMPORT_PROBE = ("import sys, time; t = time.perf_counter(); import genattn_runti
 @click.option("-k", "--k", "k", type=int, default=10, show_default=True)
 def timings_cmd(bundle, backend, threads, repeats, k):
     """Import time (fresh interpreter), load time and batch-1 Python overhead vs session time, as JSON."""
+    _logging(False)
     probes = []
     for _ in range(3):
         out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True)
