@@ -171,7 +171,7 @@ class OrtBackend(Backend):
                 raise BackendUnavailableError(msg)
             log.warning("%s; using %s", msg, self.name)
         check_graph_io(manifest, self._io(self.session.get_inputs()), self._io(self.session.get_outputs()),
-                       model_path.name)
+                       model_path.name, half_scores=model_path.name == manifest.fp16_file)
         self.output_names = [OUTPUT_ITEMS, OUTPUT_SCORES]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._graph = None

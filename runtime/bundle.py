@@ -449,7 +449,7 @@ ORT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)
 
 
 def check_graph_io(manifest: Manifest, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]],
-                   source: str) -> None:
+                   source: str, half_scores: bool = False) -> None:
     """Cross-check what the opened graph states against the manifest.
 
     inputs / outputs: (name, numpy dtype name, shape) as the graph declares them; a shape
@@ -457,6 +457,8 @@ def check_graph_io(manifest: Manifest, inputs: list[tuple[str, str, list]], outp
     symbolic; every other axis the graph states must equal the manifest's (max_len for
     the sequence inputs, noise_size, K, n_items + 1). A symbolic non-batch output axis is
     left to the probe run at load, which checks the actual output shapes.
+    half_scores: the graph is the bundle's FP16 variant, whose float32 score outputs may be
+    float16 (the manifest's graph spec is the fp32 graph's; the runtime casts scores to float32).
     """
     where = f"bundle {manifest.path}: {source}"
     for side, got, want in (("inputs", inputs, manifest.inputs), ("outputs", outputs, manifest.outputs)):
@@ -472,7 +474,8 @@ def check_graph_io(manifest: Manifest, inputs: list[tuple[str, str, list]], outp
         by_name = {n: (d, sh) for n, d, sh in got}
         for t in want:
             dtype, shape = by_name[t["name"]]
-            if dtype != t["dtype"]:
+            if dtype != t["dtype"] and not (half_scores and side == "outputs" and (t["dtype"], dtype) ==
+                                            ("float32", "float16")):
                 raise BundleError(f"{where}: {t['name']} is {dtype}, the manifest says {t['dtype']}")
             shape = list(shape) if shape is not None else []
             if len(shape) != 2:

@@ -97,7 +97,8 @@ class Recommender:
         self.unknown_items = unknown_items
         self.signed_by: str | None = None  # key id that verified the bundle (load with trusted_keys)
         # Lifecycle: calls on the backend are counted under this condition; close() waits for zero.
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()  # taken directly on the hot path (a Condition's own enter is slower)
+        self._cv = threading.Condition(self._lock)
         self._active = 0
         self._closed = False
         self._released = False
@@ -252,18 +253,21 @@ class Recommender:
 
     def _run_backend(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The one place the backend runs: counted for close(), failures typed."""
-        with self._cv:
+        with self._lock:
             self._check_open()
             self._active += 1
         try:
-            return self._backend.run(feeds)
+            items, scores = self._backend.run(feeds)
+            if scores.dtype != np.float32:  # an FP16 graph's scores: float32 whatever the precision
+                scores = scores.astype(np.float32)
+            return items, scores
         except GenattnRuntimeError:
             raise
         except Exception as e:  # ONNX Runtime / TensorRT raise their own types; inputs were validated before
             raise InferenceError(f"backend {self.backend} failed to run the graph ({type(e).__name__}: "
                                  f"{str(e)[:300]})") from e
         finally:
-            with self._cv:
+            with self._lock:
                 self._active -= 1
                 if self._closed and not self._active:
                     self._cv.notify_all()

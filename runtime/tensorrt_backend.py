@@ -113,7 +113,8 @@ class TensorRTBackend(Backend):
                      [None if int(d) < 0 else int(d) for d in self.engine.get_tensor_shape(n)]) for n in names]
 
         try:
-            check_graph_io(manifest, io(self.inputs), io(self.outputs), Path(engine_path).name)
+            half = (manifest.raw.get("tensorrt") or {}).get("source_onnx") == manifest.fp16_file
+            check_graph_io(manifest, io(self.inputs), io(self.outputs), Path(engine_path).name, half_scores=half)
         except BundleError:
             self.close()
             raise

@@ -328,6 +328,29 @@ def test_verify_false_still_refuses_broken_or_swapped_models(bundle_root, b, how
     assert says in refused(b, verify=False)
 
 
+def test_fp16_graph_may_return_half_scores_only_in_its_own_slot(b):
+    """The FP16 variant returns top_scores as float16 (the manifest's spec is the fp32 graph's);
+    the runtime hands out float32 either way. In the fp32 slot the same graph is refused."""
+    import warnings
+
+    from genattn_export.precision import to_fp16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        to_fp16(b / "model.onnx", b / "model.fp16.onnx")
+    rewrite_manifest(b, lambda m: (m["graph"].update(fp16_file="model.fp16.onnx"),
+                                   m["files"].update({"model.fp16.onnx": file_entry(b / "model.fp16.onnx")})))
+    half = load(b, precision="fp16")
+    seq = np.zeros((3, MAX_LEN), dtype=np.int64)
+    seq[:, -3:] = [1, 2, 3]
+    items, scores = half.recommend_indices(seq, k=5)
+    assert items.dtype == np.int64 and scores.dtype == np.float32 and scores.shape == (3, 5)
+    assert all(type(x) is float for x in half.recommend([1, 2, 3], k=5).scores)
+    shutil.copy(b / "model.fp16.onnx", b / "model.onnx")
+    rewrite_manifest(b, lambda m: m["files"].update({"model.onnx": file_entry(b / "model.onnx")}))
+    assert "model.onnx: top_scores is float16, the manifest says float32" in refused(b)
+
+
 def test_backend_failure_at_call_time_is_typed(b, bundle_root):
     rec = load(b)
     ids = list(rec.items.item_ids)
