@@ -306,6 +306,7 @@ class Recommender:
                         unknown_items: str | None = None) -> list[Recommendation]:
         """Like `recommend` but `histories` is always a batch (so `[]` is zero users)."""
         if isinstance(histories, (list, tuple)) and len(histories) == 0:
+            self._check_open()
             self.check_k(k)
             return []
         if not isinstance(histories, (list, tuple)) or not all(isinstance(h, (list, tuple)) for h in histories):

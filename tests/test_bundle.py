@@ -500,6 +500,36 @@ def test_export_sign_inspect_and_recommend_with_trusted_keys(bundle_root, keys, 
     assert "Traceback" not in res.output
 
 
+def test_serve_loads_only_under_a_trusted_key(b, keys, monkeypatch):
+    import genattn_runtime.service as service
+    from genattn.cli import main
+
+    _sign(b, keys["a"][0])
+    served = []
+    monkeypatch.setattr(service, "serve", lambda rec, **kw: served.append(rec))  # no real server
+    args = ["serve", str(b), "--port", "0", "--threads", "1", "--backend", "cpu"]
+    res = CliRunner().invoke(main, args + ["--trusted-key", str(keys["b"][1])])
+    assert res.exit_code == 1 and "no valid signature by a trusted key" in res.output and not served
+    res = CliRunner().invoke(main, args + ["--trusted-key", str(keys["a"][1])])
+    assert res.exit_code == 0, res.output
+    assert served[0].signed_by and served[0].signed_by.startswith("sha256:")
+
+
+def test_runtime_imports_nothing_of_the_training_package():
+    """Static: no module of genattn_runtime imports genattn (or the exporter), not even lazily."""
+    import ast
+
+    import genattn_runtime
+
+    bad = []
+    for f in sorted(Path(genattn_runtime.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            bad += [f"{f.name}: {n}" for n in names if n.split(".")[0] in ("genattn", "genattn_export", "torch")]
+    assert not bad, bad
+
+
 def test_export_with_a_bad_key_fails_before_the_work(bundle_root, tmp_path, keys):
     from genattn_export import ExportError, ExportOptions, export_bundle
 
@@ -530,7 +560,7 @@ def test_calls_after_close_raise_a_typed_error(b):
         assert len(rec.recommend(ids[:3], k=3).items) == 3
     assert rec.closed
     for call in (lambda: rec.recommend(ids[:3], k=3), lambda: rec.recommend([], k=3),  # fallback-only: no backend
-                 lambda: rec.run_prepared([prep]), lambda: rec.prepare(ids[:3]),
+                 lambda: rec.run_prepared([prep]), lambda: rec.prepare(ids[:3]), lambda: rec.recommend_batch([]),
                  lambda: rec.recommend_indices(np.zeros((1, MAX_LEN), dtype=np.int64)),
                  lambda: rec.recommend_indices(np.zeros((0, MAX_LEN), dtype=np.int64))):
         with pytest.raises(RecommenderClosedError, match="closed"):
