@@ -372,10 +372,11 @@ def read_manifest(bundle: str | Path) -> Manifest:
     f = bundle / MANIFEST_FILE
     if not bundle.is_dir():
         raise BundleError(f"bundle folder not found: {bundle}")
-    if not f.is_file():
+    st = regular_file_inside(bundle, MANIFEST_FILE)
+    if st is None:
         raise BundleError(f"{bundle} is not a genattn bundle: {MANIFEST_FILE} missing")
     try:
-        size = f.stat().st_size
+        size = st.st_size
         if size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{f}: {size} bytes, more than any manifest ({MAX_MANIFEST_BYTES}): refused")
         data = f.read_bytes()
@@ -395,6 +396,25 @@ def read_manifest(bundle: str | Path) -> Manifest:
 
 # ---------------------------------------------------------------- files
 
+def regular_file_inside(bundle: Path, name: str) -> os.stat_result | None:
+    """stat of bundle/name if it is a regular file inside the bundle (a symbolic link only if it
+    resolves inside), None if absent; BundleError otherwise (a FIFO would block a reader forever)."""
+    p = bundle / name
+    try:
+        st = os.lstat(p)
+        if stat.S_ISLNK(st.st_mode):
+            if bundle.resolve() not in p.resolve().parents:
+                raise BundleError(f"bundle {bundle}: {name} is a symbolic link to a file outside the bundle: refused")
+            st = os.stat(p)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BundleError(f"bundle {bundle}: {name} unreadable ({e.strerror or e})") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"bundle {bundle}: {name} is not a regular file")
+    return st
+
+
 def check_member(manifest: Manifest, name: str) -> Path:
     """`name` from the file table: a regular file inside the bundle (a symlink only if it stays inside),
     of the recorded size. Cheap (no hashing): done on every load, also with verify=False."""
@@ -402,20 +422,9 @@ def check_member(manifest: Manifest, name: str) -> Path:
     if meta is None:
         raise BundleError(f"bundle {manifest.path}: {name} is not listed in the manifest's file table")
     p = manifest.path / name
-    try:
-        st = os.lstat(p)
-        if stat.S_ISLNK(st.st_mode):
-            root = manifest.path.resolve()
-            if root not in p.resolve().parents:
-                raise BundleError(f"bundle {manifest.path}: {name} is a symbolic link to a file outside "
-                                  "the bundle: refused")
-            st = os.stat(p)
-    except FileNotFoundError:
-        raise BundleError(f"bundle {manifest.path}: file {name} listed in the manifest is missing") from None
-    except OSError as e:
-        raise BundleError(f"bundle {manifest.path}: {name} unreadable ({e.strerror or e})") from e
-    if not stat.S_ISREG(st.st_mode):
-        raise BundleError(f"bundle {manifest.path}: {name} is not a regular file")
+    st = regular_file_inside(manifest.path, name)
+    if st is None:
+        raise BundleError(f"bundle {manifest.path}: file {name} listed in the manifest is missing")
     if st.st_size != meta["bytes"]:
         raise BundleError(f"bundle {manifest.path}: {name} has {st.st_size} bytes, manifest says "
                           f"{meta['bytes']}: the bundle was modified or truncated")

@@ -35,8 +35,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .bundle import Manifest, canonical_manifest
-from .errors import GenattnRuntimeError, KeyFileError, SignatureError
+from .bundle import Manifest, canonical_manifest, regular_file_inside
+from .errors import BundleError, GenattnRuntimeError, KeyFileError, SignatureError
 
 SIGNATURE_FILE = "manifest.sig"
 PAYLOAD_TYPE = "application/vnd.genattn.manifest+json"
@@ -135,11 +135,15 @@ def signature_text(raw: dict, private_key) -> str:
 def read_envelope(manifest: Manifest) -> dict | None:
     """manifest.sig parsed and shape-checked, or None when the bundle is unsigned."""
     f = manifest.path / SIGNATURE_FILE
-    if not f.exists() and not f.is_symlink():
+    try:
+        st = regular_file_inside(manifest.path, SIGNATURE_FILE)
+    except BundleError as e:
+        raise SignatureError(str(e)) from None
+    if st is None:
         return None
     try:
-        if not f.is_file() or f.stat().st_size > MAX_SIGNATURE_BYTES:
-            raise SignatureError(f"{f}: not a regular file of a plausible size")
+        if st.st_size > MAX_SIGNATURE_BYTES:
+            raise SignatureError(f"{f}: {st.st_size} bytes, more than any signature envelope: refused")
         env = json.loads(f.read_bytes().decode("utf-8"))
     except OSError as e:
         raise SignatureError(f"{f}: unreadable ({e.strerror or e})") from e

@@ -206,6 +206,9 @@ def test_symlink_out_of_the_bundle_is_refused(b, tmp_path):
     shutil.copy(outside, b / "real.onnx")
     (b / "model.onnx").symlink_to("real.onnx")  # a link that stays inside is fine
     load(b).close()
+    shutil.move(b / "manifest.json", tmp_path / "manifest.json")  # the manifest itself from elsewhere
+    (b / "manifest.json").symlink_to(tmp_path / "manifest.json")
+    assert "manifest.json is a symbolic link to a file outside the bundle" in refused(b)
 
 
 def test_non_regular_file_is_refused_without_hanging(b):
@@ -277,7 +280,8 @@ def _tiny_graph(path: Path, *, k_dim, value: int, n_out: int = K) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", MAX_LEN]) for n in ("item_seq", "exclude_items")]
+    ins = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", MAX_LEN])
+           for n in ("item_seq", "exclude_items")]
     outs = [helper.make_tensor_value_info("top_items", TensorProto.INT64, ["batch", k_dim]),
             helper.make_tensor_value_info("top_scores", TensorProto.FLOAT, ["batch", k_dim])]
     nodes = [
