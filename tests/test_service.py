@@ -273,10 +273,10 @@ def test_user_cap(rec, ids):
         assert c.get("/metadata").json()["max_users"] == 3
 
 
-def test_queue_full_503_and_deadline_504(rec, ids):
+def test_queue_full_503(rec, ids):
     started, release = threading.Event(), threading.Event()
     fake = FakeRec(rec, gated(started, release))
-    app = create_app(fake, max_batch=1, max_wait_ms=0, max_queue=1, request_timeout_s=0.5)
+    app = create_app(fake, max_batch=1, max_wait_ms=0, max_queue=1)
 
     async def scenario():
         async with serving(app) as c:
@@ -287,21 +287,41 @@ def test_queue_full_503_and_deadline_504(rec, ids):
                 t2 = asyncio.create_task(c.post("/recommend", json={"history": ids[2:4]}))
                 await _until(lambda: app.state.batcher.waiting == 1)
                 r3 = await c.post("/recommend", json={"history": ids[4:6]})
-                assert r3.status_code == 503 and r3.headers["retry-after"] == "1"
-                assert r3.json()["error"] == "queue_full" and "max_queue" in r3.json()["detail"]
-                r1, r2 = await t1, await t2  # the backend is still blocked: both pass their deadline
             finally:
                 release.set()
-            for r in (r1, r2):
-                assert r.status_code == 504
-                assert r.json()["error"] == "deadline_exceeded" and "0.5 s" in r.json()["detail"]
-            # expired jobs are dropped, the service still answers
-            r = await c.post("/recommend", json={"history": ids[:3], "k": 4})
-            assert r.status_code == 200 and r.json() == rec.recommend(ids[:3], k=4).to_dict()
-        return fake.calls
+            return r3, await t1, await t2
 
-    calls = asyncio.run(scenario())
-    assert calls == [1, 1]  # the request queued behind the blocked run expired and never ran
+    r3, r1, r2 = asyncio.run(scenario())
+    assert r3.status_code == 503 and r3.headers["retry-after"] == "1"
+    assert r3.json()["error"] == "queue_full" and "max_queue" in r3.json()["detail"]
+    assert r1.status_code == r2.status_code == 200
+    assert r2.json() == rec.recommend(ids[2:4]).to_dict()
+
+
+def test_deadline_504(rec, ids):
+    started, release = threading.Event(), threading.Event()
+    fake = FakeRec(rec, gated(started, release))
+    app = create_app(fake, max_batch=1, max_wait_ms=0, request_timeout_s=0.3)
+
+    async def scenario():
+        async with serving(app) as c:
+            try:
+                # the 1st blocks the backend past its deadline; the 2nd expires in the queue
+                t1 = asyncio.create_task(c.post("/recommend", json={"history": ids[:2]}))
+                await _until(started.is_set)
+                r2 = await c.post("/recommend", json={"history": ids[2:4]})
+                r1 = await t1
+            finally:
+                release.set()
+            r3 = await c.post("/recommend", json={"history": ids[:3], "k": 4})
+            return r1, r2, r3
+
+    r1, r2, r3 = asyncio.run(scenario())
+    for r in (r1, r2):
+        assert r.status_code == 504
+        assert r.json()["error"] == "deadline_exceeded" and "0.3 s" in r.json()["detail"]
+    assert r3.status_code == 200 and r3.json() == rec.recommend(ids[:3], k=4).to_dict()
+    assert fake.calls == [1, 1]  # the expired 2nd request was dropped, never run
 
 
 def test_failed_batch_isolates_requests(rec, ids):
