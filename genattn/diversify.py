@@ -41,26 +41,31 @@ def mmr(item_emb: Tensor, lam: float, k: int = 20, candidates: int = 100) -> Rer
     unit = nn.functional.normalize(item_emb.detach().float(), dim=-1)
 
     def rerank(scores: Tensor) -> Tensor:
-        B = scores.shape[0]
-        top_s, top_i = scores.topk(candidates, dim=1)  # (B, C)
-        lo, hi = top_s[:, -1:], top_s[:, :1]
-        rel = (top_s - lo) / (hi - lo).clamp_min(1e-9)
+        B, C = scores.shape[0], min(candidates, scores.shape[1])
+        n_pick = min(k, C)
+        top_s, top_i = scores.topk(C, dim=1)  # (B, C)
+        finite = torch.isfinite(top_s)  # seen items (-inf) can reach the candidates in small catalogs
+        lo = top_s.masked_fill(~finite, float("inf")).amin(dim=1, keepdim=True)
+        hi = top_s[:, :1]
+        rel = ((top_s - lo) / (hi - lo).clamp_min(1e-9)).masked_fill(~finite, 0.0)
         e = unit[top_i]  # (B, C, D)
         sim = e @ e.transpose(1, 2)  # (B, C, C)
-        picked = torch.zeros(B, candidates, dtype=torch.bool)
-        max_sim = torch.zeros(B, candidates)
+        picked = torch.zeros(B, C, dtype=torch.bool)
+        max_sim = torch.zeros(B, C)
         order = []
-        for _ in range(k):
+        for _ in range(n_pick):
             gain = lam * rel - (1 - lam) * max_sim
-            gain = gain.masked_fill(picked | ~torch.isfinite(top_s), float("-inf"))
+            gain = gain.masked_fill(picked | ~finite, float("-inf"))
             j = gain.argmax(dim=1)  # (B,)
             order.append(j)
             picked[torch.arange(B), j] = True
             max_sim = torch.maximum(max_sim, sim[torch.arange(B), j])
-        out = scores - 1e9  # everything not picked ranks below the picked, in its old order
-        chosen = top_i.gather(1, torch.stack(order, dim=1))  # (B, k)
-        rank_value = torch.arange(k, 0, -1, dtype=scores.dtype).expand(B, k) + 1e9
+        # Picked items go just above the row's best score, in pick order; the rest keep
+        # their scores (and order) below them. Offsets stay small so float32 resolves them.
+        chosen = top_i.gather(1, torch.stack(order, dim=1))  # (B, n_pick)
+        rank_value = hi + torch.arange(n_pick, 0, -1, dtype=scores.dtype).expand(B, n_pick)
         keep = torch.isfinite(scores.gather(1, chosen))
+        out = scores.clone()
         out.scatter_(1, chosen, torch.where(keep, rank_value, scores.gather(1, chosen)))
         return out
 
