@@ -24,7 +24,7 @@ import click
 from .backends import BACKENDS
 from .errors import GenattnRuntimeError, InputError
 
-LINE_FIELDS = {"history", "k", "exclude_seen", "seed"}
+LINE_FIELDS = {"history", "k", "exclude_seen", "seed", "diversity"}
 ID_FIELDS = ("id", "user", "user_id")
 
 log = logging.getLogger("genattn_runtime.cli")
@@ -196,6 +196,9 @@ def _parse_history(text: str) -> list:
 @click.option("--include-seen", is_flag=True, help="allow items of the history in the results")
 @click.option("--seed", type=click.IntRange(min=0), help="noise seed of a stochastic bundle "
               "(batch mode: line i uses seed+i unless the line has its own)")
+@click.option("--diversity", type=click.FloatRange(min=0.0),
+              help="stochastic bundle: the prior's sampling temperature (0 deterministic, 1 the trained prior, "
+                   "more = more varied lists; a line's own field wins)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="batch mode: lines per session run")
 @click.option("--no-progress", is_flag=True, help="batch mode: no progress bar")
@@ -205,8 +208,8 @@ def _parse_history(text: str) -> list:
 @_trust_opt
 @_threads_opt
 @click.option("-v", "--verbose", is_flag=True, help="log the backend choice and timings to stderr")
-def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, batch_size, no_progress,
-                  backend, strict, unknown, threads, verbose, trusted_keys):
+def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, diversity, batch_size,
+                  no_progress, backend, strict, unknown, threads, verbose, trusted_keys):
     """Top-k items for one history (--history) or a JSON-lines file (--input)."""
     _logging(verbose)
     if (history is None) == (input_path is None):
@@ -218,20 +221,21 @@ def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, see
     if history is not None:
         ids = _parse_history(history)
         try:
-            result = rec.recommend(ids, k=k, exclude_seen=not include_seen, seed=seed)
+            result = rec.recommend(ids, k=k, exclude_seen=not include_seen, seed=seed, diversity=diversity)
         except InputError as e:
             raise click.ClickException(str(e)) from None
         out.write(json.dumps(result.to_dict()) + "\n")
         out.commit()
         return
-    failed, total = _batch(rec, src, input_path == "-", out, k, not include_seen, seed, batch_size, no_progress)
+    failed, total = _batch(rec, src, input_path == "-", out, k, not include_seen, seed, batch_size, no_progress,
+                           diversity)
     out.commit()  # bad lines are answered in the output too: it is complete
     if failed:
         raise click.ClickException(f"{failed} of {total} line(s) failed (see their \"error\" field in the output)")
 
 
 def _batch(rec, src, is_stdin: bool, dst: _Output, k: int, exclude_seen: bool, seed: int | None,
-           batch_size: int, no_progress: bool) -> tuple[int, int]:
+           batch_size: int, no_progress: bool, diversity: float | None = None) -> tuple[int, int]:
     from tqdm import tqdm
 
     from .errors import UnknownItemError
@@ -278,7 +282,7 @@ def _batch(rec, src, is_stdin: bool, dst: _Output, k: int, exclude_seen: bool, s
             else:
                 try:
                     params = _line_params(item, extra, k, exclude_seen,
-                                          None if seed is None else seed + line_no - 1)
+                                          None if seed is None else seed + line_no - 1, diversity)
                     pending.append((line_no, extra, rec.prepare(**params)))
                 except UnknownItemError as e:
                     pending.append((line_no, extra, {"error": str(e), "unknown_items": e.unknown}))
@@ -292,11 +296,12 @@ def _batch(rec, src, is_stdin: bool, dst: _Output, k: int, exclude_seen: bool, s
     return failed, n
 
 
-def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None) -> dict:
+def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None,
+                 diversity: float | None = None) -> dict:
     if isinstance(item, list):
         if any(isinstance(x, list) for x in item):
             raise InputError("a bare-list line is one user's history: a list of ids, not of lists")
-        return {"histories": item, "k": k, "exclude_seen": exclude_seen, "seed": seed}
+        return {"histories": item, "k": k, "exclude_seen": exclude_seen, "seed": seed, "diversity": diversity}
     if not isinstance(item, dict):
         raise InputError(f"a line must be a JSON object or a list of ids, got {type(item).__name__}")
     for key in ID_FIELDS:
@@ -311,7 +316,7 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
     if isinstance(h, list) and h and all(isinstance(x, list) for x in h):
         raise InputError("'history' is one user's list of ids, not a list of lists")
     return {"histories": h, "k": item.get("k", k), "exclude_seen": item.get("exclude_seen", exclude_seen),
-            "seed": item.get("seed", seed)}
+            "seed": item.get("seed", seed), "diversity": item.get("diversity", diversity)}
 
 
 @click.command("serve", cls=OneLineErrors)

@@ -36,6 +36,7 @@ from .errors import (BundleError, GenattnRuntimeError, InferenceError, InputErro
 log = logging.getLogger("genattn_runtime")
 
 UNKNOWN_POLICIES = ("skip", "error")
+MAX_DIVERSITY = 10.0   # prior temperature cap: far past where lists stop being relevant
 MAX_ERROR_IDS = 10
 
 
@@ -291,19 +292,24 @@ class Recommender:
 
     # ------------------------------------------------------------------ high level
     def recommend(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
-                  unknown_items: str | None = None):
+                  unknown_items: str | None = None, diversity: float | None = None):
         """Top-k raw item ids with scores.
 
         histories: one history (a list of ids, oldest first) -> Recommendation, or a
         batch (a list of such lists) -> list[Recommendation]. `[]` is one empty history.
         Ids may be ints or strings in either form ("12" finds 12). seed: noise of a
         stochastic bundle (None = fresh entropy; ignored by deterministic bundles).
+        diversity: the prior's sampling temperature tau of a stochastic bundle (its noise
+        is drawn from N(0, tau^2)): 0 = the deterministic mode (vae: prior mean; diffusion:
+        zero start), 1 = the trained prior (the default), larger = more varied lists at
+        some cost in accuracy (measured in benchmarks/results/frontier_*.md).
         """
-        prep = self.prepare(histories, k=k, exclude_seen=exclude_seen, seed=seed, unknown_items=unknown_items)
+        prep = self.prepare(histories, k=k, exclude_seen=exclude_seen, seed=seed, unknown_items=unknown_items,
+                            diversity=diversity)
         return self.run_prepared([prep])[0]
 
     def recommend_batch(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
-                        unknown_items: str | None = None) -> list[Recommendation]:
+                        unknown_items: str | None = None, diversity: float | None = None) -> list[Recommendation]:
         """Like `recommend` but `histories` is always a batch (so `[]` is zero users)."""
         if isinstance(histories, (list, tuple)) and len(histories) == 0:
             self._check_open()
@@ -311,9 +317,23 @@ class Recommender:
             return []
         if not isinstance(histories, (list, tuple)) or not all(isinstance(h, (list, tuple)) for h in histories):
             raise InputError("histories: expected a list of histories (lists of item ids)")
-        return self.recommend(histories, k, exclude_seen, seed, unknown_items)
+        return self.recommend(histories, k, exclude_seen, seed, unknown_items, diversity)
 
     # ------------------------------------------------------------------ stages
+    def check_diversity(self, diversity) -> float:
+        """The noise scale for `diversity` (None = 1.0), or InputError: a number in
+        [0, MAX_DIVERSITY], and only for stochastic bundles (a deterministic graph takes
+        no noise, so the knob would silently do nothing)."""
+        if diversity is None:
+            return 1.0
+        if isinstance(diversity, bool) or not isinstance(diversity, numbers.Real) or not math.isfinite(diversity) \
+                or not 0.0 <= diversity <= MAX_DIVERSITY:
+            raise InputError(f"diversity must be a number in [0, {MAX_DIVERSITY}] or null, got {_describe(diversity)}")
+        if not self.noise_size:
+            raise InputError("diversity: this bundle is deterministic (it takes no noise); export it with a "
+                             "stochastic sampling (e.g. --vae-mode sample, or --start noise) to use diversity")
+        return float(diversity)
+
     def check_k(self, k) -> int:
         """k as an int, or InputError unless 1 <= k <= the bundle's K."""
         if isinstance(k, bool) or not isinstance(k, numbers.Integral):
@@ -394,7 +414,7 @@ class Recommender:
         return idx, unknown
 
     def prepare(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
-                unknown_items: str | None = None) -> PreparedRequest:
+                unknown_items: str | None = None, diversity: float | None = None) -> PreparedRequest:
         """Validate and encode one call (raises InputError / UnknownItemError)."""
         self._check_open()
         k = self.check_k(k)
@@ -402,6 +422,7 @@ class Recommender:
             raise InputError(f"exclude_seen must be true or false, got {_describe(exclude_seen)}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise InputError(f"seed must be a non-negative integer or null, got {_describe(seed)}")
+        scale = self.check_diversity(diversity)
         policy = unknown_items or self.unknown_items
         if policy not in UNKNOWN_POLICIES:
             raise InputError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {policy!r}")
@@ -445,6 +466,8 @@ class Recommender:
             # depend on which other users share the call (or the micro-batch).
             rng = np.random.default_rng(None if seed is None else int(seed))
             noise = rng.standard_normal((len(hists), self.noise_size), dtype=np.float32)[model_rows]
+            if scale != 1.0:
+                noise *= np.float32(scale)
         return PreparedRequest(rows=rows, k=k, single=single, seq=seq, exclude=exclude, noise=noise)
 
     def _feeds(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray]:

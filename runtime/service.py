@@ -1,6 +1,6 @@
 """HTTP service: FastAPI app around one Recommender, with a micro-batching queue.
 
-    POST /recommend   {"history": [...], "k": 10, "exclude_seen": true, "seed": null}
+    POST /recommend   {"history": [...], "k": 10, "exclude_seen": true, "seed": null, "diversity": null}
                       {"histories": [[...], ...], "k": 10, ...}
     GET  /healthz     {"status": "ok"} (503 while shutting down)
     GET  /metadata    bundle summary, backend and the service's limits
@@ -44,7 +44,7 @@ from .recommender import PreparedRequest, Recommender
 log = logging.getLogger("genattn_runtime.service")
 
 ENDPOINTS = ("/recommend", "/healthz", "/metadata", "/metrics")
-REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed"}
+REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed", "diversity"}
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -369,6 +369,9 @@ _REQUEST_SCHEMA = {
             "k": {"type": "integer", "minimum": 1, "default": 10},
             "exclude_seen": {"type": "boolean", "default": True},
             "seed": {"type": ["integer", "null"], "minimum": 0, "default": None},
+            "diversity": {"type": ["number", "null"], "minimum": 0, "default": None,
+                          "description": "stochastic bundles: the prior's sampling temperature "
+                                         "(0 deterministic, 1 the trained prior, more = more varied)"},
         }}}}},
 }
 
@@ -428,7 +431,8 @@ def create_app(recommender: Recommender, max_batch: int = MAX_BATCH, max_wait_ms
                 recommender.check_k(payload.get("k", 10))
                 return {"results": []}
             prep = recommender.prepare(histories, k=payload.get("k", 10),
-                                       exclude_seen=payload.get("exclude_seen", True), seed=payload.get("seed"))
+                                       exclude_seen=payload.get("exclude_seen", True), seed=payload.get("seed"),
+                                       diversity=payload.get("diversity"))
         except UnknownItemError as e:
             raise HTTPError(400, "unknown_items", str(e), unknown_items=e.unknown) from None
         except InputError as e:

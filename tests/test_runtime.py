@@ -408,6 +408,28 @@ def test_stochastic_bundle_seeds(bundle_root, ids):
         r.recommend_indices(np.zeros((2, MAX_LEN), dtype=np.int64), noise=np.zeros((2, 3), dtype=np.float32))
 
 
+def test_diversity_scales_the_prior_noise(bundle_root, ids):
+    """diversity = tau draws the noise from N(0, tau^2): 0 is the deterministic mode
+    (the zero-start bundle's answer), 1 the default, and it only exists where noise does."""
+    noisy = Recommender.load(bundle(bundle_root, "diffusion", stochastic=True), backend="cpu", threads=1)
+    det = Recommender.load(bundle(bundle_root, "diffusion"), backend="cpu", threads=1)
+    h = ids[:8]
+    zero, plain = noisy.recommend(h, k=10, seed=3, diversity=0), det.recommend(h, k=10)
+    assert zero.items == plain.items
+    np.testing.assert_allclose(zero.scores, plain.scores, rtol=1e-5, atol=1e-5)
+    assert noisy.recommend(h, k=10, seed=3, diversity=1.0) == noisy.recommend(h, k=10, seed=3)
+    assert noisy.recommend(h, k=10, seed=3, diversity=3.0).scores != noisy.recommend(h, k=10, seed=3).scores
+    # The same scale through a prepared batch (the service's path) as through recommend.
+    prep = noisy.prepare([h], k=10, seed=3, diversity=2.0)
+    assert noisy.run_prepared([prep])[0][0] == noisy.recommend([h], k=10, seed=3, diversity=2.0)[0]
+    for bad in (-0.1, float("nan"), float("inf"), 11.0, "1", True):
+        with pytest.raises(InputError, match="diversity"):
+            noisy.recommend(h, k=10, diversity=bad)
+    with pytest.raises(InputError, match="deterministic"):
+        det.recommend(h, k=10, diversity=0.5)
+    assert det.recommend(h, k=10, diversity=None) == plain
+
+
 # ---------------------------------------------------------------- threads
 
 def test_threads_equal_serial(rec, ids):

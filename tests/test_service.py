@@ -206,6 +206,22 @@ def test_unknown_items_error_policy(bundle_root, ids):
         assert r.status_code == 400 and "histories [1]" in r.json()["detail"]
 
 
+def test_diversity_per_request(bundle_root, ids, client):
+    noisy = Recommender.load(bundle(bundle_root, "diffusion", stochastic=True), backend="cpu", threads=1)
+    with TestClient(create_app(noisy)) as c:
+        body = {"history": ids[:6], "k": 5, "seed": 4}
+        base = c.post("/recommend", json=body).json()
+        assert c.post("/recommend", json={**body, "diversity": 1.0}).json() == base
+        assert c.post("/recommend", json={**body, "diversity": 3.0}).json()["scores"] != base["scores"]
+        direct = noisy.recommend(ids[:6], k=5, seed=4, diversity=0)
+        assert c.post("/recommend", json={**body, "diversity": 0}).json()["items"] == direct.items
+        r = c.post("/recommend", json={**body, "diversity": -1})
+        assert r.status_code == 422 and "diversity" in r.json()["detail"]
+    # A deterministic bundle refuses the knob instead of silently ignoring it.
+    r = client.post("/recommend", json={"history": ids[:6], "diversity": 0.5})
+    assert r.status_code == 422 and "deterministic" in r.json()["detail"]
+
+
 def test_health_metadata_metrics(client):
     assert client.get("/healthz").json()["status"] == "ok"
     meta = client.get("/metadata").json()
