@@ -33,7 +33,7 @@ class ExportOptions:
     eta: float = 0.0                # diffusion: DDIM eta (> 0 adds per-step noise)
     start: str = "zeros"            # diffusion: "zeros" (deterministic) | "noise"
     vae_mode: str = "mean"          # vae: "mean" (deterministic) | "sample"
-    samples: int = 1                # vae sample mode: maps averaged
+    samples: int = 1                # S sampled maps, scores averaged in one graph (stochastic samplings)
     k: int = 100                    # top-K computed in the graph (the runtime serves any k <= K)
     full_scores: bool = False       # also output full-catalog scores
     exclude_in_graph: bool = True   # exclude_items input masks history items before top-K
@@ -53,7 +53,7 @@ class ExportOptions:
 
     def sampling(self, kind: str) -> Sampling | None:
         if kind == "diffusion":
-            return Sampling(n_steps=self.steps, eta=self.eta, start=self.start)
+            return Sampling(n_steps=self.steps, eta=self.eta, start=self.start, n_samples=self.samples)
         if kind == "vae":
             return Sampling(mode=self.vae_mode, n_samples=self.samples)
         return None

@@ -79,7 +79,7 @@ def train(config, out, attention, source, fmt, user_col, item_col, time_col, epo
 @click.option("--eta", type=float, default=None, help="Diffusion: DDIM eta.")
 @click.option("--start", type=click.Choice(["zeros", "noise"]), default=None)
 @click.option("--vae-mode", type=click.Choice(["mean", "sample"]), default=None)
-@click.option("--samples", type=int, default=None, help="VAE sample mode: maps averaged.")
+@click.option("--samples", type=int, default=None, help="Stochastic samplings: S sampled maps, scores averaged.")
 def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> None:
     """Full-ranking metrics of a checkpoint on its data (history items masked)."""
     from .evaluation import evaluate_checkpoint
@@ -99,7 +99,8 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
 @click.option("--eta", type=float, default=0.0, show_default=True, help="Diffusion: DDIM eta (> 0 needs noise).")
 @click.option("--start", type=click.Choice(["zeros", "noise"]), default="zeros", show_default=True)
 @click.option("--vae-mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True)
-@click.option("--samples", type=int, default=1, show_default=True, help="VAE sample mode: maps averaged.")
+@click.option("--samples", type=int, default=1, show_default=True,
+              help="Stochastic samplings: S sampled maps, scores averaged in one graph.")
 @click.option("-k", type=int, default=100, show_default=True, help="Top-K computed in the graph.")
 @click.option("--full-scores", is_flag=True, help="Also output full-catalog scores.")
 @click.option("--no-exclude-in-graph", is_flag=True, help="No exclude_items input (filter seen items outside).")

@@ -61,7 +61,8 @@ def _feeds(manifest, batch, seed=0):
 CASES = {"softmax": ("softmax", {}), "vae-mean": ("vae", {}),
          "vae-sample4": ("vae", {"vae_mode": "sample", "samples": 4}),
          "diffusion-n1": ("diffusion", {"steps": 1}), "diffusion-n4": ("diffusion", {"steps": 4}),
-         "diffusion-n4-noise": ("diffusion", {"steps": 4, "start": "noise", "eta": 1.0})}
+         "diffusion-n4-noise": ("diffusion", {"steps": 4, "start": "noise", "eta": 1.0}),
+         "diffusion-n2-noise-s4": ("diffusion", {"steps": 2, "start": "noise", "eta": 1.0, "samples": 4})}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_export_graph_contract_and_parity(bundles, case):
         assert np.all(np.diff(scores, axis=1) <= 0), "top-K must be sorted best first"
 
 
-@pytest.mark.parametrize("case", ["vae-sample4", "diffusion-n4-noise"])
+@pytest.mark.parametrize("case", ["vae-sample4", "diffusion-n4-noise", "diffusion-n2-noise-s4"])
 def test_onnx_matches_torch_for_real_noise(checkpoints, bundles, case):
     """Stochastic bundles: the same explicit noise gives the same top-K in torch and ORT."""
     kind, opts = CASES[case]
