@@ -35,7 +35,7 @@ SHOWN = ("ndcg@10", "coverage@10", "ild@10")
 GUMBEL_T = (0.1, 0.25, 0.5, 1.0)
 MMR_LAMBDA = (0.9, 0.8, 0.7, 0.5)
 MC_DROPOUT = (0.05, 0.1, 0.2, 0.3)
-TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0)
+TEMPERATURES = (0.1, 0.25, 0.5, 1.0, 2.0)
 SAMPLES = (1, 4, 16)
 ETAS = (0.0, 0.5, 1.0)
 

@@ -37,6 +37,8 @@ class ModelConfig:
     prior_ce: str = "through"        # "through": the prior-path CE also trains the prior (can buy a
                                      # deterministic prior); "backbone": it trains only the rest of the
                                      # network, the prior learns from the KL / diffusion bound alone
+    posterior_ce: str = "all"        # "all": the posterior-path CE trains every parameter; "generative":
+                                     # only the posterior and prior (the backbone learns from the served path)
     posterior_gain: float = 0.0      # initial gain of the posterior's target-affinity skip path
     train_prior_noise: bool = False  # prior path in training samples (vae: mu + sigma*eps; diffusion:
                                      # noise start, eta 1) instead of running the deterministic mode
@@ -50,6 +52,8 @@ class ModelConfig:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.generative_blocks not in ("all", "last"):
             raise ConfigError(f"generative_blocks must be 'all' or 'last', got {self.generative_blocks!r}")
+        if self.posterior_ce not in ("all", "generative"):
+            raise ConfigError(f"posterior_ce must be 'all' or 'generative', got {self.posterior_ce!r}")
         if self.prior_ce not in ("through", "backbone"):
             raise ConfigError(f"prior_ce must be 'through' or 'backbone', got {self.prior_ce!r}")
         if self.schedule not in ("cosine", "linear"):

@@ -63,9 +63,9 @@ def test_frontier_points_and_verdict(bench):
     gen_ok = [p["coverage@10"] for p in pts if p["family"] != "softmax" and p["ndcg@10"] >= floor]
     soft_ok = [p["coverage@10"] for p in pts if p["family"] == "softmax" and p["ndcg@10"] >= floor]
     assert s["generative_wins"] == bool(gen_ok and max(gen_ok) > max(soft_ok))
-    # Temperature 0.5 vs 3: more prior noise changes the lists (coverage moves).
+    # Temperature 0.1 vs 2: more prior noise changes the lists (coverage moves).
     vt = {p["value"]: p for p in pts if p["family"] == "vae" and p["method"] == "temperature"}
-    assert vt[0.5]["coverage@10"] != vt[3.0]["coverage@10"] or vt[0.5]["ndcg@10"] != vt[3.0]["ndcg@10"]
+    assert vt[0.1]["coverage@10"] != vt[2.0]["coverage@10"] or vt[0.1]["ndcg@10"] != vt[2.0]["ndcg@10"]
 
 
 def test_collapse_measures(bench):

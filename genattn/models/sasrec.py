@@ -147,9 +147,17 @@ class SASRec(nn.Module):
             loss = ce(h)
             return {"loss": loss, "ce": loss.detach()}
         beta = cfg.beta if beta is None else beta
-        h_q, bound = self.run_blocks(seq, targets=targets, rng=rng)
+        if cfg.posterior_ce == "generative":
+            # The posterior path (which sees the target) trains only the generative modules
+            # (posterior, prior / denoiser): every other parameter enters it detached, so the
+            # backbone is shaped by the served prior path alone.
+            params = {f"model.{n}": (p if ".attn.weights." in n else p.detach()) for n, p in self.named_parameters()}
+            h_q, bound, ce_q = torch.func.functional_call(_PosteriorPass(self), params, (seq, targets, rng, mask))
+        else:
+            h_q, bound = self.run_blocks(seq, targets=targets, rng=rng)
+            ce_q = ce(h_q)
         h_p, _ = self.run_blocks(seq, rng=rng)  # prior path: what is served
-        ce_q, ce_p = ce(h_q), ce(h_p)
+        ce_p = ce(h_p)
         loss = ce_q + beta * bound + cfg.gamma * ce_p
         return {"loss": loss, "ce": ce_p.detach(), "ce_posterior": ce_q.detach(), "bound": bound.detach()}
 
@@ -173,6 +181,19 @@ class SASRec(nn.Module):
     def scores(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
         """Full-catalog scores (B, N + 1) for the next item; index 0 is -inf."""
         return self.logits(self.user_state(seq, sampling, noise))
+
+
+class _PosteriorPass(nn.Module):
+    """The posterior pass and its CE as a module, so torch.func.functional_call can run it
+    with the backbone's parameters swapped for detached copies (posterior_ce = "generative")."""
+
+    def __init__(self, model: SASRec):
+        super().__init__()
+        self.model = model
+
+    def forward(self, seq: Tensor, targets: Tensor, rng: torch.Generator | None, mask: Tensor):
+        h, bound = self.model.run_blocks(seq, targets=targets, rng=rng)
+        return h, bound, F.cross_entropy(self.model.logits(h[mask]), targets[mask])
 
 
 def make_noise(model: SASRec, sampling: Sampling, batch: int, seed: int | None = None,
