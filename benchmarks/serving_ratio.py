@@ -1,0 +1,83 @@
+"""Serving cost of each kind's default configuration relative to softmax, measured in
+one run with the kinds interleaved call by call (so load drift on a shared machine hits
+every kind alike): ONNX Runtime CPU, batch 1, end to end through the runtime (raw ids in,
+raw ids out) and the bare session.
+
+    python -m benchmarks.serving_ratio --out benchmarks/results/cpu-2core-amd-epyc/serving_ratio
+
+Defaults served: vae its prior mean, diffusion `--steps` DDIM steps from zeros (2, what it
+is trained with). Random-init models of each kind's default config (latency depends on
+the shapes, not the weights), exported through the latency suite's bundle cache.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from genattn.fileio import write_json_atomic, write_text_atomic
+from genattn_runtime import Recommender
+
+from .latency import ROOT, Bundles, model_key
+from .machine import machine_info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", default=str(ROOT / "runs" / "latency_cache"))
+    ap.add_argument("--out", default="benchmarks/results/serving_ratio")
+    a = ap.parse_args(argv)
+    bundles = Bundles(Path(a.cache), seed=0, graph_k=100)
+    recs = {}
+    try:
+        for kind in ("softmax", "vae", "diffusion"):
+            recs[kind] = Recommender.load(bundles.get(model_key(kind, a.steps, 50, 1682)), backend="cpu",
+                                          threads=a.threads)
+    finally:
+        bundles.close()
+    rng = np.random.default_rng(0)
+    histories = [list(rng.integers(1, 1683, size=int(rng.integers(5, 60)))) for _ in range(64)]
+    e2e: dict[str, list[float]] = {k: [] for k in recs}
+    for i in range(a.iters + 200):  # the first 200 rounds warm up
+        h = histories[i % len(histories)]
+        for kind, rec in recs.items():
+            t0 = time.perf_counter()
+            rec.recommend(h, k=10)
+            dt = time.perf_counter() - t0
+            if i >= 200:
+                e2e[kind].append(dt)
+    res = {"command": "python -m benchmarks.serving_ratio " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "machine": machine_info(), "batch": 1, "backend": "ONNX Runtime CPU (runtime end to end)",
+           "threads": a.threads, "diffusion_steps": a.steps, "iters": a.iters, "kinds": {}}
+    base = float(np.median(e2e["softmax"]))
+    for kind, ts in e2e.items():
+        arr = np.asarray(ts) * 1e3
+        res["kinds"][kind] = {"p50_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
+                              "p99_ms": float(np.percentile(arr, 99)),
+                              "ratio_to_softmax_p50": float(np.median(arr)) / (base * 1e3)}
+    res["target"] = {"ratio_limit": 1.3,
+                     "met": {k: v["ratio_to_softmax_p50"] <= 1.3 for k, v in res["kinds"].items() if k != "softmax"}}
+    lines = ["# Serving cost of the default configurations (interleaved, one run)", "",
+             f"Reproduce: `{res['command']}`", f"Machine: {res['machine']['cpu']} ({res['machine']['cores']} cores), "
+             f"{a.threads} threads; batch 1, end to end through the runtime; diffusion {a.steps} DDIM steps.", "",
+             "| kind | p50 ms | p90 ms | p99 ms | p50 / softmax p50 |", "|---|---|---|---|---|"]
+    for kind, v in res["kinds"].items():
+        lines.append(f"| {kind} | {v['p50_ms']:.3f} | {v['p90_ms']:.3f} | {v['p99_ms']:.3f} | "
+                     f"{v['ratio_to_softmax_p50']:.2f}× |")
+    lines += ["", f"Target: each default generative configuration within 1.3× softmax: {res['target']['met']}."]
+    write_json_atomic(a.out + ".json", res)
+    write_text_atomic(a.out + ".md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    for rec in recs.values():
+        rec.close()
+    return res
+
+
+if __name__ == "__main__":
+    main()
