@@ -120,9 +120,6 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"command": command, "data": a.data, "n_users": ds.n_users, "n_items": ds.n_items,
                     "protocol": "leave-one-out, full ranking over the whole catalog, history items masked",
                     "machine": machine_info()}
-    prev = Path(out + ".json")
-    if prev.is_file():  # keep entries measured by earlier invocations (each records its command)
-        result.update({k: v for k, v in json.loads(prev.read_text()).items() if k not in result})
     for name, cfg_path in specs:
         per_seed: dict[str, list] = {"valid": [], "test": [], "stoch_valid": [], "stoch_test": [],
                                      "seconds": [], "epochs": []}
@@ -167,8 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
                                    "test": mean_std(per_seed["stoch_test"])}
             entry["sweeps_test"] = {k: mean_std(v) for k, v in sweep.items()}
         result[name] = entry
-        write_json_atomic(out + ".json", result)
-        write_text_atomic(out + ".md", render(result))
+        # Keep entries other invocations wrote (each records its command); read at write time,
+        # so two benchmarks running at once do not drop each other's entries.
+        prev = Path(out + ".json")
+        merged = {**(json.loads(prev.read_text()) if prev.is_file() else {}), **result}
+        write_json_atomic(out + ".json", merged)
+        write_text_atomic(out + ".md", render(merged))
     return result
 
 
