@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExportOptions:
-    steps: int = 8                  # diffusion: DDIM steps n (unrolled)
+    steps: int | None = None        # diffusion: DDIM steps n (unrolled); None = the steps it was trained
+                                    # with (train_sample_steps): more steps only sharpen and spread samples
     eta: float = 0.0                # diffusion: DDIM eta (> 0 adds per-step noise)
     start: str = "zeros"            # diffusion: "zeros" (deterministic) | "noise"
     vae_mode: str = "mean"          # vae: "mean" (deterministic) | "sample"
@@ -51,9 +52,10 @@ class ExportOptions:
     trt_max_batch: int = 256
     sign_key: str | Path | None = None  # Ed25519 private key (PEM): also write manifest.sig (docs/export.md)
 
-    def sampling(self, kind: str) -> Sampling | None:
+    def sampling(self, kind: str, trained_steps: int = 2) -> Sampling | None:
         if kind == "diffusion":
-            return Sampling(n_steps=self.steps, eta=self.eta, start=self.start, n_samples=self.samples)
+            return Sampling(n_steps=self.steps or trained_steps, eta=self.eta, start=self.start,
+                            n_samples=self.samples)
         if kind == "vae":
             return Sampling(mode=self.vae_mode, n_samples=self.samples)
         return None
@@ -129,9 +131,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
     triton_name = _triton_name(opts, out)  # likewise a bad Triton name or a clash in its repository
     ck = load_checkpoint(checkpoint)
     model, cfg = ck.model.eval(), ck.run.model
-    sampling = opts.sampling(cfg.attention)
-    if sampling is not None and cfg.attention == "diffusion" and opts.steps > cfg.diffusion_steps:
-        raise ExportError(f"--steps {opts.steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
+    sampling = opts.sampling(cfg.attention, cfg.train_sample_steps)
+    if sampling is not None and cfg.attention == "diffusion" and sampling.n_steps > cfg.diffusion_steps:
+        raise ExportError(f"--steps {sampling.n_steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
     k = min(opts.k, cfg.n_items, MAX_K)
     noise_size = model.noise_size(sampling) if sampling is not None else 0
     spec = GraphSpec.build(model, k=k, noise_size=noise_size, exclude=opts.exclude_in_graph,

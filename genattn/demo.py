@@ -32,7 +32,7 @@ def run_demo(out: Path, attention: str = "diffusion", epochs: int | None = None)
     click.echo(f"      test NDCG@10 {t['ndcg@10']:.4f}  HR@10 {t['hr@10']:.4f}  coverage@10 {t['coverage@10']:.3f}")
 
     click.echo("[2/4] exporting to ONNX with self-verification")
-    m = export_bundle(out / "checkpoint", out / "bundle", ExportOptions(steps=8, verify_users=128))
+    m = export_bundle(out / "checkpoint", out / "bundle", ExportOptions(verify_users=128))
     p = m["parity"]["fp32"]
     click.echo(f"      {m['graph']['nodes']} nodes, parity max|diff| {p['max_abs_diff']:.1e}, "
                f"top-K overlap {p['min_topk_overlap']:.3f}")
