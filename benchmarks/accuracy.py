@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def fmt(ms: dict) -> str:
-    return f"{ms['mean']:.4f} ± {ms['std']:.4f}"
+def fmt(ms: dict, n: int = 2) -> str:
+    """mean ± std over training seeds; one seed has no std to show."""
+    return f"{ms['mean']:.4f}" if n < 2 else f"{ms['mean']:.4f} ± {ms['std']:.4f}"
 
 
 def entries(r: dict) -> list[str]:
@@ -186,7 +187,8 @@ def render(r: dict) -> str:
              f"Data: {r['n_users']} users, {r['n_items']} items; {r['protocol']}.",
              f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), "
              f"torch {r['machine']['versions'].get('torch')}.", "",
-             "Mean ± std over training seeds; each entry names the command that produced it (below).", ""]
+             "Mean ± std over training seeds (a single value: one seed); each entry names the command that "
+             "produced it (below).", ""]
     for split in ("test", "valid"):
         lines += [f"## {split}", "", "| configuration | kind | sampling | " + " | ".join(SHOWN) + " |",
                   "|---|---|---|" + "---|" * len(SHOWN)]
@@ -194,11 +196,12 @@ def render(r: dict) -> str:
             e = r[key]
             kind = e["config"]["attention"] if isinstance(e["config"], dict) else key.split("_")[0]
             det = "deterministic" if kind == "softmax" else _samp(e.get("deterministic_sampling", {}), kind)
-            lines.append(f"| {key} | {kind} | {det} | " + " | ".join(fmt(e[split][m]) for m in SHOWN) + " |")
+            n = len(e.get("seeds", [0, 1]))
+            lines.append(f"| {key} | {kind} | {det} | " + " | ".join(fmt(e[split][m], n) for m in SHOWN) + " |")
             if "stochastic" in e:
                 s = e["stochastic"]
                 lines.append(f"| {key} | {kind} | {_samp(s['sampling'], kind)}, {len(s['sample_seeds'])} sampling "
-                             f"seeds† | " + " | ".join(fmt(s[split][m]) for m in SHOWN) + " |")
+                             f"seeds† | " + " | ".join(fmt(s[split][m], n) for m in SHOWN) + " |")
         lines.append("")
     lines += ["† stochastic rows: each training seed's metrics averaged over the sampling seeds, then mean ± std "
               "over training seeds.", ""]
@@ -209,15 +212,18 @@ def render(r: dict) -> str:
                   "DDIM steps, deterministic; `steps_n_stochastic`: noise start, eta 1, one sample.", "",
                   "| configuration | knob | NDCG@10 | HR@10 | coverage@10 |", "|---|---|---|---|---|"]
         for key in sweeps:
+            n = len(r[key].get("seeds", [0, 1]))
             for knob, v in r[key]["sweeps_test"].items():
-                lines.append(f"| {key} | {knob} | {fmt(v['ndcg@10'])} | {fmt(v['hr@10'])} | {fmt(v['coverage@10'])} |")
+                lines.append(f"| {key} | {knob} | {fmt(v['ndcg@10'], n)} | {fmt(v['hr@10'], n)} | "
+                             f"{fmt(v['coverage@10'], n)} |")
         lines.append("")
     lines += ["## Training cost and commands", "",
               "| configuration | wall time per run (s) | epochs run | command |", "|---|---|---|---|"]
     for key in entries(r):
         e = r[key]
         ts = e["train_seconds"]
-        lines.append(f"| {key} | {ts['mean']:.0f} ± {ts['std']:.0f} | {e['epochs']} | `{e.get('command', r['command'])}` |")
+        wall = f"{ts['mean']:.0f}" if len(e.get("seeds", [0, 1])) < 2 else f"{ts['mean']:.0f} ± {ts['std']:.0f}"
+        lines.append(f"| {key} | {wall} | {e['epochs']} | `{e.get('command', r['command'])}` |")
     notes = [f"- {key}: {r[key]['note']}" for key in entries(r) if r[key].get("note")]
     if notes:
         lines += ["", "Notes:", *notes]
