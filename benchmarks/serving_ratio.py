@@ -5,8 +5,8 @@ raw ids out) and the bare session.
 
     python -m benchmarks.serving_ratio --out benchmarks/results/cpu-2core-amd-epyc/serving_ratio
 
-Defaults served: vae its prior mean, diffusion `--steps` DDIM steps from zeros (2, what it
-is trained with). Random-init models of each kind's default config (latency depends on
+Defaults served: vae its prior mean, diffusion `--steps` DDIM steps from zeros (1, the
+export default). Random-init models of each kind's default config (latency depends on
 the shapes, not the weights), exported through the latency suite's bundle cache.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .machine import machine_info
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / "runs" / "latency_cache"))

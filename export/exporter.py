@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExportOptions:
-    steps: int | None = None        # diffusion: DDIM steps n (unrolled); None = the steps it was trained
-                                    # with (train_sample_steps): more steps only sharpen and spread samples
+    steps: int = 1                  # diffusion: DDIM steps n (unrolled). 1: deterministic accuracy is the
+                                    # same for 1..16 steps (docs/model.md), more only spread noisy samples
     eta: float = 0.0                # diffusion: DDIM eta (> 0 adds per-step noise)
     start: str = "zeros"            # diffusion: "zeros" (deterministic) | "noise"
     vae_mode: str = "mean"          # vae: "mean" (deterministic) | "sample"
@@ -52,10 +52,9 @@ class ExportOptions:
     trt_max_batch: int = 256
     sign_key: str | Path | None = None  # Ed25519 private key (PEM): also write manifest.sig (docs/export.md)
 
-    def sampling(self, kind: str, trained_steps: int = 2) -> Sampling | None:
+    def sampling(self, kind: str) -> Sampling | None:
         if kind == "diffusion":
-            return Sampling(n_steps=self.steps or trained_steps, eta=self.eta, start=self.start,
-                            n_samples=self.samples)
+            return Sampling(n_steps=self.steps, eta=self.eta, start=self.start, n_samples=self.samples)
         if kind == "vae":
             return Sampling(mode=self.vae_mode, n_samples=self.samples)
         return None
@@ -131,7 +130,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
     triton_name = _triton_name(opts, out)  # likewise a bad Triton name or a clash in its repository
     ck = load_checkpoint(checkpoint)
     model, cfg = ck.model.eval(), ck.run.model
-    sampling = opts.sampling(cfg.attention, cfg.train_sample_steps)
+    sampling = opts.sampling(cfg.attention)
     if sampling is not None and cfg.attention == "diffusion" and sampling.n_steps > cfg.diffusion_steps:
         raise ExportError(f"--steps {sampling.n_steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
     k = min(opts.k, cfg.n_items, MAX_K)

@@ -95,8 +95,8 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
 @main.command(name="export")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
-@click.option("--steps", type=int, default=None,
-              help="Diffusion: DDIM steps unrolled in the graph [default: the steps it was trained with].")
+@click.option("--steps", type=int, default=1, show_default=True,
+              help="Diffusion: DDIM steps unrolled in the graph (deterministic accuracy does not depend on it).")
 @click.option("--eta", type=float, default=0.0, show_default=True, help="Diffusion: DDIM eta (> 0 needs noise).")
 @click.option("--start", type=click.Choice(["zeros", "noise"]), default="zeros", show_default=True)
 @click.option("--vae-mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True)

@@ -97,3 +97,16 @@ def test_search_trials_are_paired_and_selected_on_validation(tmp_path):
         assert r["kinds"][kind]["best_trial"] == best["trial"]
         text = (tmp_path / "runs" / "synthetic" / f"{kind}_best.toml").read_text()
         assert f'attention = "{kind}"' in text
+
+
+def test_serving_ratio_interleaves_every_kind(tmp_path):
+    from benchmarks import serving_ratio
+
+    r = serving_ratio.main(["--iters", "20", "--threads", "1", "--cache", str(tmp_path / "cache"),
+                            "--out", str(tmp_path / "ratio")])
+    assert set(r["kinds"]) == {"softmax", "vae", "diffusion"}
+    assert r["kinds"]["softmax"]["ratio_to_softmax_p50"] == pytest.approx(1.0)
+    for v in r["kinds"].values():
+        assert 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"]
+    assert set(r["target"]["met"]) == {"vae", "diffusion"}
+    assert "p50 / softmax p50" in (tmp_path / "ratio.md").read_text()
