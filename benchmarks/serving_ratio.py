@@ -25,11 +25,34 @@ from .latency import ROOT, Bundles, model_key
 from .machine import machine_info
 
 
+def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int) -> Path:
+    """A random-init model of the kind's default config exported with S averaged samples."""
+    import numpy as _np
+
+    from genattn.checkpoint import save_checkpoint
+    from genattn_export import ExportOptions, export_bundle
+
+    from .latency import make_model, model_config
+
+    folder = cache / f"{kind}-s{steps}-samples{samples}"
+    bundle = folder / "bundle"
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    key = model_key(kind, steps, 50, 1682)
+    save_checkpoint(folder / "checkpoint", make_model(key, 0), model_config(key), item_ids=list(range(1, 1683)),
+                    popularity=_np.zeros(1683, dtype=_np.int64), n_users=1)
+    opts = (ExportOptions(vae_mode="sample", samples=samples, verify_users=0) if kind == "vae" else
+            ExportOptions(steps=steps, start="noise", eta=1.0, samples=samples, verify_users=0))
+    export_bundle(folder / "checkpoint", bundle, opts)
+    return bundle
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", default="", help="comma-separated S: also time S-sample stochastic bundles")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "latency_cache"))
     ap.add_argument("--out", default="benchmarks/results/serving_ratio")
     a = ap.parse_args(argv)
@@ -41,6 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
                                           threads=a.threads)
     finally:
         bundles.close()
+    for S in [int(x) for x in a.samples.split(",") if x]:
+        for kind in ("vae", "diffusion"):
+            recs[f"{kind} S={S}"] = Recommender.load(stochastic_bundle(Path(a.cache), kind, a.steps, S),
+                                                     backend="cpu", threads=a.threads)
     rng = np.random.default_rng(0)
     histories = [list(rng.integers(1, 1683, size=int(rng.integers(5, 60)))) for _ in range(64)]
     e2e: dict[str, list[float]] = {k: [] for k in recs}
@@ -48,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         h = histories[i % len(histories)]
         for kind, rec in recs.items():
             t0 = time.perf_counter()
-            rec.recommend(h, k=10)
+            rec.recommend(h, k=10, seed=i)
             dt = time.perf_counter() - t0
             if i >= 200:
                 e2e[kind].append(dt)
@@ -62,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "p99_ms": float(np.percentile(arr, 99)),
                               "ratio_to_softmax_p50": float(np.median(arr)) / (base * 1e3)}
     res["target"] = {"ratio_limit": 1.3,
-                     "met": {k: v["ratio_to_softmax_p50"] <= 1.3 for k, v in res["kinds"].items() if k != "softmax"}}
+                     "met": {k: v["ratio_to_softmax_p50"] <= 1.3 for k, v in res["kinds"].items() if k in ("vae", "diffusion")}}
     lines = ["# Serving cost of the default configurations (interleaved, one run)", "",
              f"Reproduce: `{res['command']}`", f"Machine: {res['machine']['cpu']} ({res['machine']['cores']} cores), "
              f"{a.threads} threads; batch 1, end to end through the runtime; diffusion {a.steps} DDIM steps.", "",
