@@ -31,7 +31,7 @@ from genattn.metrics import mean_std
 from genattn.models import default_sampling, stochastic_sampling
 from genattn.training import train
 
-from .machine import machine_info
+from .machine import machine_info, repo_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "genattn" / "configs"
@@ -63,14 +63,6 @@ def resolve(spec: str) -> tuple[str, Path]:
     return name, p
 
 
-def rel(p: Path) -> str:
-    """Paths in results are relative to the repository (never this machine's layout)."""
-    try:
-        return str(p.resolve().relative_to(ROOT))
-    except ValueError:
-        return p.name
-
-
 def trained(name: str, cfg_path: Path, seed: int, runs: Path, data: str, sets: dict) -> Path:
     out = runs / f"{name}_seed{seed}"
     metrics = out / "metrics.json"
@@ -84,8 +76,10 @@ def trained(name: str, cfg_path: Path, seed: int, runs: Path, data: str, sets: d
 
 
 def stochastic(kind: str, base):
-    """The stochastic setting reported beside each deterministic one (diffusion: full DDIM noise)."""
-    return stochastic_sampling(kind, base, **({"n_samples": 1} if kind == "vae" else {"eta": 1.0}))
+    """The stochastic setting reported beside each deterministic one (vae: a prior sample;
+    diffusion: noise start and eta 1, full DDIM noise). The collapse and frontier
+    benchmarks use the same one."""
+    return stochastic_sampling(kind, base, **({} if kind == "vae" else {"eta": 1.0}))
 
 
 def short_name(data: str) -> str:
@@ -151,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                         evaluate(ck.model, split_sets["test"], sampling=replace(st, n_steps=n), seed=0, **kw))
         model_cfg = asdict(run_cfg.model)
         model_cfg.pop("n_items", None)
-        entry = {"config": {"attention": run_cfg.model.attention, "file": rel(cfg_path), "overrides": sets,
+        entry = {"config": {"attention": run_cfg.model.attention, "file": repo_path(cfg_path), "overrides": sets,
                             "model": model_cfg, "train": asdict(run_cfg.train)},
                  "valid": mean_std(per_seed["valid"]), "test": mean_std(per_seed["test"]),
                  "train_seconds": mean_std([{"s": s} for s in per_seed["seconds"]])["s"],

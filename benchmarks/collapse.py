@@ -29,14 +29,10 @@ from genattn.checkpoint import checkpoint_data, load_checkpoint
 from genattn.data import leave_one_out, pad_left
 from genattn.evaluation import eval_sets, evaluate, mask_seen
 from genattn.fileio import write_json_atomic, write_text_atomic
-from genattn.models import default_sampling, make_noise, stochastic_sampling
+from genattn.models import default_sampling, make_noise
 
+from .accuracy import stochastic
 from .machine import machine_info
-
-
-def stochastic(kind: str, cfg) -> object:
-    """The kind's fully stochastic sampling at its serving step count."""
-    return stochastic_sampling(kind, default_sampling(cfg), **({} if kind == "vae" else {"eta": 1.0}))
 
 
 def entry_mean(v: torch.Tensor, mask: torch.Tensor) -> float:
@@ -123,7 +119,8 @@ def measure(path: Path, repeats: int, users: int) -> dict:
     win = torch.from_numpy(pad_left([f[:-1] for f in full], L))
     tgt = torch.from_numpy(pad_left([f[1:] for f in full], L))
     kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
-    det, st = default_sampling(cfg), stochastic(kind, cfg)
+    det = default_sampling(cfg)
+    st = stochastic(kind, det)
     res = {"checkpoint": path.name, "attention": kind, "users": n,
            "config": {k: getattr(cfg, k) for k in ("beta", "gamma", "prior_ce", "train_prior_noise",
                                                    "train_sample_steps", "generative_blocks")},

@@ -27,8 +27,9 @@ from genattn.checkpoint import checkpoint_data, load_checkpoint
 from genattn.data import leave_one_out
 from genattn.evaluation import eval_sets, evaluate
 from genattn.fileio import write_json_atomic, write_text_atomic
-from genattn.models import default_sampling, stochastic_sampling
+from genattn.models import default_sampling
 
+from .accuracy import stochastic
 from .machine import machine_info
 
 SHOWN = ("ndcg@10", "coverage@10", "ild@10")
@@ -47,11 +48,13 @@ def point(family: str, method: str, knob: str | None, value, runs: list[dict]) -
     return p
 
 
-def frontier(checkpoints: dict[str, Path], sample_seeds: list[int], log=print) -> list[dict]:
-    points = []
+def frontier(checkpoints: dict[str, Path], sample_seeds: list[int], log=print) -> tuple[list[dict], str]:
+    """The points, and the dataset the checkpoints were trained on."""
+    points, data = [], "?"
     for family, path in checkpoints.items():
         ck = load_checkpoint(path)
         model, cfg = ck.model.eval(), ck.run.model
+        data = ck.metrics.get("data", data)
         ds = checkpoint_data(ck)
         test = eval_sets(leave_one_out(ds))["test"]
         kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
@@ -71,7 +74,7 @@ def frontier(checkpoints: dict[str, Path], sample_seeds: list[int], log=print) -
                 points.append(point(family, "mc_dropout", "dropout", p, run(sample_seeds, mc_dropout=p)))
         else:
             kind = cfg.attention
-            st = stochastic_sampling(kind, base, **({} if kind == "vae" else {"eta": 1.0}))
+            st = stochastic(kind, base)
             for tau in TEMPERATURES:
                 points.append(point(family, "temperature", "tau", tau,
                                     run(sample_seeds, sampling=st, noise_scale=tau)))
@@ -82,7 +85,7 @@ def frontier(checkpoints: dict[str, Path], sample_seeds: list[int], log=print) -
                     points.append(point(family, "eta", "eta", eta,
                                         run(sample_seeds, sampling=replace(st, eta=eta))))
         log(f"{family}: {len([p for p in points if p['family'] == family])} points")
-    return points
+    return points, data
 
 
 def summary(points: list[dict]) -> dict:
@@ -150,8 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     cks = {f: Path(getattr(a, f)) for f in ("softmax", "vae", "diffusion") if getattr(a, f)}
     if "softmax" not in cks:
         ap.error("--softmax is required (the frontier is measured against it)")
-    pts = frontier(cks, [int(s) for s in a.sample_seeds.split(",")])
-    data = load_checkpoint(cks["softmax"]).metrics.get("data", "?")
+    pts, data = frontier(cks, [int(s) for s in a.sample_seeds.split(",")])
     r = {"command": "python -m benchmarks.frontier " + " ".join(argv if argv is not None else sys.argv[1:]),
          "machine": machine_info(), "data": data, "checkpoints": {k: v.name for k, v in cks.items()},
          "points": pts}

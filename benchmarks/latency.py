@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .machine import machine_info
+from .machine import machine_info, repo_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = ROOT / "genattn" / "configs"
@@ -276,14 +276,6 @@ def plan(s: Settings, grid: bool) -> list[tuple[ModelKey, list[int]]]:
 
 
 # ----------------------------------------------------------------------------- models and bundles
-def _rel(p: Path) -> str:
-    """Paths in results are relative to the repository, never this machine's layout."""
-    try:
-        return str(Path(p).resolve().relative_to(ROOT))
-    except ValueError:
-        return Path(p).name
-
-
 def model_config(key: ModelKey):
     from genattn.config import load_run_config
 
@@ -378,7 +370,7 @@ class Bundles:
         if (bundle / "manifest.json").is_file():
             if folder.name not in self.log:
                 built = json.loads((folder / "build.json").read_text()) if (folder / "build.json").is_file() else {}
-                self.log[folder.name] = {**built, "cached": True, "path": _rel(bundle)}
+                self.log[folder.name] = {**built, "cached": True, "path": repo_path(bundle)}
             return bundle
         if self.pool is None:
             self.pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
@@ -394,7 +386,7 @@ class Bundles:
             reason = f"export of {key.slug} failed: {type(e).__name__}: {first}"
             self.failed[folder] = reason
             raise Skip(reason) from None
-        self.log[folder.name] = {**info, "cached": False, "wall_s": time.perf_counter() - t0, "path": _rel(bundle)}
+        self.log[folder.name] = {**info, "cached": False, "wall_s": time.perf_counter() - t0, "path": repo_path(bundle)}
         log.info("exported %s in %.1f s", key.slug, info["export_s"])
         return bundle
 
@@ -817,7 +809,7 @@ def http_run(bundle: Path, s: Settings, threads: int, max_len: int, n_items: int
     stats = summarize(lat, 1)
     batches = _metric(metrics, "genattn_batch_size_count")
     rows = _metric(metrics, "genattn_batch_size_sum")
-    return {"bundle": _rel(bundle), "concurrency": h.concurrency, "duration_s": window, "requests": len(lat),
+    return {"bundle": repo_path(bundle), "concurrency": h.concurrency, "duration_s": window, "requests": len(lat),
             "errors": errors, "requests_per_s": len(lat) / window, "latency_ms": stats["latency_ms"],
             "cv": stats["cv"],
             "server": {"threads": threads, "max_batch": h.max_batch, "max_wait_ms": h.max_wait_ms,
@@ -997,7 +989,7 @@ def run_suite(s: Settings, mode: str, out: Path, command: str, do_http: bool = T
         "timed": {n: BACKENDS[n].timed for n in s.suite.backends},
         "backends": {n: {"available": status[n] is None, "skip_reason": status[n], "gpu": BACKENDS[n].gpu}
                      for n in s.suite.backends},
-        "models": {"configs": {k: _rel(MODEL_CONFIGS / f"{k}.toml") for k in s.suite.kinds},
+        "models": {"configs": {k: repo_path(MODEL_CONFIGS / f"{k}.toml") for k in s.suite.kinds},
                    "weights": f"random init, torch.manual_seed({s.suite.seed}); generative output layers "
                               "randomised (a fresh one is all zeros)",
                    "inputs": "full-length histories of uniformly random items, 4 distinct batches cycled",

@@ -4,6 +4,18 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_path(p: str | Path) -> str:
+    """A path as results files record it: relative to the repository, never this
+    machine's layout (a path outside the repository keeps its name only)."""
+    try:
+        return str(Path(p).resolve().relative_to(REPO))
+    except ValueError:
+        return Path(p).name
 
 
 def machine_info() -> dict:
