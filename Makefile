@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU machines: the CPU wheel of torch 2.13.0 (an unpinned torch pulls a multi-GB CUDA build).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,cpu,serve,bench,dev
+EXTRAS ?= train,cpu,serve,bench,dev,ann,triton
 
 .PHONY: install demo test data-ml1m bench-accuracy bench-latency clean
 

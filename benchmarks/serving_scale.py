@@ -1,0 +1,64 @@
+"""One results file for serving at scale: `benchmarks/results/serving_scale.{json,md}`.
+
+Each benchmark that feeds it (`benchmarks.ann`, `benchmarks.triton_load`) owns one
+section and merges it in at write time, so runs at different times (or at once)
+never drop each other's numbers.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from .machine import REPO
+
+RESULTS = REPO / "benchmarks" / "results"
+NAME = "serving_scale"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def render(doc: dict) -> str:
+    lines = ["# Serving at scale", ""]
+    for section in sorted(doc):
+        body = doc[section]
+        lines += [f"## {section}", ""]
+        summary = {k: v for k, v in body.items() if not isinstance(v, (dict, list))}
+        if summary:
+            lines += ["| field | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                      for k, v in summary.items()]
+            lines.append("")
+        for k, v in body.items():
+            if isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+                cols = list(dict.fromkeys(c for r in v for c in r))
+                lines += [f"### {k}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                for r in v:
+                    cells = [r.get(c, "") for c in cols]
+                    lines.append("| " + " | ".join(f"{x:.4g}" if isinstance(x, float) else str(x)
+                                                  for x in cells) + " |")
+                lines.append("")
+        if "command" in body:
+            lines += ["Command:", "", f"    {body['command']}", ""]
+        if "notes" in body:
+            lines += [str(body["notes"]), ""]
+    return "\n".join(lines)
+
+
+def write_section(section: str, data: dict, results_dir: Path | None = None) -> Path:
+    """Merge `data` as `section` into serving_scale.json (locked, atomic) and re-render the markdown."""
+    out = Path(results_dir) if results_dir is not None else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{NAME}.json"
+    with open(out / f".{NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        doc[section] = data
+        _atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        _atomic_write(out / f"{NAME}.md", render(doc))
+    return path
