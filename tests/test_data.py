@@ -80,7 +80,8 @@ def test_read_inter_strips_types_and_loads_genres(tmp_path: Path) -> None:
     assert inter.items.tolist() == [10, 20, 30]
     assert inter.timestamps.dtype == np.float64
     assert inter.timestamps.tolist() == [100.0, 50.5, 200.0]
-    assert inter.item_genres == {10: ["Animation", "Children's", "Comedy"], 20: ["Film-Noir"], 30: []}
+    assert inter.item_genres is not None
+    assert inter.item_genres.to_dict() == {10: ["Animation", "Children's", "Comedy"], 20: ["Film-Noir"], 30: []}
     assert inter.source == str(inter_path)
 
 
@@ -169,7 +170,7 @@ def test_real_ml100k() -> None:
     # First data row of ml-100k.inter: 196 242 3 881250949
     assert (inter.users[0], inter.items[0], inter.timestamps[0]) == (196, 242, 881250949.0)
     assert inter.item_genres is not None and len(inter.item_genres) == 1682
-    assert inter.item_genres[1] == ["Animation", "Children's", "Comedy"]  # Toy Story
+    assert inter.item_genres.to_dict()[1] == ["Animation", "Children's", "Comedy"]  # Toy Story
 
     ds = build_dataset(inter)
     assert (ds.n_users, ds.n_items, ds.n_events) == (943, 1682, 100_000)
@@ -380,7 +381,8 @@ def test_synthetic_deterministic_per_seed() -> None:
     c = synthetic_interactions(seed=4)
     for field in ("users", "items", "timestamps"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-    assert a.item_genres == b.item_genres
+    assert a.item_genres is not None and b.item_genres is not None
+    assert a.item_genres.to_dict() == b.item_genres.to_dict()
     assert not (len(a.items) == len(c.items) and np.array_equal(a.items, c.items))
 
 
@@ -391,7 +393,7 @@ def test_synthetic_shape_ranges_and_no_repeats() -> None:
     assert set(np.unique(inter.users).tolist()) == set(range(1, 1001))
     assert inter.items.min() >= 1 and inter.items.max() <= 500
     assert inter.item_genres is not None and len(inter.item_genres) == 500
-    assert {g[0] for g in inter.item_genres.values()} == {f"topic{k}" for k in range(10)}
+    assert {g[0] for g in inter.item_genres.to_dict().values()} == {f"topic{k}" for k in range(10)}
     ds = build_dataset(inter)
     assert ds.n_users == 1000
     lengths = np.array([len(s) for s in ds.sequences])
@@ -519,7 +521,8 @@ def test_load_ml1m_titles_are_raw_ids_and_genres_split(tmp_path: Path, monkeypat
     assert inter.users.tolist() == ["1m_1"] * 3 + ["1m_2"] * 3
     assert inter.timestamps.tolist()[:2] == [978824291.0, 978300760.0]
     assert inter.source == "ml-1m"
-    assert inter.item_genres == {
+    assert inter.item_genres is not None
+    assert inter.item_genres.to_dict() == {
         "Toy Story (1995)": ["Animation", "Children's", "Comedy"],
         "Heat (1995)": ["Action", "Crime", "Thriller"],
         "Bug's Life, A (1998)": ["Animation", "Children's", "Comedy"],
@@ -527,7 +530,8 @@ def test_load_ml1m_titles_are_raw_ids_and_genres_split(tmp_path: Path, monkeypat
     }
     # Read as declared (`token`), each list would be one made-up genre.
     as_declared = read_interactions(tmp_path / "ml-1m" / "ml-1m.inter", fmt="inter")
-    assert as_declared.item_genres["Heat (1995)"] == ["Action Crime Thriller"]
+    assert as_declared.item_genres is not None
+    assert as_declared.item_genres.to_dict()["Heat (1995)"] == ["Action Crime Thriller"]
 
     ds = build_dataset(inter)
     assert ds.item_ids == sorted(set(inter.items.tolist()))

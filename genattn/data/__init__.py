@@ -8,7 +8,7 @@ inference runtime can import it without a deep-learning stack.
 from __future__ import annotations
 
 from .dataset import SequenceDataset, Split, build_dataset, item_popularity, leave_one_out, pad_left
-from .readers import DataError, Interactions, load_ml100k, locate_ml100k, read_interactions
+from .readers import DataError, Interactions, ItemGenres, load_ml100k, locate_ml100k, read_interactions
 from .fetch import data_root, fetch_dataset, load_ml1m, locate_ml1m
 from .synthetic import synthetic_interactions
 from .sources import load_source
@@ -16,6 +16,7 @@ from .sources import load_source
 __all__ = [
     "DataError",
     "Interactions",
+    "ItemGenres",
     "read_interactions",
     "locate_ml100k",
     "load_ml100k",

@@ -7,13 +7,14 @@ what the models' embedding tables expect.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .readers import DataError, Interactions
+from .readers import DataError, Interactions, ItemGenres
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class SequenceDataset:
     genre_names: list[str] | None = None
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     source: str = ""
+    # Wall seconds per loading stage ("read": generating or reading the events,
+    # "build": build_dataset), for logs and benchmarks.
+    load_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_items(self) -> int:
@@ -81,6 +85,7 @@ def build_dataset(inter: Interactions, min_user_events: int = _MIN_LOO_EVENTS, k
     remain; then users with fewer than ``min_user_events`` events are dropped.
     Items are numbered 1..N in sorted raw-id order, users likewise 0..U-1.
     """
+    started = time.perf_counter()
     users, items = np.asarray(inter.users), np.asarray(inter.items)
     timestamps = np.asarray(inter.timestamps, dtype=np.float64)
     src = inter.source or "interactions"
@@ -95,8 +100,8 @@ def build_dataset(inter: Interactions, min_user_events: int = _MIN_LOO_EVENTS, k
         raise DataError(f"{src}: {int((~np.isfinite(timestamps)).sum())} timestamps are NaN or infinite")
 
     dropped = dict(inter.dropped)
-    _, user_code = _encode(users, "user", src)
-    _, item_code = _encode(items, "item", src)
+    user_vocab, user_code = _encode(users, "user", src)
+    item_vocab, item_code = _encode(items, "item", src)
     keep = np.ones(len(users), dtype=bool)
 
     if k_core > 0:
@@ -123,29 +128,34 @@ def build_dataset(inter: Interactions, min_user_events: int = _MIN_LOO_EVENTS, k
             f"drops: {dropped}"
         )
 
-    # Re-encode over the surviving events so that indices are dense and items
-    # seen only by dropped users are not in the vocabulary.
-    users, items, timestamps = users[keep], items[keep], timestamps[keep]
-    user_vocab, user_code = _encode(users, "user", src)
-    item_vocab, item_code = _encode(items, "item", src)
+    if not keep.all():
+        # Re-encode over the surviving events so that indices are dense and items
+        # seen only by dropped users are not in the vocabulary.
+        users, items, timestamps = users[keep], items[keep], timestamps[keep]
+        user_vocab, user_code = _encode(users, "user", src)
+        item_vocab, item_code = _encode(items, "item", src)
+    del users, items, keep
     # lexsort is stable: equal (user, timestamp) keep their original row order.
     order = np.lexsort((timestamps, user_code))
     sorted_items = item_code[order].astype(np.int64) + 1
     bounds = np.cumsum(np.bincount(user_code, minlength=len(user_vocab)))[:-1]
     sequences = np.split(sorted_items, bounds)
 
-    item_ids = item_vocab.tolist()
-    genre_matrix, genre_names = _genre_matrix(item_ids, inter.item_genres)
+    genre_matrix, genre_names = _genre_matrix(item_vocab, inter.item_genres)
     ds = SequenceDataset(
-        item_ids=item_ids,
+        item_ids=item_vocab.tolist(),
         user_ids=user_vocab.tolist(),
         sequences=sequences,
         item_genres=genre_matrix,
         genre_names=genre_names,
         dropped=dropped,
         source=inter.source,
+        load_seconds={"build": time.perf_counter() - started},
     )
-    logger.info("%s: %d users, %d items, %d events", src, ds.n_users, ds.n_items, ds.n_events)
+    logger.info(
+        "%s: %d users, %d items, %d events, built in %.1f s",
+        src, ds.n_users, ds.n_items, ds.n_events, ds.load_seconds["build"],
+    )
     return ds
 
 
@@ -245,19 +255,23 @@ def _k_core(user_code: np.ndarray, item_code: np.ndarray, k: int, dropped: dict[
 
 
 def _genre_matrix(
-    item_ids: list[Any], item_genres: dict[Any, list[str]] | None
+    item_vocab: np.ndarray, item_genres: ItemGenres | dict[Any, list[str]] | None
 ) -> tuple[np.ndarray | None, list[str] | None]:
-    if not item_genres:
+    """(n_items + 1, G) bool over internal indices, keeping only genres some item in the data has."""
+    genres = ItemGenres.coerce(item_genres)
+    if genres is None or not len(genres) or not genres.names:
         return None, None
-    per_item = [item_genres.get(raw, []) for raw in item_ids]
-    names = sorted({g for gs in per_item for g in gs})
-    if not names:
+    # Hash lookup of every vocabulary id among the genre table's ids; -1 = no genres.
+    row = pd.Index(genres.ids).get_indexer(item_vocab)
+    found = row >= 0
+    matrix = np.zeros((len(item_vocab) + 1, len(genres.names)), dtype=bool)
+    matrix[1:][found] = genres.matrix[row[found]]
+    used = matrix.any(axis=0)
+    if not used.any():
         return None, None
-    column = {g: j for j, g in enumerate(names)}
-    matrix = np.zeros((len(item_ids) + 1, len(names)), dtype=bool)
-    for i, gs in enumerate(per_item, start=1):
-        matrix[i, [column[g] for g in gs]] = True
-    return matrix, names
+    names = np.asarray(genres.names, dtype=object)[used]
+    order = np.argsort(names.astype(str), kind="stable")  # sorted names, whatever order the table had
+    return np.ascontiguousarray(matrix[:, np.flatnonzero(used)[order]]), names[order].tolist()
 
 
 def _to_native(x: Any) -> Any:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import itertools
 import importlib.util
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DataError",
     "Interactions",
+    "ItemGenres",
     "read_interactions",
     "locate_ml100k",
     "load_ml100k",
@@ -56,18 +58,89 @@ class DataError(ValueError):
     """Malformed or unusable input data; the message names the file/column/problem."""
 
 
+@dataclass(eq=False)
+class ItemGenres:
+    """Genres per raw item id as arrays: row r of ``matrix`` flags the genres of ``ids[r]``.
+
+    Arrays rather than a dict of lists, so a million-item catalog costs one
+    bool matrix instead of a million dict entries, lists and strings.
+    """
+
+    ids: np.ndarray  # (n,) distinct raw item ids: int64, or object holding str
+    matrix: np.ndarray  # (n, G) bool
+    names: list[str]  # G genre names, the matrix's column order
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids)
+        self.matrix = np.asarray(self.matrix, dtype=bool)
+        self.names = [str(g) for g in self.names]
+        if self.ids.ndim != 1 or self.matrix.shape != (len(self.ids), len(self.names)):
+            raise DataError(
+                f"item genres: ids {self.ids.shape}, matrix {self.matrix.shape} and {len(self.names)} names "
+                f"do not fit (expected ids (n,), matrix (n, n_names))"
+            )
+        if len(set(self.names)) != len(self.names):
+            raise DataError(f"item genres: genre names repeat: {self.names}")
+        if not pd.Index(self.ids).is_unique:
+            raise DataError("item genres: an item id appears more than once")
+
+    def __len__(self) -> int:
+        return int(len(self.ids))
+
+    @classmethod
+    def from_lists(cls, ids: Sequence[Any] | np.ndarray, genres: Sequence[Sequence[str]]) -> "ItemGenres":
+        """From one list of genre names per id; columns are the names in sorted order."""
+        if len(ids) != len(genres):
+            raise DataError(f"item genres: {len(ids)} ids but {len(genres)} genre lists")
+        # pd.Index keeps ints as int64 and strings as object (np.asarray would turn a
+        # mix into '<U' text, silently changing ids).
+        id_array = pd.Index(list(ids) if not isinstance(ids, np.ndarray) else ids).to_numpy()
+        lengths = np.fromiter((len(g) for g in genres), dtype=np.int64, count=len(genres))
+        flat = np.asarray(list(itertools.chain.from_iterable(genres)), dtype=object)
+        codes, names = pd.factorize(flat) if len(flat) else (np.zeros(0, np.intp), np.zeros(0, object))
+        order = np.argsort(np.asarray(names, dtype=str), kind="stable")
+        column = np.empty(len(order), dtype=np.intp)
+        column[order] = np.arange(len(order))
+        matrix = np.zeros((len(id_array), len(order)), dtype=bool)
+        matrix[np.repeat(np.arange(len(id_array)), lengths), column[codes]] = True
+        return cls(ids=id_array, matrix=matrix, names=[str(names[j]) for j in order])
+
+    @classmethod
+    def from_dict(cls, genres: Mapping[Any, Sequence[str]]) -> "ItemGenres":
+        """From raw id -> genre names (the form small item files are parsed into)."""
+        return cls.from_lists(list(genres.keys()), list(genres.values()))
+
+    @classmethod
+    def coerce(cls, genres: "ItemGenres | Mapping[Any, Sequence[str]] | None") -> "ItemGenres | None":
+        """ItemGenres as is, a dict converted, None kept."""
+        if genres is None or isinstance(genres, ItemGenres):
+            return genres
+        if isinstance(genres, Mapping):
+            return cls.from_dict(genres)
+        raise DataError(f"item genres must be ItemGenres or a dict of raw id -> genre names, got {type(genres).__name__}")
+
+    def to_dict(self) -> dict[Any, list[str]]:
+        """Raw id -> genre names (in column order); builds one list per item, so for small catalogs."""
+        names = np.asarray(self.names, dtype=object)
+        return {raw: names[row].tolist() for raw, row in zip(self.ids.tolist(), self.matrix)}
+
+
 @dataclass
 class Interactions:
-    """A raw event log, one row per (user, item, timestamp) event."""
+    """A raw event log, one row per (user, item, timestamp) event, held as numpy arrays."""
 
     users: np.ndarray
     items: np.ndarray
     timestamps: np.ndarray
-    item_genres: dict[Any, list[str]] | None = None
+    # A dict raw id -> genre names is accepted and converted.
+    item_genres: ItemGenres | None = None
     source: str = ""
     # Rows the reader discarded (reason -> count), carried so that
     # build_dataset can report every drop made between file and dataset.
     dropped: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.item_genres = ItemGenres.coerce(self.item_genres)
 
     def __len__(self) -> int:
         return int(len(self.users))
@@ -337,7 +410,7 @@ def _timestamps_to_float(s: pd.Series, col: str, p: Path) -> np.ndarray:
 
 def _read_item_genres(
     item_path: Path, item_col: str, inter_items: np.ndarray, genre_type: str | None = None
-) -> dict[Any, list[str]] | None:
+) -> ItemGenres | None:
     """Genres from a RecBole ``.item`` file, or None when there is no usable one.
 
     The ``.item`` file is optional side information, so problems with it are
@@ -385,4 +458,4 @@ def _read_item_genres(
         else:
             genres[key] = [g for g in re.split(r"[\s|]+", value) if g]
     logger.info("loaded genres for %d items from %s", len(genres), item_path)
-    return genres
+    return ItemGenres.from_dict(genres)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from .dataset import SequenceDataset, build_dataset
 from .fetch import load_ml1m
@@ -14,6 +15,7 @@ log = logging.getLogger(__name__)
 def load_source(cfg) -> SequenceDataset:
     """cfg: genattn.config.DataConfig. "auto" = ML-100K when installed, else synthetic."""
     src = cfg.source
+    started = time.perf_counter()
     if src == "auto":
         try:
             locate_ml100k()
@@ -32,6 +34,9 @@ def load_source(cfg) -> SequenceDataset:
     else:
         inter = read_interactions(src, fmt=cfg.fmt, user_col=cfg.user_col, item_col=cfg.item_col,
                                   time_col=cfg.time_col)
+    read_s = time.perf_counter() - started
     ds = build_dataset(inter, min_user_events=cfg.min_user_events, k_core=cfg.k_core)
-    log.info("data %s: %d users, %d items, %d events", ds.source, ds.n_users, ds.n_items, ds.n_events)
+    ds.load_seconds["read"] = read_s
+    log.info("data %s: %d users, %d items, %d events; read %.1f s, built %.1f s", ds.source, ds.n_users,
+             ds.n_items, ds.n_events, read_s, ds.load_seconds["build"])
     return ds
