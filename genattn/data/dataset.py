@@ -135,11 +135,16 @@ def build_dataset(inter: Interactions, min_user_events: int = _MIN_LOO_EVENTS, k
         user_vocab, user_code = _encode(users, "user", src)
         item_vocab, item_code = _encode(items, "item", src)
     del users, items, keep
-    # lexsort is stable: equal (user, timestamp) keep their original row order.
-    order = np.lexsort((timestamps, user_code))
-    sorted_items = item_code[order].astype(np.int64) + 1
-    bounds = np.cumsum(np.bincount(user_code, minlength=len(user_vocab)))[:-1]
-    sequences = np.split(sorted_items, bounds)
+    if _in_user_time_order(user_code, timestamps):
+        sorted_items = item_code.astype(np.int64) + 1  # e.g. generated logs: no sort needed
+    else:
+        # lexsort is stable: equal (user, timestamp) keep their original row order.
+        order = np.lexsort((timestamps, user_code))
+        sorted_items = item_code[order].astype(np.int64) + 1
+        del order
+    # Views into one buffer: one array object per user, none per event.
+    ends = np.cumsum(np.bincount(user_code, minlength=len(user_vocab))).tolist()
+    sequences = [sorted_items[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
     genre_matrix, genre_names = _genre_matrix(item_vocab, inter.item_genres)
     ds = SequenceDataset(
@@ -227,6 +232,12 @@ def _encode(ids: np.ndarray, what: str, src: str) -> tuple[np.ndarray, np.ndarra
     rank = np.empty(len(order), dtype=np.intp)
     rank[order] = np.arange(len(order))
     return uniques[order], rank[codes]
+
+
+def _in_user_time_order(user_code: np.ndarray, timestamps: np.ndarray) -> bool:
+    """Whether rows already run user by user, oldest first (what the stable sort would give)."""
+    same_user = user_code[1:] == user_code[:-1]
+    return bool(np.all((user_code[1:] >= user_code[:-1]) & (~same_user | (timestamps[1:] >= timestamps[:-1]))))
 
 
 def _k_core(user_code: np.ndarray, item_code: np.ndarray, k: int, dropped: dict[str, int]) -> np.ndarray:

@@ -83,7 +83,11 @@ def synthetic_interactions(
     cdf[block_end - 1] = np.arange(n_topics) + 1.0
 
     def draw_popular(topics: np.ndarray) -> np.ndarray:
-        idx = np.searchsorted(cdf, topics + rng.random(len(topics)), side="right")
+        needles = topics + rng.random(len(topics))
+        # Sorted needles search about twice as fast over a large CDF (nearby hits stay in cache).
+        order = np.argsort(needles)
+        idx = np.empty(len(needles), dtype=np.int64)
+        idx[order] = np.searchsorted(cdf, needles[order], side="right")
         # Guard against topic + r rounding up to topic + 1.
         return np.minimum(idx, block_end[topics] - 1)
 
