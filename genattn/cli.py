@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -51,24 +52,51 @@ except ImportError:
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--max-len", type=int)
+@click.option("--batch-size", type=int, help="Global batch (windows per step, split over data-parallel ranks).")
+@click.option("--lr", type=float)
+@click.option("--loss", type=click.Choice(["full", "sampled"]),
+              help="Full-catalog CE (default) or sampled softmax with logQ correction (large catalogs).")
+@click.option("--negatives", type=int, help="Sampled softmax: shared negatives per batch.")
+@click.option("--negative-sampler", type=click.Choice(["uniform", "popularity", "mixed"]))
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 autocast on a CUDA card.")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
+@click.option("--threads", type=int, help="torch intra-op threads (0: cores / processes).")
+@click.option("--eval-users", type=int, help="Validate and test on a fixed random subset of users (0: all).")
+@click.option("--synthetic-users", type=int, help="--data synthetic: number of users.")
+@click.option("--synthetic-items", type=int, help="--data synthetic: catalog size.")
 @click.option("--resume", is_flag=True, help="Continue from the training state in --out.")
 @click.option("--no-progress", is_flag=True)
-def train(config, out, attention, source, fmt, user_col, item_col, time_col, epochs, seed, device, max_len, resume,
-          no_progress) -> None:
-    """Train a model and write a checkpoint (best validation NDCG@10)."""
+def train(config, out, attention, source, fmt, user_col, item_col, time_col, epochs, seed, device, max_len,
+          batch_size, lr, loss, negatives, negative_sampler, precision, compile_, threads, eval_users,
+          synthetic_users, synthetic_items, resume, no_progress) -> None:
+    """Train a model and write a checkpoint (best validation NDCG@10).
+
+    Data parallel: `torchrun --standalone --nproc-per-node N -m genattn.cli train ...`
+    (gloo on CPU, NCCL on GPUs); rank 0 writes the checkpoint and prints the result.
+    """
     from .config import ConfigError, load_run_config
     from .data import DataError
+    from .distributed import DistributedError
     from .training import train as run_train
 
     try:
         run = load_run_config(config, {"model": {"attention": attention, "max_len": max_len},
-                                       "train": {"epochs": epochs, "seed": seed, "device": device},
+                                       "train": {"epochs": epochs, "seed": seed, "device": device,
+                                                 "batch_size": batch_size, "lr": lr, "loss": loss,
+                                                 "negatives": negatives, "negative_sampler": negative_sampler,
+                                                 "precision": precision, "compile": compile_, "threads": threads,
+                                                 "eval_users": eval_users},
                                        "data": {"source": source, "fmt": fmt, "user_col": user_col,
-                                                "item_col": item_col, "time_col": time_col}})
+                                                "item_col": item_col, "time_col": time_col,
+                                                "synthetic_users": synthetic_users,
+                                                "synthetic_items": synthetic_items}})
         res = run_train(run, out, resume=resume, progress=not no_progress)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, DistributedError, FileNotFoundError) as e:
         _fail(e)
-    click.echo(json.dumps({"checkpoint": str(out), "valid": res.metrics["valid"], "test": res.metrics["test"]}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps({"checkpoint": str(out), "valid": res.metrics["valid"], "test": res.metrics["test"],
+                               "train_seconds": res.checkpoint.metrics.get("train_seconds"),
+                               "data_seconds": res.checkpoint.metrics.get("data_seconds")}, indent=2))
 
 
 @main.command()

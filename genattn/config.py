@@ -91,6 +91,37 @@ class TrainConfig:
     device: str = "auto"             # "auto" (CUDA when present) | "cpu" | "cuda"
     threads: int = 0                 # torch intra-op threads; 0 = all cores
     max_minutes: float = 0.0         # wall-time budget; 0 = none
+    # Catalog loss (models/loss.py). "full": exact CE over every item, the default, right for
+    # catalogs up to ~10^5 items; "sampled": sampled softmax with logQ correction, for larger ones.
+    loss: str = "full"               # "full" | "sampled"
+    negatives: int = 1024            # sampled: shared negatives per batch (drawn with replacement)
+    negative_sampler: str = "uniform"  # sampled: "uniform" | "popularity" | "mixed" (even mixture)
+    in_batch_negatives: bool = True  # sampled: the batch's other targets are negatives too
+    # Speed.
+    precision: str = "auto"          # "auto" (bf16 autocast on a CUDA card that has it, else fp32) | "fp32" | "bf16"
+    compile: bool = False            # torch.compile the model (first steps pay the compile time)
+    eval_users: int = 0              # validate / test on a fixed random subset of users; 0 = all
+
+
+    def __post_init__(self) -> None:
+        from .models.loss import LOSSES, SAMPLERS  # one list of names, next to the code
+
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.negative_sampler not in SAMPLERS:
+            raise ConfigError(f"negative_sampler must be one of {SAMPLERS}, got {self.negative_sampler!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        for name in ("epochs", "batch_size", "patience", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("negatives", "threads", "eval_users"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.loss == "sampled" and self.negatives == 0 and not self.in_batch_negatives:
+            raise ConfigError("loss 'sampled' needs negatives >= 1 or in_batch_negatives = true")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclass

@@ -1,10 +1,13 @@
-"""Training loop: AdamW, full-catalog cross-entropy at every position, early
-stopping on validation NDCG@10, atomic checkpoints, resume."""
+"""Training loop: AdamW, full-catalog or sampled-softmax cross-entropy at every
+position, early stopping on validation NDCG@10, atomic checkpoints, resume; data
+parallel under `torchrun` (genattn/distributed.py), bf16 autocast on GPU."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +19,9 @@ from tqdm.auto import tqdm
 from .checkpoint import Checkpoint, load_train_state, save_checkpoint
 from .config import RunConfig, TrainConfig
 from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, pad_left
+from .distributed import World
 from .evaluation import eval_sets, evaluate
-from .models import SASRec, default_sampling
+from .models import SASRec, SampledSoftmax, default_sampling
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,8 @@ def pick_device(name: str) -> torch.device:
 
 def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut each training sequence into non-overlapping windows of max_len next-item pairs,
-    newest first, so long histories contribute all their items (left-padded)."""
+    newest first, so long histories contribute all their items (left-padded).
+    int32: half the memory of int64 for the largest arrays training holds."""
     inputs, targets = [], []
     for s in seqs:
         x, y = s[:-1], s[1:]
@@ -40,7 +45,31 @@ def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, 
             lo = max(0, end - max_len)
             inputs.append(x[lo:end])
             targets.append(y[lo:end])
-    return pad_left(inputs, max_len), pad_left(targets, max_len)
+    return pad_left(inputs, max_len).astype(np.int32), pad_left(targets, max_len).astype(np.int32)
+
+
+def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 where asked, or by default on a CUDA card that supports it; None = fp32."""
+    if tc.precision == "fp32":
+        return None
+    if tc.precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def make_loss(tc: TrainConfig, n_items: int, popularity: np.ndarray, device: torch.device, seed: int):
+    """None = full CE (models/loss.py); otherwise the sampled softmax with its own stream."""
+    if tc.loss == "full":
+        return None
+    g = torch.Generator(device=device).manual_seed(seed)
+    return SampledSoftmax(n_items, tc.negatives, popularity, sampler=tc.negative_sampler,
+                          in_batch=tc.in_batch_negatives, generator=g).to(device)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 @dataclass
@@ -51,80 +80,124 @@ class TrainResult:
 
 def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
           dataset: SequenceDataset | None = None) -> TrainResult:
+    """Train and write the checkpoint in `out`. Under torchrun every rank calls this: the data
+    is sharded per global batch, rank 0 writes the checkpoint, evaluation is sharded over users."""
     tc: TrainConfig = run.train
-    torch.manual_seed(tc.seed)
+    world = World.from_env(str(pick_device(tc.device)))
+    try:
+        return _train(run, tc, Path(out), world, resume=resume, progress=progress, dataset=dataset)
+    finally:
+        world.close()
+
+
+def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: bool, progress: bool,
+           dataset: SequenceDataset | None) -> TrainResult:
+    torch.manual_seed(tc.seed + world.rank)  # dropout differs per rank, like different batches
     np.random.seed(tc.seed)
-    torch.set_num_threads(tc.threads or os.cpu_count() or 1)
-    device = pick_device(tc.device)
+    torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // world.size))
+    device = world.device(pick_device(tc.device))
+    t_data = time.perf_counter()
     ds = dataset if dataset is not None else load_source(run.data)
     split: Split = leave_one_out(ds)
     run.model.n_items = ds.n_items
     # Users who had each item in training (distinct, so novelty's p(i) <= 1); also the cold-start ranking.
     pop = item_popularity([np.unique(s) for s in split.train], ds.n_items)
-    sets = eval_sets(split)
-    eval_kw = dict(popularity=pop, n_users=ds.n_users, genres=ds.item_genres, device=device)
+    sets = eval_sets(split, tc.eval_users, seed=tc.seed)
+    eval_kw = dict(popularity=pop, n_users=ds.n_users, genres=ds.item_genres, device=device, world=world)
+    x_all_np, y_all_np = training_windows(split.train, run.model.max_len)
+    data_seconds = time.perf_counter() - t_data
+    log.info("data: %d users, %d items, %d training windows in %.1f s (peak RSS %.0f MB)",
+             ds.n_users, ds.n_items, len(x_all_np), data_seconds, peak_rss_mb())
 
     model = SASRec(run.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    x_np, y_np = training_windows(split.train, run.model.max_len)
-    x_all, y_all = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                            **({"fused": True} if cuda else {}))
+    net = model
+    if world.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if tc.compile:
+        net = torch.compile(net)
+    amp = autocast_dtype(tc, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+    x_all, y_all = torch.from_numpy(x_all_np), torch.from_numpy(y_all_np)  # stay on the host
+    if cuda:
+        x_all, y_all = x_all.pin_memory(), y_all.pin_memory()
+    n_targets_all = (y_all != 0).sum(1)
     sampling = default_sampling(run.model)
-    rng = torch.Generator(device=device).manual_seed(tc.seed)
-    shuffle = torch.Generator().manual_seed(tc.seed + 1)
+    rank_seed = tc.seed + 7919 * world.rank
+    rng = torch.Generator(device=device).manual_seed(rank_seed)
+    shuffle = torch.Generator().manual_seed(tc.seed + 1)  # the same on every rank: one global order
+    loss_fn = make_loss(tc, ds.n_items, pop, device, rank_seed + 1)
 
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad": 0, "history": [], "seconds": 0.0}
     best_weights = None
-    out = Path(out)
     if resume:
         state.update(load_train_state(out, model, opt))
         from safetensors.torch import load_file
         best_weights = load_file(out / "model.safetensors", device=str(device))
-        saved_rng = state.pop("rng_states", {})
-        if saved_rng:  # continue the random streams, so 2 + 2 epochs == 4 epochs
-            torch.set_rng_state(saved_rng["torch"])
-            rng.set_state(saved_rng["rng"])
-            shuffle.set_state(saved_rng["shuffle"])
+        _restore_rng(state.pop("rng_states", {}), world, rng, shuffle, loss_fn)
         log.info("resumed from %s at epoch %d", out, state["epoch"])
 
     t0 = time.perf_counter() - state["seconds"]
-    steps_per_epoch = (len(x_all) + tc.batch_size - 1) // tc.batch_size
+    B = tc.batch_size  # global: each rank takes every size-th row of each batch
+    steps_per_epoch = (len(x_all) + B - 1) // B
     bar = tqdm(total=tc.epochs, initial=state["epoch"], desc=f"train {run.model.attention}",
-               disable=not progress, unit="ep")
+               disable=not progress or not world.main, unit="ep")
 
     def publish(final_metrics: dict | None = None, last_state: dict | None = None) -> None:
-        metrics = {"best_epoch": state["best_epoch"], "best_valid_ndcg@10": state["best"],
-                   "history": state["history"], "train_seconds": state["seconds"],
-                   "n_users": ds.n_users, "n_items": ds.n_items, "data": ds.source}
-        if final_metrics:
-            metrics.update(final_metrics)
-        save_checkpoint(out, model, run, item_ids=ds.item_ids, popularity=pop, n_users=ds.n_users,
-                        metrics=metrics, best_state=best_weights, optimizer=opt, progress=state,
-                        last_state=last_state,
-                        rng_states={"torch": torch.get_rng_state(), "rng": rng.get_state(),
-                                    "shuffle": shuffle.get_state()})
+        rng_states = world.gather({"torch": torch.get_rng_state(), "rng": rng.get_state(),
+                                   "loss": loss_fn.generator.get_state() if loss_fn else None,
+                                   "shuffle": shuffle.get_state()})  # a collective: every rank
+        if world.main:
+            metrics = {"best_epoch": state["best_epoch"], "best_valid_ndcg@10": state["best"],
+                       "history": state["history"], "train_seconds": state["seconds"],
+                       "data_seconds": data_seconds, "peak_rss_mb": peak_rss_mb(), "world_size": world.size,
+                       "n_users": ds.n_users, "n_items": ds.n_items, "data": ds.source}
+            if final_metrics:
+                metrics.update(final_metrics)
+            save_checkpoint(out, model, run, item_ids=ds.item_ids, popularity=pop, n_users=ds.n_users,
+                            metrics=metrics, best_state=best_weights, optimizer=opt, progress=state,
+                            last_state=last_state,
+                            rng_states=_flat_rng(rng_states))
+        world.barrier()
 
     while state["epoch"] < tc.epochs:
-        model.train()
-        order = torch.randperm(len(x_all), generator=shuffle).to(device)
-        losses, extra = [], {}
+        net.train()
+        order = torch.randperm(len(x_all), generator=shuffle)
+        sums, n_steps = {}, 0
         for b in range(steps_per_epoch):
-            idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
+            batch = order[b * B:(b + 1) * B]
+            if len(batch) < world.size:
+                continue  # too few rows for every rank (all ranks skip alike)
+            idx = batch[world.rank::world.size]
+            xb = x_all[idx].to(device, non_blocking=True).long()
+            yb = y_all[idx].to(device, non_blocking=True).long()
             beta = run.model.beta * min(1.0, (state["step"] + 1) / max(run.model.beta_warmup_steps, 1))
-            out_d = model(x_all[idx], y_all[idx], rng=rng, beta=beta)
+            with autocast():
+                out_d = net(xb, yb, rng=rng, beta=beta, loss=loss_fn,
+                            n_targets=float(n_targets_all[batch].sum()) / world.size)
             opt.zero_grad(set_to_none=True)
             out_d["loss"].backward()
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
+            if state["step"] == 0:
+                state["first_step_ce"] = world.mean([float(out_d["ce"])])[0]
             state["step"] += 1
-            losses.append(float(out_d["ce"]))
-            for key in ("ce_posterior", "bound"):
+            n_steps += 1
+            for key in ("ce", "ce_posterior", "bound"):
                 if key in out_d:
-                    extra.setdefault(key, []).append(float(out_d[key]))
+                    sums[key] = sums.get(key, 0.0) + float(out_d[key])
         state["epoch"] += 1
         state["seconds"] = time.perf_counter() - t0
-        entry = {"epoch": state["epoch"], "ce": float(np.mean(losses)),
-                 **{key: float(np.mean(v)) for key, v in extra.items()}}
+        keys = sorted(sums)
+        # A rank's CE is its sum over the global count / world size: the ranks' mean is the
+        # single-process value (the aux terms are per-rank means, averaged alike).
+        means = world.mean([sums[k] / max(n_steps, 1) for k in keys])
+        entry = {"epoch": state["epoch"], **dict(zip(keys, means))}
         if state["epoch"] % tc.eval_every == 0 or state["epoch"] == tc.epochs:
             v = evaluate(model, sets["valid"], sampling=sampling, **eval_kw)
             entry["valid_ndcg@10"] = v["ndcg@10"]
@@ -137,10 +210,11 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         bar.update(1)
         bar.set_postfix(ce=f"{entry['ce']:.3f}", val=f"{state['best']:.4f}")
         publish()
+        # Every rank holds the same metrics; the wall-time budget is rank 0's clock.
         if state["bad"] >= tc.patience:
             log.info("early stop at epoch %d (best %d)", state["epoch"], state["best_epoch"])
             break
-        if tc.max_minutes and state["seconds"] > tc.max_minutes * 60:
+        if world.agree(bool(tc.max_minutes and state["seconds"] > tc.max_minutes * 60)):
             log.warning("stopping: wall-time budget of %.1f min reached", tc.max_minutes)
             break
     bar.close()
@@ -154,3 +228,32 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     from .checkpoint import load_checkpoint
     ck = load_checkpoint(out, device=device)
     return TrainResult(checkpoint=ck, metrics=final)
+
+
+def _flat_rng(per_rank: list[dict]) -> dict[str, torch.Tensor]:
+    """Checkpoint tensor names: `torch`, `rng`, ... for one process; `r<rank>.torch`, ... for many."""
+    one = len(per_rank) == 1
+    return {(k if one else f"r{r}.{k}"): v for r, states in enumerate(per_rank)
+            for k, v in states.items() if v is not None}
+
+
+def _restore_rng(saved: dict, world: World, rng: torch.Generator, shuffle: torch.Generator, loss_fn) -> None:
+    """Continue the random streams, so 2 + 2 epochs == 4 epochs (same world size)."""
+    if not saved:
+        return
+    if "torch" in saved:
+        ranks = [saved]
+    else:
+        n = 1 + max(int(k.split(".", 1)[0][1:]) for k in saved)
+        ranks = [{k.split(".", 1)[1]: v for k, v in saved.items() if k.startswith(f"r{r}.")} for r in range(n)]
+    if len(ranks) != world.size:
+        log.warning("checkpoint was trained on %d process(es), resuming on %d: random streams restart",
+                    len(ranks), world.size)
+        shuffle.set_state(ranks[0]["shuffle"])  # the global order is shared, so it continues
+        return
+    mine = ranks[world.rank]
+    torch.set_rng_state(mine["torch"])
+    rng.set_state(mine["rng"])
+    shuffle.set_state(mine["shuffle"])
+    if loss_fn is not None and mine.get("loss") is not None:
+        loss_fn.generator.set_state(mine["loss"])

@@ -47,7 +47,7 @@ def only_entry(parent: Path) -> list[str]:
 def test_training_windows_hand_case():
     seqs = [np.array([1, 2, 3, 4, 5, 6, 7]), np.array([8, 9]), np.array([10]), np.array([11, 12, 13, 14, 15])]
     x, y = training_windows(seqs, max_len=3)
-    assert x.dtype == np.int64 and y.dtype == np.int64
+    assert x.dtype == np.int32 and y.dtype == np.int32  # half the memory of int64
     assert x.tolist() == [
         [4, 5, 6],    # newest window of the first user first
         [1, 2, 3],

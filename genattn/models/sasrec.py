@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .attention import AttentionWeights, CausalSelfAttention, SoftmaxWeights
 from .diffusion import DiffusionWeights
+from .loss import full_ce
 from .sampling import NoiseReader, Sampling
 from .vae import VAEWeights
 
@@ -133,33 +134,42 @@ class SASRec(nn.Module):
 
     # ---- training -----------------------------------------------------------------------
     def forward(self, seq: Tensor, targets: Tensor, *, rng: torch.Generator | None = None,
-                beta: float | None = None) -> dict[str, Tensor]:
-        """Training loss. seq, targets (B, L); targets[b, i] is the item after seq[b, i], 0 = none."""
+                beta: float | None = None, loss=None, n_targets: float | None = None) -> dict[str, Tensor]:
+        """Training loss. seq, targets (B, L); targets[b, i] is the item after seq[b, i], 0 = none.
+
+        `loss` maps (states (P, D), targets (P,), item table) to per-position CE (models/loss.py;
+        default: full CE). CE terms are sums over positions divided by `n_targets` (default:
+        this batch's count); data-parallel training passes the global count / world size, so
+        averaging the ranks' gradients gives exactly the single-process gradient.
+        """
         cfg = self.cfg
         mask = targets != 0
         y = targets[mask]
+        loss = loss or full_ce
+        denom = float(n_targets) if n_targets is not None else max(int(mask.sum()), 1)
 
-        def ce(h: Tensor) -> Tensor:
-            return F.cross_entropy(self.logits(h[mask]), y)
+        def ce(h: Tensor, weight: Tensor | None = None) -> Tensor:
+            return loss(h[mask], y, self.item_emb.weight if weight is None else weight).sum() / denom
 
         if cfg.attention == "softmax":
             h, _ = self.run_blocks(seq)
-            loss = ce(h)
-            return {"loss": loss, "ce": loss.detach()}
+            total = ce(h)
+            return {"loss": total, "ce": total.detach()}
         beta = cfg.beta if beta is None else beta
         if cfg.posterior_ce == "generative":
             # The posterior path (which sees the target) trains only the generative modules
             # (posterior, prior / denoiser): every other parameter enters it detached, so the
             # backbone is shaped by the served prior path alone.
             params = {f"model.{n}": (p if ".attn.weights." in n else p.detach()) for n, p in self.named_parameters()}
-            h_q, bound, ce_q = torch.func.functional_call(_PosteriorPass(self), params, (seq, targets, rng, mask))
+            h_q, bound = torch.func.functional_call(_PosteriorPass(self), params, (seq, targets, rng))
+            ce_q = ce(h_q, self.item_emb.weight.detach())
         else:
             h_q, bound = self.run_blocks(seq, targets=targets, rng=rng)
             ce_q = ce(h_q)
         h_p, _ = self.run_blocks(seq, rng=rng)  # prior path: what is served
         ce_p = ce(h_p)
-        loss = ce_q + beta * bound + cfg.gamma * ce_p
-        return {"loss": loss, "ce": ce_p.detach(), "ce_posterior": ce_q.detach(), "bound": bound.detach()}
+        total = ce_q + beta * bound + cfg.gamma * ce_p
+        return {"loss": total, "ce": ce_p.detach(), "ce_posterior": ce_q.detach(), "bound": bound.detach()}
 
     # ---- serving ------------------------------------------------------------------------
     def noise_size(self, sampling: Sampling) -> int:
@@ -184,16 +194,15 @@ class SASRec(nn.Module):
 
 
 class _PosteriorPass(nn.Module):
-    """The posterior pass and its CE as a module, so torch.func.functional_call can run it
-    with the backbone's parameters swapped for detached copies (posterior_ce = "generative")."""
+    """The posterior pass as a module, so torch.func.functional_call can run it with the
+    backbone's parameters swapped for detached copies (posterior_ce = "generative")."""
 
     def __init__(self, model: SASRec):
         super().__init__()
         self.model = model
 
-    def forward(self, seq: Tensor, targets: Tensor, rng: torch.Generator | None, mask: Tensor):
-        h, bound = self.model.run_blocks(seq, targets=targets, rng=rng)
-        return h, bound, F.cross_entropy(self.model.logits(h[mask]), targets[mask])
+    def forward(self, seq: Tensor, targets: Tensor, rng: torch.Generator | None):
+        return self.model.run_blocks(seq, targets=targets, rng=rng)
 
 
 def make_noise(model: SASRec, sampling: Sampling, batch: int, seed: int | None = None,

@@ -1,0 +1,91 @@
+"""Next-item losses over the catalog, per target position (the model sums and normalises).
+
+full      cross-entropy against every item: logits are positions x catalog, exact, and
+          the default for catalogs that fit (at 1M items one batch of 128 x 50 positions
+          would need 25.6 GB of fp32 logits).
+sampled   sampled softmax: the positive against M shared negatives drawn from q
+          (uniform, training popularity, or an even mixture) plus, optionally, the
+          batch's other targets (in-batch negatives, drawn from the data distribution).
+          Each drawn candidate's logit is corrected by the log of its expected count
+          in the candidate multiset, E[count_j] = M q_j + P p_j (logQ correction); a
+          candidate equal to a row's own target (an accidental hit) is masked out of
+          that row, and the positive enters once, uncorrected. The denominator then
+          estimates the full catalog's, and the loss tends to the full CE as M grows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("full", "sampled")
+SAMPLERS = ("uniform", "popularity", "mixed")
+
+
+def full_ce(h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+    """(P, D) states, (P,) targets, (N + 1, D) item table -> (P,) CE; padding never an answer."""
+    logits = h @ weight.T
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+class SampledSoftmax:
+    """Sampled softmax with logQ correction (see the module docstring).
+
+    `popularity` (N + 1,) holds training counts (index 0 is padding, never drawn); it
+    defines the popularity sampler and the in-batch negatives' distribution.
+    """
+
+    def __init__(self, n_items: int, negatives: int, popularity: np.ndarray, *, sampler: str = "uniform",
+                 in_batch: bool = True, generator: torch.Generator | None = None):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"negative sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if negatives < 1 and not in_batch:
+            raise ValueError("sampled softmax needs negatives >= 1 or in-batch negatives")
+        pop = np.asarray(popularity, dtype=np.float64)
+        if pop.shape != (n_items + 1,):
+            raise ValueError(f"popularity must have n_items + 1 = {n_items + 1} entries, got {pop.shape}")
+        pop = pop.copy()
+        pop[0] = 0.0
+        if pop.sum() <= 0:
+            raise ValueError("popularity is all zero: no training events")
+        p_data = pop / pop.sum()
+        uniform = np.full(n_items + 1, 1.0 / n_items)
+        uniform[0] = 0.0
+        q = {"uniform": uniform, "popularity": p_data, "mixed": 0.5 * (uniform + p_data)}[sampler]
+        self.n_items, self.negatives, self.sampler, self.in_batch = n_items, int(negatives), sampler, in_batch
+        self.generator = generator
+        self.q = torch.from_numpy(q).float()
+        self.p_data = torch.from_numpy(p_data).float()
+        self._device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> "SampledSoftmax":
+        self.q, self.p_data, self._device = self.q.to(device), self.p_data.to(device), torch.device(device)
+        return self
+
+    def draw(self) -> Tensor:
+        """(M,) shared negatives, with replacement (padding never drawn)."""
+        g, dev = self.generator, self._device
+        if self.sampler == "uniform":
+            return torch.randint(1, self.n_items + 1, (self.negatives,), generator=g, device=dev)
+        return torch.multinomial(self.q, self.negatives, replacement=True, generator=g)
+
+    def __call__(self, h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+        parts = [self.draw()] if self.negatives > 0 else []
+        if self.in_batch:
+            parts.append(torch.unique(y))
+        cand = torch.cat(parts)
+        P = y.shape[0]
+
+        def log_count(items: Tensor) -> Tensor:
+            expected = self.negatives * self.q[items]
+            if self.in_batch:
+                expected = expected + P * self.p_data[items]
+            return torch.log(expected.clamp_min(1e-12))
+
+        pos = (h * weight[y]).sum(-1)                                 # (P,) the given positive
+        neg = h @ weight[cand].T - log_count(cand)                    # (P, C) corrected draws
+        neg = neg.masked_fill(cand[None, :] == y[:, None], float("-inf"))  # accidental hits
+        logits = torch.cat([pos[:, None], neg], dim=1).float()
+        return F.cross_entropy(logits, torch.zeros_like(y), reduction="none")
