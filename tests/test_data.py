@@ -348,6 +348,8 @@ def test_pad_left() -> None:
     assert out.dtype == np.int64
     assert out.tolist() == [[0, 1, 2], [5, 6, 7], [0, 0, 0], [8, 9, 10]]
     assert pad_left([], 4).shape == (0, 4)
+    narrow = pad_left(seqs, 3, dtype=np.int32)
+    assert narrow.dtype == np.int32 and narrow.tolist() == out.tolist()
     with pytest.raises(ValueError):
         pad_left(seqs, 0)
 

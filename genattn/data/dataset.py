@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from .readers import DataError, Interactions, ItemGenres
@@ -182,11 +183,14 @@ def leave_one_out(ds: SequenceDataset) -> Split:
     )
 
 
-def pad_left(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
-    """(N, max_len) int64; keeps each sequence's newest ``max_len`` items, left-padded with 0."""
+def pad_left(seqs: list[np.ndarray], max_len: int, dtype: npt.DTypeLike = np.int64) -> np.ndarray:
+    """(N, max_len) ``dtype``; keeps each sequence's newest ``max_len`` items, left-padded with 0.
+
+    A narrower ``dtype`` (int32) writes straight into the smaller array, with no int64 copy.
+    """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    out = np.zeros((len(seqs), max_len), dtype=dtype)
     if not seqs:
         return out
     full = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
