@@ -8,9 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-# Softmax over attention logits and LayerNorm statistics overflow / lose mass in fp16;
-# top-K selection and the -inf exclusion scatter stay fp32 so ranking ties match fp32.
-KEEP_FP32 = ["Softmax", "LayerNormalization", "TopK", "ScatterElements"]
+# Softmax over attention logits and LayerNorm statistics overflow / lose mass in fp16.
+# The exclusion scatter and top-K run in fp16: the scores they see come out of the fp16 scoring
+# MatMul, so an fp32 copy changes no score (fp16 -> fp32 is exact), only which of several equal
+# scores comes first (kernels differ there; ONNX Runtime's fp16 TopK takes the lower index),
+# while it cost a Cast of the whole (batch, n_items) score matrix and one of the fill value.
+KEEP_FP32 = ["Softmax", "LayerNormalization"]
 
 # onnxconverter_common clamps finite constants above max_finite_val (default 1e4) to it. fp16
 # holds every magnitude up to 65504, so clamping at 1e4 would change representable constants;
@@ -85,6 +88,37 @@ def to_fp16(src: Path, dst: Path) -> dict:
             if (attr.name == "to" and attr.i == TensorProto.FLOAT
                     and declared.get(node.output[0]) == TensorProto.FLOAT16):
                 attr.i = TensorProto.FLOAT16
+    folded = fold_initializer_casts(half, model)
     onnx.checker.check_model(half)
     onnx.save(half, str(dst))
-    return {"saturated": saturated}
+    return {"saturated": saturated, "folded_casts": folded}
+
+
+def fold_initializer_casts(half, source) -> int:
+    """Replace each Cast of an fp16 initializer back to fp32 (the weights of an op kept fp32:
+    LayerNorm's scale and bias) by an fp32 initializer holding the source's original values.
+    Each is one kernel less per run, and the op gets its exact fp32 weights instead of a round
+    trip through fp16. Returns how many Casts were folded; fp16 copies left unused are dropped."""
+    from onnx import TensorProto, numpy_helper
+
+    original = {t.name: t for t in source.graph.initializer if t.data_type == TensorProto.FLOAT}
+    inits = {t.name for t in half.graph.initializer}
+    kept, folded = [], 0
+    for node in half.graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        src = node.input[0] if node.input else None
+        if node.op_type == "Cast" and to == TensorProto.FLOAT and src in inits and src in original:
+            half.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(original[src]),
+                                                                  node.output[0]))
+            folded += 1
+        else:
+            kept.append(node)
+    if folded:
+        del half.graph.node[:]
+        half.graph.node.extend(kept)
+        used = ({i for n in half.graph.node for i in n.input} | {o.name for o in half.graph.output}
+                | {i.name for i in half.graph.input})
+        unused = [t for t in half.graph.initializer if t.name not in used]
+        for t in unused:
+            half.graph.initializer.remove(t)
+    return folded

@@ -1,10 +1,13 @@
 """Inference backends behind one interface: feeds in, (top_items, top_scores) out.
 
     cpu          ONNX Runtime, CPUExecutionProvider
-    cuda         ONNX Runtime, CUDAExecutionProvider with IO binding; optional CUDA graphs
+    cuda         ONNX Runtime, CUDAExecutionProvider with IO binding; CUDA graphs on by default,
+                 one captured graph per padded batch bucket (1, 8, 64, 256)
     tensorrt-ep  ONNX Runtime, TensorrtExecutionProvider (engine cache folder), CUDA/CPU behind it
     tensorrt     the bundle's own serialized TensorRT engine (tensorrt_backend.py)
-    auto         the fastest that works here: tensorrt > tensorrt-ep > cuda > cpu
+    auto         the fastest that works here: tensorrt > tensorrt-ep > cuda > cpu; an ONNX Runtime
+                 GPU pick also opens a CPU session and sends the small batches where the CPU
+                 measured faster at load to it (cpu_route_limit)
 
 ONNX Runtime does not fail when a GPU provider cannot start (onnxruntime-gpu without
 the CUDA libraries, no GPU): it logs an error and runs on CPU. Every session is
@@ -20,7 +23,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +38,11 @@ CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "Tens
 _EP_OF = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt-ep": TRT_EP}
 _NAME_OF = {v: k for k, v in _EP_OF.items()}
 
+# A request of n rows runs on the smallest bucket >= n; more rows than the largest bucket are
+# cut into chunks of it. 1 serves single users without padding; each step is 8x the last, so
+# a batch that fits is padded to less than 8x its rows.
+DEFAULT_GRAPH_BUCKETS = (1, 8, 64, 256)
+
 
 @dataclass
 class BackendOptions:
@@ -42,12 +50,69 @@ class BackendOptions:
     threads: int = 0                      # ORT intra-op threads; 0 = physical cores available to this process
     session_options: Any = None           # ort.SessionOptions (as is) or {attribute: value, "config": {key: value}}
     device_id: int = 0                    # GPU index (cuda, tensorrt-ep, tensorrt)
-    cuda_graph_batch: int | None = None   # cuda: capture a CUDA graph for this fixed batch size (rows padded / chunked)
+    cuda_graph_buckets: tuple[int, ...] = DEFAULT_GRAPH_BUCKETS  # cuda: one CUDA graph per padded batch size; () = off
+    cuda_graph_batch: int | None = None   # cuda: one bucket of this size instead; 0 = CUDA graphs off
     io_binding: bool = True               # cuda: run through IO binding
     trt_cache_dir: str | Path | None = None  # tensorrt-ep: engine + timing cache folder (default <bundle>/.trt_cache)
     trt_fp16: bool = False                # tensorrt-ep: allow FP16 kernels
     trt_max_batch: int = 256              # tensorrt-ep: optimisation profile max batch (min 1, opt 8)
     provider_options: dict = field(default_factory=dict)  # extra options per provider name, merged over ours
+    auto_cpu_route: bool = True           # auto on a GPU: small batches to a CPU session where it measured faster
+
+
+def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+    """Sorted distinct batch sizes; ValueError naming the bad value (not a positive int)."""
+    out = set()
+    for b in buckets:
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+            raise ValueError(f"CUDA graph buckets must be positive integers, got {b!r} in {tuple(buckets)!r}")
+        out.add(int(b))
+    return tuple(sorted(out))
+
+
+def bucket_plan(n_rows: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+    """How n rows run on fixed-shape graphs: [(start, stop, bucket)], rows [start, stop) padded
+    to `bucket` rows. Rows beyond the largest bucket are chunked by it; the remainder (or a
+    request that fits) takes the smallest bucket that holds it."""
+    sizes = check_buckets(buckets)
+    if not sizes:
+        raise ValueError("no CUDA graph buckets")
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+    big, plan, start = sizes[-1], [], 0
+    while n_rows - start > big:
+        plan.append((start, start + big, big))
+        start += big
+    if n_rows > start:
+        rest = n_rows - start
+        plan.append((start, n_rows, next(b for b in sizes if b >= rest)))
+    return plan
+
+
+def graph_buckets(opts: "BackendOptions") -> tuple[int, ...]:
+    """The CUDA graph buckets these options ask for; () = CUDA graphs off (cuda_graph_batch=0,
+    cuda_graph_buckets=(), or enable_cuda_graph=0 in the CUDA provider options)."""
+    flag = str(opts.provider_options.get(CUDA_EP, {}).get("enable_cuda_graph", "1")).strip().lower()
+    if flag in ("0", "false", "no", "off") or opts.cuda_graph_batch == 0:
+        return ()
+    if opts.cuda_graph_batch is not None:
+        return check_buckets([opts.cuda_graph_batch])
+    return check_buckets(opts.cuda_graph_buckets)
+
+
+def cpu_route_limit(timings: Mapping[int, tuple[float, float]], margin: float = 0.9) -> int:
+    """The auto rule. timings: {batch: (cpu_seconds, gpu_seconds)} measured at load. Returns the
+    largest batch b such that at b and at every smaller measured batch the CPU took less than
+    `margin` x the GPU's time; requests of up to b rows go to the CPU, larger ones to the GPU.
+    0 = the GPU serves every size. The margin leans to the GPU: it does not contend with the
+    application for CPU cores, so the CPU must be clearly faster to be chosen."""
+    limit = 0
+    for b in sorted(timings):
+        cpu_s, gpu_s = timings[b]
+        if not cpu_s < margin * gpu_s:
+            break
+        limit = b
+    return limit
 
 
 def physical_cores() -> int:
@@ -175,8 +240,9 @@ class OrtBackend(Backend):
         self.output_names = [OUTPUT_ITEMS, OUTPUT_SCORES]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._graph = None
-        if self.name == "cuda" and opts.cuda_graph_batch:
-            self._graph = _CudaGraphRunner(self, opts.cuda_graph_batch)
+        buckets = graph_buckets(opts)
+        if self.name == "cuda" and buckets:
+            self._graph = _CudaGraphRunner(self, buckets)
 
     @staticmethod
     def _io(args) -> list[tuple[str, str, list]]:
@@ -186,7 +252,7 @@ class OrtBackend(Backend):
     def _providers(self, requested: str, model_path: Path) -> list:
         extra = self.opts.provider_options
         cuda = {"device_id": str(self.opts.device_id)}
-        if self.opts.cuda_graph_batch and requested == "cuda":
+        if requested == "cuda" and graph_buckets(self.opts):
             cuda["enable_cuda_graph"] = "1"
         cuda.update({k: str(v) for k, v in extra.get(CUDA_EP, {}).items()})
         cpu = dict(extra.get(CPU_EP, {}))
@@ -230,53 +296,142 @@ class OrtBackend(Backend):
 
 
 class _CudaGraphRunner:
-    """CUDA graph replay at one fixed batch size B.
+    """CUDA graph replay at fixed batch sizes (buckets), one captured graph per bucket.
 
-    A captured graph replays fixed device addresses and shapes, so inputs and outputs
-    live in OrtValues on the GPU bound once; each call copies its rows in place (padded
-    with empty histories up to B, or split into chunks of B) and replays. The
-    binding is shared state: replays are serialised by a lock.
+    A captured graph replays fixed device addresses and shapes, so each bucket has its own
+    inputs and outputs as OrtValues on the GPU, bound once, and its own `gpu_graph_id` run
+    option (ONNX Runtime captures one graph per id; 0 is reserved, -1 disables capture).
+    Each call copies its rows in place per `bucket_plan` (padded with empty histories up to
+    the bucket, or chunked by the largest) and replays. The bindings are shared state:
+    replays are serialised by a lock.
     """
 
-    def __init__(self, backend: OrtBackend, batch: int, device: str = "cuda"):
+    # ONNX Runtime runs a graph id uncaptured 1 or 2 times (by version; its allocations), then
+    # captures it: 3 runs per bucket capture every graph at load. The CUDA EP keeps graphs per
+    # thread, so a server whose model runs on another thread captures again on its first calls.
+    WARMUP_RUNS = 3
+
+    def __init__(self, backend: OrtBackend, buckets: int | Sequence[int], device: str = "cuda"):
         ort = _import_ort()
-        self.backend, self.batch = backend, int(batch)
-        sess, dev = backend.session, backend.opts.device_id
+        self.backend = backend
+        self.buckets = check_buckets([buckets] if isinstance(buckets, (int, np.integer)) else buckets)
+        if not self.buckets:
+            raise ValueError("no CUDA graph buckets")
+        sess, dev, k = backend.session, backend.opts.device_id, backend.manifest.k
         self.lock = threading.Lock()
-        self.inputs = {}
-        for i in sess.get_inputs():
-            dtype = np.float32 if i.name == INPUT_NOISE else np.int64
-            self.inputs[i.name] = ort.OrtValue.ortvalue_from_numpy(
-                np.zeros((self.batch, i.shape[1]), dtype=dtype), device, dev)
-        k = backend.manifest.k
-        self.outputs = [ort.OrtValue.ortvalue_from_shape_and_type((self.batch, k), np.int64, device, dev),
-                        ort.OrtValue.ortvalue_from_shape_and_type((self.batch, k), np.float32, device, dev)]
-        self.binding = sess.io_binding()
-        for n, v in self.inputs.items():
-            self.binding.bind_ortvalue_input(n, v)
-        for n, v in zip(backend.output_names, self.outputs):
-            self.binding.bind_ortvalue_output(n, v)
-        self.run_options = ort.RunOptions()
-        with self.lock:  # the first run captures the graph
-            sess.run_with_iobinding(self.binding, self.run_options)
+        self.slots: dict[int, tuple[dict, list, Any, Any]] = {}
+        for graph_id, b in enumerate(self.buckets, start=1):
+            inputs = {}
+            for i in sess.get_inputs():
+                dtype = np.float32 if i.name == INPUT_NOISE else np.int64
+                inputs[i.name] = ort.OrtValue.ortvalue_from_numpy(np.zeros((b, i.shape[1]), dtype=dtype), device, dev)
+            outputs = [ort.OrtValue.ortvalue_from_shape_and_type((b, k), np.int64, device, dev),
+                       ort.OrtValue.ortvalue_from_shape_and_type((b, k), np.float32, device, dev)]
+            binding = sess.io_binding()
+            for n, v in inputs.items():
+                binding.bind_ortvalue_input(n, v)
+            for n, v in zip(backend.output_names, outputs):
+                binding.bind_ortvalue_output(n, v)
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            self.slots[b] = (inputs, outputs, binding, run_options)
+            with self.lock:
+                for _ in range(self.WARMUP_RUNS):
+                    sess.run_with_iobinding(binding, run_options)
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         n = len(next(iter(feeds.values())))
         items, scores = [], []
-        for start in range(0, n, self.batch):
-            chunk = {k: v[start:start + self.batch] for k, v in feeds.items()}
-            m = len(next(iter(chunk.values())))
+        for start, stop, b in bucket_plan(n, self.buckets):
+            inputs, outputs, binding, run_options = self.slots[b]
+            m = stop - start
             with self.lock:
-                for name, arr in chunk.items():
-                    if m < self.batch:
-                        pad = np.zeros((self.batch, arr.shape[1]), dtype=arr.dtype)
+                for name, arr in feeds.items():
+                    arr = arr[start:stop]
+                    if m < b:
+                        pad = np.zeros((b, arr.shape[1]), dtype=arr.dtype)
                         pad[:m] = arr
                         arr = pad
-                    self.inputs[name].update_inplace(np.ascontiguousarray(arr))
-                self.backend.session.run_with_iobinding(self.binding, self.run_options)
-                items.append(self.outputs[0].numpy()[:m].copy())
-                scores.append(self.outputs[1].numpy()[:m].copy())
+                    inputs[name].update_inplace(np.ascontiguousarray(arr))
+                self.backend.session.run_with_iobinding(binding, run_options)
+                items.append(outputs[0].numpy()[:m].copy())
+                scores.append(outputs[1].numpy()[:m].copy())
+        if not items:  # zero rows: empty (0, K) outputs, as a session run gives
+            k = self.backend.manifest.k
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
         return np.concatenate(items), np.concatenate(scores)
+
+
+class RoutedBackend(Backend):
+    """auto on a GPU: requests of up to `cpu_rows` rows run on a CPU session, larger ones on the
+    GPU backend. cpu_rows comes from cpu_route_limit over timings taken at load (calibrate)."""
+
+    CALIBRATION_RUNS = 5      # timed runs per batch size and backend (median), after 2 warm-ups
+    CALIBRATION_MAX_S = 0.05  # a CPU run slower than this ends the calibration: the GPU wins beyond
+
+    def __init__(self, gpu: Backend, cpu: Backend, cpu_rows: int, timings: dict | None = None):
+        self.gpu, self.cpu, self.cpu_rows = gpu, cpu, int(cpu_rows)
+        self.timings = dict(timings or {})
+        self.name, self.providers = gpu.name, gpu.providers
+
+    @classmethod
+    def calibrate(cls, gpu: OrtBackend, cpu: OrtBackend, batches: Sequence[int]) -> "RoutedBackend":
+        """Time both backends on empty histories at each batch size, smallest first, until the
+        GPU wins once (larger batches favour it further); route by cpu_route_limit."""
+        import time
+
+        def median_s(be: Backend, feeds: dict) -> float:
+            for _ in range(2):
+                be.run(feeds)
+            ts = []
+            for _ in range(cls.CALIBRATION_RUNS):
+                t0 = time.perf_counter()
+                be.run(feeds)
+                ts.append(time.perf_counter() - t0)
+            return float(np.median(ts))
+
+        timings: dict[int, tuple[float, float]] = {}
+        for b in check_buckets(batches):
+            feeds = {i.name: np.zeros((b, i.shape[1]), np.float32 if i.name == INPUT_NOISE else np.int64)
+                     for i in cpu.session.get_inputs()}
+            cpu_s = median_s(cpu, feeds)
+            timings[b] = (cpu_s, median_s(gpu, feeds))
+            if cpu_route_limit(timings) < b or cpu_s > cls.CALIBRATION_MAX_S:
+                break
+        return cls(gpu, cpu, cpu_route_limit(timings), timings)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(next(iter(feeds.values())))
+        return (self.cpu if n <= self.cpu_rows else self.gpu).run(feeds)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "cpu_route": {
+            "cpu_up_to_rows": self.cpu_rows,
+            "calibration_ms": {b: {"cpu": c * 1e3, "gpu": g * 1e3} for b, (c, g) in self.timings.items()}}}
+
+    def close(self) -> None:
+        self.gpu.close()
+        self.cpu.close()
+
+
+def _with_cpu_route(gpu: OrtBackend, model_path: Path, manifest: Manifest, opts: BackendOptions) -> Backend:
+    """auto's batch-size rule: keep the GPU backend alone unless a CPU session measured clearly
+    faster on the smallest batches here (then those go to the CPU)."""
+    if not opts.auto_cpu_route or gpu.name == "cpu":
+        return gpu
+    try:
+        cpu = OrtBackend(model_path, manifest, "cpu", opts, strict=True)
+    except (BackendUnavailableError, BundleError) as e:
+        log.info("auto: no CPU session beside %s (%s); the GPU serves every batch size", gpu.name, e)
+        return gpu
+    routed = RoutedBackend.calibrate(gpu, cpu, graph_buckets(opts) or DEFAULT_GRAPH_BUCKETS)
+    if routed.cpu_rows == 0:
+        cpu.close()
+        log.info("auto: %s faster than the CPU from batch 1 (%s)", gpu.name, routed.describe()["cpu_route"])
+        return gpu
+    log.info("auto: batches of up to %d rows on the CPU, larger on %s (%s)", routed.cpu_rows, gpu.name,
+             routed.describe()["cpu_route"])
+    return routed
 
 
 def _engine_path(manifest: Manifest) -> Path | None:
@@ -315,7 +470,7 @@ def create_backend(requested: str, manifest: Manifest, model_path: Path, opts: B
                 log.warning("%s; trying the next backend", e)
                 continue
             log.info("backend auto -> %s (providers %s)", backend.name, backend.providers)
-            return backend
+            return _with_cpu_route(backend, model_path, manifest, opts)
     backend = OrtBackend(model_path, manifest, requested, opts, strict=strict)
     log.info("backend %s (providers %s)", backend.name, backend.providers)
     return backend
