@@ -45,7 +45,7 @@ def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, 
             lo = max(0, end - max_len)
             inputs.append(x[lo:end])
             targets.append(y[lo:end])
-    return pad_left(inputs, max_len).astype(np.int32), pad_left(targets, max_len).astype(np.int32)
+    return pad_left(inputs, max_len, np.int32), pad_left(targets, max_len, np.int32)
 
 
 def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -155,6 +155,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
             metrics = {"best_epoch": state["best_epoch"], "best_valid_ndcg@10": state["best"],
                        "history": state["history"], "train_seconds": state["seconds"],
                        "data_seconds": data_seconds, "peak_rss_mb": peak_rss_mb(), "world_size": world.size,
+                       "events_per_s": state.get("events_per_s", []),
                        "n_users": ds.n_users, "n_items": ds.n_items, "data": ds.source}
             if final_metrics:
                 metrics.update(final_metrics)
@@ -167,7 +168,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
     while state["epoch"] < tc.epochs:
         net.train()
         order = torch.randperm(len(x_all), generator=shuffle)
-        sums, n_steps = {}, 0
+        sums, n_steps, n_events, t_epoch = {}, 0, 0, time.perf_counter()
         for b in range(steps_per_epoch):
             batch = order[b * B:(b + 1) * B]
             if len(batch) < world.size:
@@ -188,6 +189,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
                 state["first_step_ce"] = world.mean([float(out_d["ce"])])[0]
             state["step"] += 1
             n_steps += 1
+            n_events += int(n_targets_all[batch].sum())  # predicted positions, all ranks
             for key in ("ce", "ce_posterior", "bound"):
                 if key in out_d:
                     sums[key] = sums.get(key, 0.0) + float(out_d[key])
@@ -198,6 +200,9 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
         # single-process value (the aux terms are per-rank means, averaged alike).
         means = world.mean([sums[k] / max(n_steps, 1) for k in keys])
         entry = {"epoch": state["epoch"], **dict(zip(keys, means))}
+        # Throughput of the training steps alone (no evaluation), kept beside the history
+        # so that histories stay comparable between runs.
+        state.setdefault("events_per_s", []).append(n_events / max(time.perf_counter() - t_epoch, 1e-9))
         if state["epoch"] % tc.eval_every == 0 or state["epoch"] == tc.epochs:
             v = evaluate(model, sets["valid"], sampling=sampling, **eval_kw)
             entry["valid_ndcg@10"] = v["ndcg@10"]
