@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, load_train_state, save_checkpoint
-from .config import RunConfig, TrainConfig
+from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, pad_left
 from .distributed import World
 from .evaluation import eval_sets, evaluate
@@ -68,6 +68,24 @@ def make_loss(tc: TrainConfig, n_items: int, popularity: np.ndarray, device: tor
                           in_batch=tc.in_batch_negatives, generator=g).to(device)
 
 
+def check_full_ce_fits(tc: TrainConfig, n_items: int, max_len: int, device: torch.device, world_size: int) -> None:
+    """Refuse, before the first step, a full-CE run whose logits alone cannot fit: a clear
+    error naming the fix instead of the kernel's OOM kill minutes later."""
+    if tc.loss != "full":
+        return
+    need = 3 * 4 * -(-tc.batch_size // world_size) * max_len * (n_items + 1)  # logits, softmax, grad
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.8 * have:
+        raise ConfigError(f"full-catalog CE over {n_items:,} items needs ~{need / 2**30:.1f} GiB of logits per step "
+                          f"at batch {tc.batch_size} (this {device.type} has {have / 2**30:.0f} GiB): "
+                          "use loss = 'sampled' (--loss sampled --negatives N) or a smaller batch")
+    if n_items > 200_000:
+        log.warning("full-catalog CE over %d items: consider loss = 'sampled' (docs/training.md)", n_items)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -109,6 +127,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
     log.info("data: %d users, %d items, %d training windows in %.1f s (peak RSS %.0f MB)",
              ds.n_users, ds.n_items, len(x_all_np), data_seconds, peak_rss_mb())
 
+    check_full_ce_fits(tc, ds.n_items, run.model.max_len, device, world.size)
     model = SASRec(run.model).to(device)
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,

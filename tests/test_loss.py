@@ -123,3 +123,13 @@ def test_sampled_softmax_learns_the_synthetic_process(tmp_path, tiny_dataset):
     assert sampled.metrics["valid"]["ndcg@10"] > untrained["ndcg@10"] + 0.02
     assert sampled.metrics["valid"]["ndcg@10"] > 0.6 * full.metrics["valid"]["ndcg@10"]
     assert sampled.checkpoint.run.train.loss == "sampled"
+
+
+def test_full_ce_that_cannot_fit_is_refused_before_training(tmp_path):
+    from genattn.training import check_full_ce_fits
+
+    tc = TrainConfig(batch_size=128)
+    with pytest.raises(ConfigError, match="--loss sampled"):
+        check_full_ce_fits(tc, 10**9, 50, torch.device("cpu"), 1)
+    check_full_ce_fits(tc, 10_000, 50, torch.device("cpu"), 1)  # fits: no error
+    check_full_ce_fits(TrainConfig(loss="sampled"), 10**9, 50, torch.device("cpu"), 1)
