@@ -18,6 +18,7 @@ Torch-free: numpy, the standard library and (lazily) onnxruntime / tensorrt.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -98,6 +99,10 @@ def graph_buckets(opts: "BackendOptions") -> tuple[int, ...]:
     if opts.cuda_graph_batch is not None:
         return check_buckets([opts.cuda_graph_batch])
     return check_buckets(opts.cuda_graph_buckets)
+
+
+def _without_graphs(opts: "BackendOptions") -> "BackendOptions":
+    return dataclasses.replace(opts, cuda_graph_buckets=(), cuda_graph_batch=0)
 
 
 def cpu_route_limit(timings: Mapping[int, tuple[float, float]], margin: float = 0.9) -> int:
@@ -217,11 +222,17 @@ class OrtBackend(Backend):
                 raise BackendUnavailableError(msg)
             log.warning("%s; falling back to CPU", msg)
             requested, want = "cpu", CPU_EP
+        graphs = requested == "cuda" and bool(graph_buckets(opts))
         providers = self._providers(requested, model_path)
         so = make_session_options(opts)
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, RuntimeException)
+            if graphs:  # e.g. a node ONNX Runtime places on the CPU: graph capture refused, CUDA still fine
+                log.warning("CUDA graphs refused by ONNX Runtime (%s: %s); running without them",
+                            type(e).__name__, str(e)[:300])
+                self.__init__(model_path, manifest, requested, _without_graphs(opts), strict)
+                return
             if requested == "cpu":  # nothing to fall back to: the model itself does not load
                 raise BundleError(f"bundle {manifest.path}: ONNX Runtime cannot load {model_path.name} "
                                   f"({type(e).__name__}: {str(e)[:300]})") from e
@@ -240,9 +251,17 @@ class OrtBackend(Backend):
         self.output_names = [OUTPUT_ITEMS, OUTPUT_SCORES]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._graph = None
-        buckets = graph_buckets(opts)
-        if self.name == "cuda" and buckets:
-            self._graph = _CudaGraphRunner(self, buckets)
+        if self.name == "cuda" and graphs:
+            try:
+                self._graph = _CudaGraphRunner(self, graph_buckets(opts))
+            except Exception as e:  # capture failed: a session without graph capture serves instead
+                log.warning("CUDA graph capture failed (%s: %s); running without CUDA graphs",
+                            type(e).__name__, str(e)[:300])
+                self.session = None
+                self.__init__(model_path, manifest, requested, _without_graphs(opts), strict)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "cuda_graph_buckets": list(self._graph.buckets) if self._graph else []}
 
     @staticmethod
     def _io(args) -> list[tuple[str, str, list]]:
@@ -464,10 +483,10 @@ def create_backend(requested: str, manifest: Manifest, model_path: Path, opts: B
     if requested == "auto":
         avail = available_providers()
         for pick in [n for n in ("tensorrt-ep", "cuda") if _EP_OF[n] in avail] + ["cpu"]:
-            try:
-                backend = OrtBackend(model_path, manifest, pick, opts, strict=False)
+            try:  # strict: a pick that would run on a fallback provider gives way to the next pick
+                backend = OrtBackend(model_path, manifest, pick, opts, strict=True)
             except BackendUnavailableError as e:
-                log.warning("%s; trying the next backend", e)
+                log.info("%s; trying the next backend", e)
                 continue
             log.info("backend auto -> %s (providers %s)", backend.name, backend.providers)
             return _with_cpu_route(backend, model_path, manifest, opts)

@@ -195,3 +195,51 @@ def test_auto_keeps_a_cpu_backend_alone(bundle_root):
     m = _manifest(bundle_root)
     be = OrtBackend(bundle(bundle_root, "softmax") / "model.onnx", m, "cpu", BackendOptions(threads=1))
     assert _with_cpu_route(be, bundle(bundle_root, "softmax") / "model.onnx", m, BackendOptions()) is be
+
+
+def test_cuda_graph_refusal_falls_back_to_plain_cuda(bundle_root, monkeypatch, caplog):
+    """ONNX Runtime refuses graph capture when a node lands on the CPU: the backend then opens
+    the session without graphs instead of failing (simulated: no CUDA here)."""
+    import logging
+
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    asked = []
+
+    def session(path, so, providers):
+        opts = dict(providers[0][1]) if isinstance(providers[0], tuple) else {}
+        asked.append(opts.get("enable_cuda_graph"))
+        if opts.get("enable_cuda_graph") == "1":
+            raise RuntimeError("graph capture needs every node on the CUDA EP")
+        return real(path, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_EP, "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with caplog.at_level(logging.WARNING, logger="genattn_runtime"):
+        be = OrtBackend(bundle(bundle_root, "softmax") / "model.onnx", _manifest(bundle_root), "cuda",
+                        BackendOptions(threads=1))
+    assert asked == ["1", None] and graph_buckets(be.opts) == () and be._graph is None
+    assert "CUDA graphs refused" in caplog.text
+    items, _ = be.run(_feeds(3, seed=1, names=be.input_names))
+    assert items.shape == (3, K)
+
+
+def test_auto_skips_a_gpu_pick_that_would_fall_back(bundle_root, monkeypatch, tmp_path, caplog):
+    """onnxruntime-gpu lists TensorRT even where its libraries are missing; ONNX Runtime then runs
+    the TensorRT pick on CUDA without the CUDA backend's graphs. auto moves on to the next pick
+    instead (simulated: both GPU providers listed, neither can start here)."""
+    import logging
+
+    import onnxruntime as ort
+
+    from genattn_runtime.backends import TRT_EP, create_backend
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT_EP, CUDA_EP, "CPUExecutionProvider"])
+    b = bundle(bundle_root, "softmax")
+    with caplog.at_level(logging.INFO, logger="genattn_runtime"):
+        be = create_backend("auto", _manifest(bundle_root), b / "model.onnx",
+                            BackendOptions(threads=1, trt_cache_dir=tmp_path))
+    assert be.name == "cpu"
+    tried = [r.getMessage() for r in caplog.records if "trying the next backend" in r.getMessage()]
+    assert len(tried) == 2 and "'tensorrt-ep'" in tried[0] and "'cuda'" in tried[1], tried

@@ -151,20 +151,21 @@ class Group:
 
     # -- runtime
     def recommender(self, backend: str, precision: str):
-        key = (RUNTIME_BACKEND[backend], precision)
+        rb = RUNTIME_BACKEND[backend]
+        key = (backend if backend in ("ort-cuda-nograph", "ort-auto") else rb, precision)
         if key in self._recs:
             return self._recs[key]
         from genattn_runtime import BackendUnavailableError, Recommender
 
-        rb = RUNTIME_BACKEND[backend]
         if rb == "tensorrt":  # one engine per precision, built from model.fp16.onnx for fp16
             bundle = self.bundles.get(self.key, fp16=precision == "fp16", trt=True)
-        else:  # GPU EPs: one bundle holding model.onnx and model.fp16.onnx serves both precisions
-            gpu_fp16 = rb in ("cuda", "tensorrt-ep") and "fp16" in self.s.suite.precisions
-            bundle = self.bundles.get(self.key, fp16=gpu_fp16)
+        else:  # one bundle holding model.onnx and model.fp16.onnx serves both precisions (and ort-cpu)
+            bundle = self.bundles.get(self.key, fp16="fp16" in self.s.suite.precisions)
         kw: dict = {"threads": self.threads, "strict": True}
-        if rb in ("cuda", "tensorrt-ep"):
+        if rb in ("cuda", "tensorrt-ep", "auto"):
             kw["precision"] = precision
+        if backend == "ort-cuda-nograph":
+            kw["cuda_graph_batch"] = 0
         if rb == "tensorrt-ep":
             kw.update(trt_cache_dir=bundle.parent / "trt_cache", trt_fp16=precision == "fp16",
                       trt_max_batch=self.trt_max_batch)
@@ -172,7 +173,7 @@ class Group:
             rec = Recommender.load(bundle, backend=rb, **kw)
         except BackendUnavailableError as e:
             raise Skip(f"{backend}: {e}") from None
-        if rec.backend != rb:
+        if rec.backend != rb and rb != "auto":
             rec.close()
             raise Skip(f"{backend}: the runtime fell back to {rec.backend} ({rec.providers})")
         self._recs[key] = rec
@@ -201,9 +202,10 @@ def make_call(g: Group, backend: str, precision: str, batch: int) -> tuple[Calla
     cyc = itertools.cycle(range(len(pool)))
     facts: dict = {}
 
-    if backend in ("ort-cpu", "ort-cuda", "ort-trt-ep", "tensorrt"):
+    if backend in ("ort-cpu", "ort-cuda", "ort-cuda-nograph", "ort-auto", "ort-trt-ep", "tensorrt"):
         rec = g.recommender(backend, precision)
         facts["providers"] = rec.providers
+        facts["runtime_backend"] = rec._backend.describe()  # what runs: graph buckets, auto's CPU route
         items, _ = rec.recommend_indices(pool[0], k=k, exclude=pool[0])
         facts["topk_agreement_vs_torch_cpu_fp32"] = topk_agreement(items, g.reference(batch), k)
 
@@ -354,7 +356,7 @@ def backend_status(names: list[str]) -> dict[str, str | None]:
             why = cuda_why
         elif b.bundle:
             why = ort_why or export_why
-            if why is None and name == "ort-cuda" and "CUDAExecutionProvider" not in providers:
+            if why is None and name in ("ort-cuda", "ort-cuda-nograph") and "CUDAExecutionProvider" not in providers:
                 why = (f"this onnxruntime build has no CUDAExecutionProvider (providers: {providers}); "
                        "needs onnxruntime-gpu")
             if why is None and name == "ort-trt-ep" and "TensorrtExecutionProvider" not in providers:

@@ -93,6 +93,27 @@ def evaluate_targets(cells: list[dict], overhead: dict, s: Settings, gpu_present
         tg.gpu_batch256_users_per_s, True, " users/s",
         {"backend": best and best["backend"],
          "candidates": {c["backend"]: c["throughput_users_per_s"] for c in b256}}, None if best else no_gpu)
+    if "ort-cuda" in s.suite.backends:  # the runtime's own GPU backend against torch CUDA graphs
+        for kind in [k for k in ("diffusion", "vae", "softmax") if k in s.suite.kinds]:
+            oc = _find(cells, s, kind=kind, backend="ort-cuda", precision="fp32", batch=1)
+            tc = _find(cells, s, kind=kind, backend="torch-cuda-graph", precision="fp32", batch=1)
+            ratio = oc["latency_ms"]["p50"] / tc["latency_ms"]["p50"] if oc and tc else None
+            row(f"ort_cuda_vs_torch_graph_{kind}", f"ONNX Runtime CUDA (runtime defaults) p50 <= "
+                f"{tg.ort_cuda_vs_torch_graph:g}x torch CUDA graphs, same card, batch 1, fp32, {kind}", ratio,
+                tg.ort_cuda_vs_torch_graph, False, "x",
+                {"ort_cuda_p50_ms": oc and oc["latency_ms"]["p50"],
+                 "torch_cuda_graph_p50_ms": tc and tc["latency_ms"]["p50"]},
+                None if ratio is not None else (no_gpu if not gpu_present else
+                                                "needs ort-cuda and torch-cuda-graph fp32 cells at batch 1"))
+        b256 = [c for c in cells if c["backend"] in ("ort-cuda", "ort-auto") and c["kind"] == "diffusion"
+                and _at_default(c, s, batch=256)]
+        best = max(b256, key=lambda c: c["throughput_users_per_s"]) if b256 else None
+        row("ort_cuda_throughput_batch256", f"ONNX Runtime CUDA, batch 256, diffusion {d.steps} steps: "
+            f"> {tg.gpu_batch256_users_per_s:,.0f} users/s", best and best["throughput_users_per_s"],
+            tg.gpu_batch256_users_per_s, True, " users/s",
+            {"backend": best and best["backend"], "precision": best and best["precision"],
+             "candidates": {f"{c['backend']} {c['precision']}": c["throughput_users_per_s"] for c in b256}},
+            None if best else (no_gpu if not gpu_present else "no ort-cuda diffusion cell at batch 256"))
     return rows
 
 

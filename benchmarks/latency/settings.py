@@ -42,14 +42,21 @@ BACKENDS = {b.name: b for b in [
                 "as torch-cuda, with the serving path captured once per batch size in a torch.cuda.CUDAGraph "
                 "and replayed (inputs copied into the captured buffers)"),
     BackendInfo("ort-cuda", True, True,
-                "Recommender.recommend_indices on ONNX Runtime CUDAExecutionProvider (IO binding), host arrays "
-                "in and out"),
+                "Recommender.recommend_indices on ONNX Runtime CUDAExecutionProvider with the runtime's defaults "
+                "(IO binding, one CUDA graph per padded batch bucket 1/8/64/256), host arrays in and out"),
+    BackendInfo("ort-cuda-nograph", True, True,
+                "as ort-cuda with CUDA graphs off (cuda_graph_batch=0): IO binding only"),
+    BackendInfo("ort-auto", True, True,
+                "Recommender.recommend_indices with backend='auto': on a GPU, ONNX Runtime CUDA with its CUDA "
+                "graph buckets, small batches sent to an ONNX Runtime CPU session where that measured faster at "
+                "load; host arrays in and out"),
     BackendInfo("ort-trt-ep", True, True,
                 "Recommender.recommend_indices on ONNX Runtime TensorrtExecutionProvider, host arrays in and out"),
     BackendInfo("tensorrt", True, True,
                 "Recommender.recommend_indices on the bundle's native TensorRT engine, host arrays in and out"),
 ]}
-RUNTIME_BACKEND = {"ort-cpu": "cpu", "ort-cpu-e2e": "cpu", "ort-cuda": "cuda", "ort-trt-ep": "tensorrt-ep",
+RUNTIME_BACKEND = {"ort-cpu": "cpu", "ort-cpu-e2e": "cpu", "ort-cuda": "cuda", "ort-cuda-nograph": "cuda",
+                   "ort-auto": "auto", "ort-trt-ep": "tensorrt-ep",
                    "tensorrt": "tensorrt"}
 
 
@@ -124,6 +131,7 @@ class TargetsCfg:
     python_overhead_share: float = 0.10
     gpu_p99_ms: float = 1.0
     gpu_batch256_users_per_s: float = 100_000.0
+    ort_cuda_vs_torch_graph: float = 1.0   # ORT CUDA p50 / torch CUDA graph p50, batch 1, fp32, at most
 
 
 @dataclass
