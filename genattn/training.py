@@ -141,10 +141,10 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
         net = torch.compile(net)
     amp = autocast_dtype(tc, device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
-    x_all, y_all = torch.from_numpy(x_all_np), torch.from_numpy(y_all_np)  # stay on the host
-    if cuda:
-        x_all, y_all = x_all.pin_memory(), y_all.pin_memory()
+    x_all, y_all = torch.from_numpy(x_all_np), torch.from_numpy(y_all_np)
     n_targets_all = (y_all != 0).sum(1)
+    if cuda and 2 * x_all.nbytes < 0.1 * torch.cuda.get_device_properties(device).total_memory:
+        x_all, y_all = x_all.to(device), y_all.to(device)  # small next to the card: no copies per step
     sampling = default_sampling(run.model)
     rank_seed = tc.seed + 7919 * world.rank
     rng = torch.Generator(device=device).manual_seed(rank_seed)
@@ -193,8 +193,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
             if len(batch) < world.size:
                 continue  # too few rows for every rank (all ranks skip alike)
             idx = batch[world.rank::world.size]
-            xb = x_all[idx].to(device, non_blocking=True).long()
-            yb = y_all[idx].to(device, non_blocking=True).long()
+            xb, yb = (_rows(t, idx, device) for t in (x_all, y_all))
             beta = run.model.beta * min(1.0, (state["step"] + 1) / max(run.model.beta_warmup_steps, 1))
             with autocast():
                 out_d = net(xb, yb, rng=rng, beta=beta, loss=loss_fn,
@@ -211,13 +210,13 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
             n_events += int(n_targets_all[batch].sum())  # predicted positions, all ranks
             for key in ("ce", "ce_posterior", "bound"):
                 if key in out_d:
-                    sums[key] = sums.get(key, 0.0) + float(out_d[key])
+                    sums[key] = sums.get(key, 0.0) + out_d[key].detach().float()  # no sync per step
         state["epoch"] += 1
         state["seconds"] = time.perf_counter() - t0
         keys = sorted(sums)
         # A rank's CE is its sum over the global count / world size: the ranks' mean is the
         # single-process value (the aux terms are per-rank means, averaged alike).
-        means = world.mean([sums[k] / max(n_steps, 1) for k in keys])
+        means = world.mean([float(sums[k]) / max(n_steps, 1) for k in keys])
         entry = {"epoch": state["epoch"], **dict(zip(keys, means))}
         # Throughput of the training steps alone (no evaluation), kept beside the history
         # so that histories stay comparable between runs.
@@ -252,6 +251,17 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
     from .checkpoint import load_checkpoint
     ck = load_checkpoint(out, device=device)
     return TrainResult(checkpoint=ck, metrics=final)
+
+
+def _rows(table: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch's int32 rows as int64 on `device`. From host memory to a GPU the rows are
+    gathered into pinned memory (PyTorch's caching host allocator reuses it safely) and
+    copied without blocking, so the copy overlaps the previous step's kernels."""
+    if table.device == device:
+        return table[idx.to(device)].long()
+    rows = torch.empty((len(idx), table.shape[1]), dtype=table.dtype, pin_memory=device.type == "cuda")
+    torch.index_select(table, 0, idx, out=rows)
+    return rows.to(device, non_blocking=True).long()
 
 
 def _flat_rng(per_rank: list[dict]) -> dict[str, torch.Tensor]:
