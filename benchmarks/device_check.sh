@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# GPU latency check for a lent GPU machine (H100 / H200: CUDA PyTorch, numpy, onnx,
-# onnxruntime CPU and matplotlib present; no network, no onnxruntime-gpu, no TensorRT).
-# Run from the repository root; writes everything into $OUT (default ./device_out):
-#   latency.json, latency.md, PNG plots, latency.log, nvidia-smi.txt
+# The prepared GPU check (one run, < 5 min on an H100): the runtime's ONNX Runtime CUDA backend
+# with its defaults (a CUDA graph per padded batch bucket 1/8/64/256) against torch CUDA graphs
+# on the same card, batch 1 and 256, softmax / vae / diffusion, fp32 and fp16; beside them the
+# same backend without CUDA graphs, backend="auto" (its CPU route) and ONNX Runtime CPU
+# (benchmarks/configs/gpu_check.toml). Run from the repository root on a GPU machine:
 #
-#   bash benchmarks/device_check.sh
+#   bash benchmarks/device_check.sh            # extra arguments go to benchmarks.latency
 #
-# Installs nothing: the three import packages are put on PYTHONPATH from the working
-# tree (genattn_runtime and genattn_export live in runtime/ and export/, so they are
-# linked under their import names). Backends that cannot run (ORT CUDA / TensorRT EP
-# without onnxruntime-gpu, native TensorRT without tensorrt) are skipped by the suite
-# with the reason in the results. The suite keeps a 380 s budget (gpu.toml) inside
-# `timeout 450`; it writes partial results after every model, so a timeout still
-# leaves a usable latency.json.
+# onnxruntime-gpu (the lent machines have none and no registry): on the CPU machine,
+# ../shared/tools/ortgpu-parts writes .ortgpu1 .. .ortgpuN (onnxruntime-gpu 1.31.1, CUDA 13);
+# carry parts 1..N-1 in back-to-back calls that move them into /tmp/ortgpu (the tool prints
+# those calls), then the last part with this script:
+#   carry [".ortgpuN"], command: mkdir -p /tmp/ortgpu && mv .ortgpuN/* /tmp/ortgpu/ && bash benchmarks/device_check.sh
+# The script unpacks /tmp/ortgpu/part* into /tmp/ortsite (ORTGPU_PARTS / ORTGPU_SITE override
+# them) and puts it first on PYTHONPATH, with the CUDA libraries of the torch install on
+# LD_LIBRARY_PATH. Without it the ort-* backends are skipped with the reason in the results.
+#
+# Results: benchmarks/results/<machine>/gpu_check/ (latency.json, latency.md, PNG plots,
+# latency.log, nvidia-smi.txt), <machine> = gpu-<GPU model>; copied to $OUT/<machine>/gpu_check
+# when $OUT is set (a device run brings $OUT back: copy it into benchmarks/results/ and commit).
+# The suite keeps a 180 s budget inside `timeout 240` and writes partial results after every
+# model, so a timeout still leaves a usable latency.json.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
-OUT="${OUT:-$ROOT/device_out}"
-mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-
-{ nvidia-smi; echo; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit \
-    --format=csv; } > "$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed (no NVIDIA driver?)" >> "$OUT/nvidia-smi.txt"
 
 # Import names -> working-tree folders, without installing anything.
 SHIM="$(mktemp -d)"
@@ -31,11 +34,38 @@ ln -s "$ROOT/runtime" "$SHIM/genattn_runtime"
 ln -s "$ROOT/export" "$SHIM/genattn_export"
 export PYTHONPATH="$SHIM:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+# onnxruntime-gpu from the carried parts (see above).
+PARTS="${ORTGPU_PARTS:-/tmp/ortgpu}"
+SITE="${ORTGPU_SITE:-/tmp/ortsite}"
+ORT_NOTE="onnxruntime-gpu: none (no $SITE/onnxruntime, no $PARTS/part*); the ort-* backends are skipped"
+if [ ! -d "$SITE/onnxruntime" ] && compgen -G "$PARTS/part*" > /dev/null; then
+    mkdir -p "$SITE"
+    cat "$PARTS"/part* | xz -T0 -d | tar -x -C "$SITE"
+fi
+if [ -d "$SITE/onnxruntime" ]; then
+    export PYTHONPATH="$SITE:$PYTHONPATH"
+    NV="$("$PY" -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)"
+    if [ -n "$NV" ]; then
+        export LD_LIBRARY_PATH="$(find "$NV" -maxdepth 2 -name lib -type d | tr '\n' ':')${LD_LIBRARY_PATH:-}"
+    fi
+    ORT_NOTE="onnxruntime-gpu: unpacked in $SITE"
+fi
+
+MACHINE="$("$PY" -c 'from benchmarks.latency import machine_slug; from benchmarks.machine import machine_info
+from genattn_runtime.backends import physical_cores
+print(machine_slug(machine_info(), physical_cores()))')"
+REL="benchmarks/results/$MACHINE/gpu_check"   # repository-relative: it is recorded in the results
+mkdir -p "$REL"
+LOG="$REL/latency.log"
+echo "$ORT_NOTE" | tee "$LOG"
+
+{ nvidia-smi; echo; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit \
+    --format=csv; } > "$REL/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed (no NVIDIA driver?)" >> "$REL/nvidia-smi.txt"
+
 # What this machine has; a missing piece is reported and the part that needs it skipped.
-{ "$PY" - <<'EOF' 2>&1 | tee "$OUT/latency.log"
+{ "$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
 import importlib.util
-for mod in ("torch", "numpy", "safetensors", "onnx", "onnxscript", "onnxruntime", "matplotlib",
-            "pandas", "tensorrt", "fastapi", "uvicorn", "httpx"):
+for mod in ("torch", "numpy", "safetensors", "onnx", "onnxscript", "onnxruntime", "matplotlib", "tensorrt"):
     print(f"{mod:12s} {'present' if importlib.util.find_spec(mod) else 'MISSING'}")
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
@@ -48,17 +78,24 @@ except ImportError:
 EOF
 } || true
 
-if ! "$PY" -c "import torch, numpy, safetensors; assert torch.cuda.is_available()" >> "$OUT/latency.log" 2>&1; then
-    echo "torch with CUDA, numpy and safetensors are needed for the GPU latency suite; nothing run" | tee -a "$OUT/latency.log"
+if ! "$PY" -c "import torch, numpy, safetensors; assert torch.cuda.is_available()" >> "$LOG" 2>&1; then
+    echo "torch with CUDA, numpy and safetensors are needed for the GPU check; nothing run" | tee -a "$LOG"
     exit 0
 fi
 
+# The CUDA-only tests (torch serving path on the GPU equals CPU); a failure is reported, the run goes on.
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -k cuda 2>&1 | tail -5 | tee -a "$LOG" || true
+
 rc=0
-timeout 450 "$PY" -m benchmarks.latency --config benchmarks/configs/gpu.toml --out "$OUT" \
-    --cache /tmp/genattn_latency_cache "$@" 2>&1 | tee -a "$OUT/latency.log" || rc=$?
-echo "benchmarks.latency exit status: $rc" | tee -a "$OUT/latency.log"
-if [ -f "$OUT/latency.md" ]; then
-    sed -n '/^## Targets/,/^## What is timed/p' "$OUT/latency.md"
+timeout 240 "$PY" -m benchmarks.latency --config benchmarks/configs/gpu_check.toml --out "$REL" "$@" \
+    2>&1 | tee -a "$LOG" || rc=$?
+echo "benchmarks.latency exit status: $rc" | tee -a "$LOG"
+if [ -f "$REL/latency.md" ]; then
+    sed -n '/^## Targets/,/^## What is timed/p' "$REL/latency.md"
 fi
-ls -la "$OUT"
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT/$MACHINE"
+    cp -r "$REL" "$OUT/$MACHINE/"
+    ls -la "$OUT/$MACHINE/gpu_check"
+fi
 exit "$rc"
