@@ -18,9 +18,10 @@ from genattn.checkpoint import CheckpointError, checkpoint_data, load_checkpoint
 from genattn.data import DataError, leave_one_out, pad_left
 from genattn.fileio import atomic_dir
 from genattn.models import Sampling
-from genattn_runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_entry, manifest_text
+from genattn_runtime.bundle import ANN_FORMAT_VERSION, FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_entry, manifest_text
 
-from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, finalize_onnx, to_onnx
+from .ann import AnnOptions
+from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, StateGraph, finalize_onnx, to_onnx
 from .tensorrt import check_tensorrt_graph
 from .verify import cases, check_deterministic, check_parity
 
@@ -51,6 +52,7 @@ class ExportOptions:
     trt_opt_batch: int = 8
     trt_max_batch: int = 256
     sign_key: str | Path | None = None  # Ed25519 private key (PEM): also write manifest.sig (docs/export.md)
+    ann: AnnOptions | None = None   # carry an ANN index; the graph then outputs the user state (export/ann.py)
 
     def sampling(self, kind: str) -> Sampling | None:
         if kind == "diffusion":
@@ -123,9 +125,28 @@ def _triton_name(opts: ExportOptions, out: str | Path) -> str | None:
     return name
 
 
+def _check_ann(opts: ExportOptions) -> None:
+    """An ANN bundle serves top-K from the index: options that shape a top-K graph do not apply."""
+    if opts.ann is None:
+        return
+    opts.ann.check()
+    from genattn_runtime.ann import AnnUnavailableError, import_faiss
+
+    try:  # before the work: a missing library fails in a second
+        import_faiss()
+    except AnnUnavailableError as e:
+        raise ExportError(str(e).replace("this bundle searches", "--ann builds")) from None
+    clash = [flag for flag, on in (("--tensorrt", opts.tensorrt), ("--triton", opts.triton),
+                                   ("--fp16", opts.fp16), ("--full-scores", opts.full_scores)) if on]
+    if clash:
+        raise ExportError(f"--ann cannot be combined with {', '.join(clash)}: an ANN bundle's graph outputs the "
+                          "user state and the index ranks the catalog (export a second, exact bundle for those)")
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions | None = None) -> dict:
     """Export, verify and write the bundle folder atomically; returns the manifest."""
     opts = opts or ExportOptions()
+    _check_ann(opts)
     signer = _signing_key(opts.sign_key)  # before the work: a bad key fails in a second, not after the export
     triton_name = _triton_name(opts, out)  # likewise a bad Triton name or a clash in its repository
     ck = load_checkpoint(checkpoint)
@@ -135,9 +156,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         raise ExportError(f"--steps {sampling.n_steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
     k = min(opts.k, cfg.n_items, MAX_K)
     noise_size = model.noise_size(sampling) if sampling is not None else 0
-    spec = GraphSpec.build(model, k=k, noise_size=noise_size, exclude=opts.exclude_in_graph,
-                           full_scores=opts.full_scores)
-    graph = ServingGraph(model, sampling, k, opts.exclude_in_graph, bool(noise_size), opts.full_scores)
+    if opts.ann is not None:
+        spec = GraphSpec.build_state(model, noise_size=noise_size)
+        graph = StateGraph(model, sampling, bool(noise_size))
+    else:
+        spec = GraphSpec.build(model, k=k, noise_size=noise_size, exclude=opts.exclude_in_graph,
+                               full_scores=opts.full_scores)
+        graph = ServingGraph(model, sampling, k, opts.exclude_in_graph, bool(noise_size), opts.full_scores)
 
     with atomic_dir(out) as tmp:
         onnx_path = tmp / "model.onnx"
@@ -152,15 +177,25 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         if trt_problems:
             log.warning("graph would not pass the TensorRT contract check: %s", trt_problems)
 
-        real = _real_sequences(ck, opts.verify_users)
-        parity_cases = cases(spec, cfg.n_items, real, noise_size)
-        parity = {"fp32": check_parity(graph, spec, str(onnx_path), parity_cases)}
+        real = _real_sequences(ck, max(opts.verify_users, opts.ann.recall_users if opts.ann else 0))
+        parity_cases = cases(spec, cfg.n_items, None if real is None else real[:opts.verify_users], noise_size)
+        files = {"model.onnx": onnx_path}
+        ann_entry = None
+        if opts.ann is not None:
+            from .ann import build_and_check, check_state_parity, item_vectors, recall_queries
+
+            vectors = item_vectors(model)
+            parity = {"fp32": check_state_parity(graph, str(onnx_path), [c.feeds for c in parity_cases],
+                                                 vectors, min(k, cfg.n_items))}
+            queries, source = recall_queries(spec, cfg.n_items, real, opts.ann.recall_users, noise_size)
+            ann_name, ann_entry = build_and_check(graph, spec, vectors, queries, source, opts.ann, tmp)
+            files[ann_name] = tmp / ann_name
+        else:
+            parity = {"fp32": check_parity(graph, spec, str(onnx_path), parity_cases)}
         parity["deterministic_bit_identical"] = check_deterministic(str(onnx_path), parity_cases[1].feeds)
         if sampling is None or noise_size == 0:
             if not parity["deterministic_bit_identical"]:
                 raise ExportError("deterministic graph gave different outputs in two ONNX Runtime sessions")
-
-        files = {"model.onnx": onnx_path}
         if opts.fp16:
             from .precision import to_fp16
 
@@ -191,7 +226,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
 
         manifest = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": ANN_FORMAT_VERSION if ann_entry else FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "attention": cfg.attention,
             "model": asdict(cfg),
@@ -222,6 +257,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
             "tensorrt_graph_check": {"passed": not trt_problems, "problems": trt_problems,
                                      "checked_against": "onnx-tensorrt operators.md, TensorRT 10.x"},
             "triton": None,
+            **({"ann": ann_entry} if ann_entry else {}),
             "files": {name: file_entry(p) for name, p in files.items()},
         }
         _write_manifest(tmp, manifest, signer)

@@ -4,6 +4,7 @@ Inputs  item_seq int64 [batch, max_len] (left-padded internal indices)
         exclude_items int64 [batch, max_len] (optional; indices scored -inf)
         noise float32 [batch, noise_size] (stochastic samplers only)
 Outputs top_items int64 [batch, K], top_scores float32 [batch, K], scores (optional)
+        or, with an ANN index (StateGraph): user_state float32 [batch, d_model] only
 Only the newest position is scored; the sampler is unrolled to its fixed step count.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from genattn.models import SASRec, Sampling
-from genattn_runtime.bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_ITEMS, OUTPUT_SCORES
+from genattn_runtime.bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_ITEMS, OUTPUT_SCORES,
+                                    OUTPUT_STATE)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,12 @@ class GraphSpec:
             outs.append(TensorSpec(OUTPUT_ALL, score_dtype, ["batch", N + 1]))
         return cls(ins, outs)
 
+    @classmethod
+    def build_state(cls, model: SASRec, *, noise_size: int) -> "GraphSpec":
+        """The ANN bundle's graph: the same inputs minus exclusion, the user state out."""
+        spec = cls.build(model, k=1, noise_size=noise_size, exclude=False, full_scores=False)
+        return cls(spec.inputs, [TensorSpec(OUTPUT_STATE, "float32", ["batch", model.cfg.d_model])])
+
     @property
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
@@ -96,6 +104,19 @@ class ServingGraph(nn.Module):
         scores = self.masked_scores(item_seq, exclude_items, noise)
         top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
         return (top_items, top_scores, scores) if self.full_scores else (top_items, top_scores)
+
+
+class StateGraph(nn.Module):
+    """What an ANN bundle exports: the user state that the exact graph multiplies by the item table
+    (scores = state . item_emb[i]); the runtime searches the index with it."""
+
+    def __init__(self, model: SASRec, sampling: Sampling | None, noise: bool):
+        super().__init__()
+        self.model, self.sampling, self.noise = model, sampling, noise
+        self.eval()
+
+    def forward(self, item_seq: Tensor, noise: Tensor | None = None) -> Tensor:
+        return self.model.user_state(item_seq, self.sampling, noise if self.noise else None)  # (B, D)
 
 
 def example_inputs(spec: GraphSpec, batch: int, n_items: int, seed: int = 0) -> dict[str, Tensor]:

@@ -144,24 +144,49 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
 @click.option("--verify-users", type=int, default=256, show_default=True)
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
               help="Sign the bundle with this Ed25519 private key (PEM; see `genattn keygen`): writes manifest.sig.")
+@click.option("--ann", type=click.Choice(["hnsw", "ivfpq"]),
+              help="Carry an ANN index over the items (needs 'genattn[ann]'); the graph outputs the user state.")
+@click.option("--ann-m", type=int, default=32, show_default=True, help="hnsw: links per node.")
+@click.option("--ann-ef-construction", type=int, default=200, show_default=True, help="hnsw: build breadth.")
+@click.option("--ann-ef-search", type=int, default=128, show_default=True,
+              help="hnsw: search breadth (Recommender.load(ef_search=...) overrides it).")
+@click.option("--ann-nlist", type=int, help="ivfpq: inverted lists [default: 4*sqrt(items)].")
+@click.option("--ann-nprobe", type=int, default=64, show_default=True,
+              help="ivfpq: lists searched (Recommender.load(nprobe=...) overrides it).")
+@click.option("--ann-pq-m", type=int, help="ivfpq: PQ sub-quantizers, dividing d_model [default: d_model/4].")
+@click.option("--ann-k-factor", type=float, default=16.0, show_default=True,
+              help="ivfpq: PQ candidates re-ranked exactly, as a multiple of k.")
+@click.option("--ann-min-recall", type=float, default=0.95, show_default=True,
+              help="Refuse the export when the index's recall@10 against exact scoring is lower.")
+@click.option("--ann-recall-users", type=int, default=1000, show_default=True,
+              help="Users (real when the checkpoint's data is here) the recall is measured on.")
 def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_scores, no_exclude_in_graph, opset,
                fp16, slim, torchscript, tensorrt, triton, triton_name, triton_force, verify_users,
-               sign_key) -> None:
-    """Export a checkpoint to a verified bundle (ONNX + manifest [+ TensorRT, Triton])."""
+               sign_key, ann, ann_m, ann_ef_construction, ann_ef_search, ann_nlist, ann_nprobe, ann_pq_m,
+               ann_k_factor, ann_min_recall, ann_recall_users) -> None:
+    """Export a checkpoint to a verified bundle (ONNX + manifest [+ TensorRT, Triton, ANN index])."""
     from genattn_export import ExportError, ExportOptions, export_bundle
+    from genattn_export.ann import AnnOptions
 
     opts = ExportOptions(steps=steps, eta=eta, start=start, vae_mode=vae_mode, samples=samples, k=k,
                          full_scores=full_scores, exclude_in_graph=not no_exclude_in_graph, opset=opset,
                          fp16=fp16, slim=slim, dynamo=not torchscript, tensorrt=tensorrt, triton=triton,
                          triton_name=triton_name, triton_force=triton_force,
-                         verify_users=verify_users, sign_key=sign_key)
+                         verify_users=verify_users, sign_key=sign_key,
+                         ann=None if ann is None else AnnOptions(
+                             kind=ann, m=ann_m, ef_construction=ann_ef_construction, ef_search=ann_ef_search,
+                             nlist=ann_nlist, nprobe=ann_nprobe, pq_m=ann_pq_m, k_factor=ann_k_factor,
+                             min_recall=ann_min_recall, recall_users=ann_recall_users))
     try:
         m = export_bundle(checkpoint, out, opts)
     except (ExportError, ValueError, RuntimeError) as e:
         _fail(e)
     p = m["parity"]["fp32"]
+    a = m.get("ann")
     click.echo(f"wrote {out}: {m['attention']} graph, {m['graph']['nodes']} nodes, K={m['k']}, "
-               f"parity max|diff| {p['max_abs_diff']:.2e}, top-K overlap {p['min_topk_overlap']:.3f}")
+               f"parity max|diff| {p['max_abs_diff']:.2e}, top-K overlap {p['min_topk_overlap']:.3f}"
+               + (f", {a['kind']} index recall@10 {a['recall']['recall_at_10']:.4f} ({a['recall']['source']} users)"
+                  if a else ""))
 
 
 @main.command(cls=_OneLineErrors)

@@ -7,6 +7,7 @@ A bundle is a folder:
     model.onnx      the serving graph (see docs/export.md)
     items.json      {"item_ids": [raw id of internal index 1..N], "popularity": [N + 1 counts]}
     model.*.engine  optional TensorRT engine (manifest "tensorrt" says which file, GPU and version)
+    items.*.faiss   optional ANN index over the item table (format version 3, manifest "ann"; ann.py)
 
 Nothing in the manifest is trusted as written: `read_manifest` validates every field
 the runtime, the service and `genattn inspect` read (type, range, and the facts the
@@ -32,6 +33,9 @@ from .errors import BundleError
 
 FORMAT = "genattn-bundle"
 FORMAT_VERSION = 2  # 2: manifest_digest required, every needed file must be listed
+ANN_FORMAT_VERSION = 3  # 3: version 2 + an "ann" section; the graph outputs the user state (written only
+                        # for ANN bundles, so a runtime without ANN support refuses them by version)
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION, ANN_FORMAT_VERSION)
 
 MANIFEST_FILE = "manifest.json"
 DIGEST_FIELD = "manifest_digest"
@@ -44,6 +48,7 @@ INPUT_NOISE = "noise"             # float32 [batch, noise_size], standard normal
 OUTPUT_ITEMS = "top_items"        # int64 [batch, K], internal indices, best first
 OUTPUT_SCORES = "top_scores"      # float32 [batch, K]
 OUTPUT_ALL = "scores"             # float32 [batch, n_items + 1]; optional
+OUTPUT_STATE = "user_state"       # float32 [batch, d_model]; ANN bundles' only output (scores = state . item)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -135,10 +140,15 @@ class Manifest:
         return (self.raw.get("tensorrt") or {}).get("file")
 
     @property
+    def ann(self) -> dict | None:
+        """The ANN index's entry (kind, file, params, measured recall), None for exact-scoring bundles."""
+        return self.raw.get("ann")
+
+    @property
     def required_files(self) -> list[str]:
         """Every file the format needs for what this manifest claims; each must be listed and hashed."""
         need = ["model.onnx", "items.json"]
-        need += [n for n in (self.fp16_file, self.engine_file) if n]
+        need += [n for n in (self.fp16_file, self.engine_file, (self.ann or {}).get("file")) if n]
         return need
 
     def file(self, name: str) -> Path:
@@ -206,10 +216,12 @@ class _Schema:
             raise self.fail(where, f"must be true or false, got {_type_name(v)}")
         return v
 
-    def number(self, obj: dict, key: str, where: str) -> float:
+    def number(self, obj: dict, key: str, where: str, lo: float | None = None, hi: float | None = None) -> float:
         v = self.get(obj, key, where)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.fail(where, f"must be a number, got {_type_name(v)}")
+        if (lo is not None and not v >= lo) or (hi is not None and not v <= hi):
+            raise self.fail(where, f"must be in [{lo}, {hi}], got {v!r:.40}")
         return v
 
 
@@ -253,7 +265,7 @@ def _expect_tensors(s: _Schema, got: list[dict], want: list[tuple[str, str, int]
 
 
 def validate_manifest(raw: Any, f: Path) -> dict:
-    """Digest and strict schema of FORMAT_VERSION 2; returns `raw` or raises a BundleError naming the field."""
+    """Digest and strict schema of FORMAT_VERSION 2 (and 3: ANN); returns `raw` or raises a BundleError naming the field."""
     s = _Schema(f)
     if not isinstance(raw, dict):
         raise BundleError(f"{f}: must hold a JSON object, got {_type_name(raw)}")
@@ -261,9 +273,9 @@ def validate_manifest(raw: Any, f: Path) -> dict:
     if fmt != FORMAT:
         raise BundleError(f"{f}: format {fmt!r:.60} is not {FORMAT!r}")
     version = s.get(raw, "format_version", "format_version")
-    if version != FORMAT_VERSION or type(version) is not int:
+    if version not in SUPPORTED_FORMAT_VERSIONS or type(version) is not int:
         raise BundleError(f"{f}: bundle format version {version!r:.40} is not supported by this runtime "
-                          f"(supports {FORMAT_VERSION}); re-export or upgrade genattn")
+                          f"(supports {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); re-export or upgrade genattn")
     digest = s.string(raw, DIGEST_FIELD, DIGEST_FIELD)
     if not digest.startswith("sha256:") or not _SHA256.fullmatch(digest[7:]):
         raise s.fail(DIGEST_FIELD, f"must be 'sha256:' and 64 hex digits, got {digest!r:.80}")
@@ -302,15 +314,19 @@ def validate_manifest(raw: Any, f: Path) -> dict:
         if not isinstance(ts, list) or not ts:
             raise s.fail(f"graph.{side}", f"must be a non-empty array, got {_type_name(ts)}")
         tensors[side] = [_tensor(s, t, f"graph.{side}[{i}]") for i, t in enumerate(ts)]
+    ann = _ann_section(s, raw, version, n_items, model)
     names = [t["name"] for t in tensors["inputs"]]
     want_in = [(INPUT_SEQ, "int64", max_len)]
-    if INPUT_EXCLUDE in names:
+    if INPUT_EXCLUDE in names and ann is None:  # an ANN graph takes no exclusion: the index search does it
         want_in.append((INPUT_EXCLUDE, "int64", max_len))
     if noise_size:
         want_in.append((INPUT_NOISE, "float32", noise_size))
     _expect_tensors(s, tensors["inputs"], want_in, "graph.inputs")
-    want_out = [(OUTPUT_ITEMS, "int64", k), (OUTPUT_SCORES, "float32", k)]
-    if OUTPUT_ALL in [t["name"] for t in tensors["outputs"]]:
+    if ann is not None:
+        want_out = [(OUTPUT_STATE, "float32", ann["dim"])]
+    else:
+        want_out = [(OUTPUT_ITEMS, "int64", k), (OUTPUT_SCORES, "float32", k)]
+    if OUTPUT_ALL in [t["name"] for t in tensors["outputs"]] and ann is None:
         want_out.append((OUTPUT_ALL, "float32", n_items + 1))
     _expect_tensors(s, tensors["outputs"], want_out, "graph.outputs")
     s.integer(graph, "opset", "graph.opset", lo=1)
@@ -364,6 +380,44 @@ def validate_manifest(raw: Any, f: Path) -> dict:
             raise s.fail("files", f"does not list {name}, which the bundle needs: a file the manifest does "
                                   "not hash is not loaded")
     return raw
+
+
+ANN_KINDS = ("hnsw", "ivfpq")
+ANN_PARAMS = {"hnsw": ("m", "ef_construction", "ef_search"), "ivfpq": ("nlist", "nprobe", "pq_m", "pq_bits")}
+
+
+def _ann_section(s: _Schema, raw: dict, version: int, n_items: int, model: dict) -> dict | None:
+    """The "ann" entry: present exactly in version 3; its kind, file, size, width, parameters and the
+    recall export measured (the runtime sets the search parameters from it)."""
+    if version != ANN_FORMAT_VERSION:
+        if "ann" in raw:
+            raise s.fail("ann", f"needs format_version {ANN_FORMAT_VERSION}, the manifest says {version}")
+        return None
+    ann = s.obj(raw, "ann", "ann")
+    kind = s.string(ann, "kind", "ann.kind")
+    if kind not in ANN_KINDS:
+        raise s.fail("ann.kind", f"must be one of {ANN_KINDS}, got {kind!r:.40}")
+    check_file_name(s.get(ann, "file", "ann.file"), "ann.file", s.f)
+    s.string(ann, "library", "ann.library")
+    s.string(ann, "library_version", "ann.library_version", optional=True)
+    if s.get(ann, "metric", "ann.metric") != "inner_product":
+        raise s.fail("ann.metric", f"must be \"inner_product\" (the model's score), got {ann['metric']!r:.40}")
+    dim = s.integer(ann, "dim", "ann.dim", lo=1)
+    if dim != model["d_model"]:
+        raise s.fail("ann.dim", f"is {dim}, but model.d_model is {model['d_model']}")
+    if s.integer(ann, "n_vectors", "ann.n_vectors", lo=1) != n_items:
+        raise s.fail("ann.n_vectors", f"is {ann['n_vectors']}, but n_items is {n_items}")
+    params = s.obj(ann, "params", "ann.params")
+    for key in ANN_PARAMS[kind]:
+        s.integer(params, key, f"ann.params.{key}", lo=1)
+    if kind == "ivfpq":
+        s.number(params, "k_factor", "ann.params.k_factor", lo=1.0)
+    recall = s.obj(ann, "recall", "ann.recall")
+    for key in ("recall_at_10", "min_recall"):
+        s.number(recall, key, f"ann.recall.{key}", lo=0.0, hi=1.0)
+    s.integer(recall, "queries", "ann.recall.queries", lo=1)
+    s.string(recall, "source", "ann.recall.source")
+    return ann
 
 
 def read_manifest(bundle: str | Path) -> Manifest:

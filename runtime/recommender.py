@@ -105,7 +105,9 @@ class Recommender:
         self._released = False
         self.max_len, self.n_items, self.k_max = manifest.max_len, manifest.n_items, manifest.k
         self.noise_size = manifest.noise_size
-        self.exclude_in_graph = manifest.exclude_in_graph
+        # Seen items are removed before top-K: by the graph's exclude_items input, or by the ANN search
+        # (which takes the same input and over-fetches).
+        self.exclude_in_graph = manifest.exclude_in_graph or manifest.ann is not None
         # internal index -> raw id (index 0 = padding); object array so one gather decodes a row
         self._raw = np.array([None, *items.item_ids], dtype=object)
         # Integer catalogs (the common case) encode through a lookup table: one numpy
@@ -129,7 +131,8 @@ class Recommender:
              cuda_graph_batch: int | None = None, trt_cache_dir: str | Path | None = None,
              trt_fp16: bool = False, trt_max_batch: int = 256,
              provider_options: dict | None = None,
-             trusted_keys: Iterable[str | Path | bytes] | None = None) -> "Recommender":
+             trusted_keys: Iterable[str | Path | bytes] | None = None,
+             ef_search: int | None = None, nprobe: int | None = None) -> "Recommender":
         """Read, verify and open a bundle.
 
         backend: "auto" | "cpu" | "cuda" | "tensorrt-ep" | "tensorrt"; `recommender.backend`
@@ -142,6 +145,8 @@ class Recommender:
         an onnxruntime.SessionOptions, or a dict of its attributes (plus "config":
         entries). precision: "fp32" or "fp16" (the bundle's model.fp16.onnx).
         cuda_graph_batch: CUDA EP only, capture a CUDA graph for this fixed batch size.
+        ef_search (hnsw) / nprobe (ivfpq): ANN bundles only, the index's search breadth instead of
+        the export's (higher: better recall, slower; the manifest's "ann.recall" holds the export's).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -164,6 +169,8 @@ class Recommender:
             signed_by = verify_signature(manifest, trusted_keys)
         (verify_files if verify else check_files)(manifest)
         items = cls._read_items(manifest)
+        if manifest.ann is None and (ef_search is not None or nprobe is not None):
+            raise ValueError("ef_search / nprobe apply to bundles exported with --ann; this one scores exactly")
         if precision == "fp32":
             model = manifest.file("model.onnx")
         elif manifest.fp16_file:
@@ -174,7 +181,10 @@ class Recommender:
                               cuda_graph_batch=cuda_graph_batch, trt_cache_dir=trt_cache_dir,
                               trt_fp16=trt_fp16, trt_max_batch=trt_max_batch,
                               provider_options=provider_options or {})
-        be = create_backend(backend, manifest, model, opts, strict=strict)
+        if manifest.ann is not None:
+            be = cls._ann_backend(manifest, model, backend, opts, strict, ef_search, nprobe)
+        else:
+            be = create_backend(backend, manifest, model, opts, strict=strict)
         try:
             rec = cls(manifest, items, be, unknown_items=unknown_items)
             rec.signed_by = signed_by
@@ -183,6 +193,16 @@ class Recommender:
             be.close()
             raise
         return rec
+
+    @staticmethod
+    def _ann_backend(manifest: Manifest, model: Path, backend: str, opts: BackendOptions, strict: bool,
+                     ef_search: int | None, nprobe: int | None) -> Backend:
+        from .ann import AnnBackend, AnnIndex
+
+        meta = manifest.ann
+        index = AnnIndex.load(manifest.file(meta["file"]), meta, manifest.n_items, meta["dim"],
+                              ef_search=ef_search, nprobe=nprobe)
+        return AnnBackend(manifest, model, index, backend, opts, strict=strict)
 
     @staticmethod
     def _read_items(manifest: Manifest) -> ItemTable:
@@ -288,7 +308,9 @@ class Recommender:
                 "n_items": self.n_items, "backend": self.backend, "providers": self.providers,
                 "exclude_in_graph": self.exclude_in_graph, "unknown_items": self.unknown_items,
                 "format_version": raw["format_version"], "created": raw.get("created"),
-                "genattn": raw["tools"].get("genattn"), "signed_by": self.signed_by}
+                "genattn": raw["tools"].get("genattn"), "signed_by": self.signed_by,
+                "ann": ({"library": raw["ann"]["library"], "search": self._backend.describe().get("ann"),
+                         "export_recall_at_10": raw["ann"]["recall"]["recall_at_10"]} if raw.get("ann") else None)}
 
     # ------------------------------------------------------------------ high level
     def recommend(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,

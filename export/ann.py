@@ -1,0 +1,207 @@
+"""ANN index over the item table, built, measured and written at export (`genattn export --ann`).
+
+The bundle then carries a faiss index over items 1..N (row r = internal item r + 1; the
+padding item 0 is never indexed), ranked by inner product, the model's own score. Before
+anything is written, export measures the index's recall@10 against exact scoring on user
+states of the checkpoint's real users (synthetic histories when its data is not usable
+here) and refuses an index below `min_recall`, as parity refuses a graph.
+
+faiss was chosen by measurement over hnswlib and usearch (docs/export.md,
+benchmarks/results/serving_scale.md); the runtime searches with the same code
+(`genattn_runtime.ann`) that measures recall here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genattn_runtime.ann import ID_OFFSET, AnnIndex, import_faiss
+from genattn_runtime.bundle import ANN_KINDS, INPUT_NOISE, INPUT_SEQ, OUTPUT_STATE
+
+from .graph import ExportError, GraphSpec, StateGraph, eval_mode, example_inputs
+from .verify import ATOL, RTOL, ParityError, ort_session
+
+log = logging.getLogger(__name__)
+
+RECALL_K = 10
+
+
+class AnnRecallError(ExportError):
+    """The index's recall@10 against exact scoring is below the required minimum: nothing was written."""
+
+
+@dataclass
+class AnnOptions:
+    kind: str = "hnsw"              # "hnsw" (graph index) | "ivfpq" (inverted lists of PQ codes + exact re-rank)
+    m: int = 32                     # hnsw: links per node
+    ef_construction: int = 200      # hnsw: build-time breadth
+    ef_search: int = 128            # hnsw: search breadth (the runtime may override it at load)
+    nlist: int | None = None        # ivfpq: inverted lists (default 4·sqrt(N), at least 39 items per list)
+    nprobe: int = 64                # ivfpq: lists searched (the runtime may override it at load)
+    pq_m: int | None = None         # ivfpq: PQ sub-quantizers, must divide d_model (default d_model / 4)
+    pq_bits: int = 8                # ivfpq: bits per code (lowered for catalogs too small to train 2^bits centroids)
+    k_factor: float = 16.0          # ivfpq: re-rank k·k_factor PQ candidates with the exact item vectors
+    min_recall: float = 0.95        # refuse the export below this recall@10 against exact scoring
+    recall_users: int = 1000        # user states the recall is measured on
+    threads: int = 0                # faiss threads while building (0 = faiss's default: all cores)
+
+    def check(self) -> None:
+        if self.kind not in ANN_KINDS:
+            raise ExportError(f"--ann must be one of {ANN_KINDS}, got {self.kind!r}")
+        for name in ("m", "ef_construction", "ef_search", "nprobe", "recall_users"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ExportError(f"--ann-{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("nlist", "pq_m"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ExportError(f"--ann-{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if not 1 <= self.pq_bits <= 16:
+            raise ExportError(f"--ann-pq-bits must be in 1..16, got {self.pq_bits}")
+        if not self.k_factor >= 1.0:
+            raise ExportError(f"--ann-k-factor must be at least 1, got {self.k_factor}")
+        if not 0.0 <= self.min_recall <= 1.0:
+            raise ExportError(f"--ann-min-recall must be in [0, 1], got {self.min_recall}")
+
+
+def item_vectors(model) -> np.ndarray:
+    """Items 1..N of the embedding table the graph scores against, float32 (N, D)."""
+    return np.ascontiguousarray(model.item_emb.weight.detach()[1:].float().cpu().numpy())
+
+
+def _ivfpq_params(opts: AnnOptions, n: int, d: int) -> dict:
+    nlist = opts.nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+    if nlist > n:
+        raise ExportError(f"--ann-nlist {nlist} exceeds the catalog's {n} items")
+    pq_m = opts.pq_m or max(1, d // 4)
+    if d % pq_m:
+        raise ExportError(f"--ann-pq-m {pq_m} must divide d_model {d}")
+    bits = min(opts.pq_bits, max(1, int(math.log2(n))))  # k-means needs at least 2^bits training points
+    return {"nlist": nlist, "nprobe": min(opts.nprobe, nlist), "pq_m": pq_m, "pq_bits": bits,
+            "k_factor": float(opts.k_factor)}
+
+
+def build_index(vectors: np.ndarray, opts: AnnOptions) -> tuple[object, dict]:
+    """(faiss index over `vectors`, its parameters as the manifest records them)."""
+    faiss = import_faiss()
+    n, d = vectors.shape
+    if opts.threads:
+        faiss.omp_set_num_threads(opts.threads)
+    if opts.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, opts.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = opts.ef_construction
+        params = {"m": opts.m, "ef_construction": opts.ef_construction, "ef_search": opts.ef_search}
+    else:
+        params = _ivfpq_params(opts, n, d)
+        quantizer = faiss.IndexFlatIP(d)
+        ivf = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["pq_m"], params["pq_bits"],
+                               faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.min_points_per_centroid = 1  # small catalogs: no warnings about few points per list
+        ivf.train(vectors)
+        index = faiss.IndexRefineFlat(ivf)  # exact re-rank of the PQ candidates (faiss keeps ivf referenced)
+    index.add(vectors)
+    return index, params
+
+
+def state_feeds(spec: GraphSpec, seqs: np.ndarray, noise_size: int, seed: int = 21) -> dict[str, np.ndarray]:
+    feeds = {INPUT_SEQ: seqs}
+    if noise_size:
+        feeds[INPUT_NOISE] = np.random.default_rng(seed).standard_normal((len(seqs), noise_size), dtype=np.float32)
+    return feeds
+
+
+def recall_queries(spec: GraphSpec, n_items: int, real: np.ndarray | None, n: int,
+                   noise_size: int) -> tuple[dict[str, np.ndarray], str]:
+    """Inputs of the users the recall is measured on: real histories, else synthetic ones."""
+    if real is not None and len(real):
+        return state_feeds(spec, real[:n], noise_size), "real"
+    ex = example_inputs(spec, n, n_items, seed=31)
+    return state_feeds(spec, ex[INPUT_SEQ].numpy(), noise_size), "synthetic"
+
+
+def torch_states(graph: StateGraph, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    with torch.no_grad(), eval_mode(graph):
+        out = graph(torch.from_numpy(feeds[INPUT_SEQ]),
+                    torch.from_numpy(feeds[INPUT_NOISE]) if INPUT_NOISE in feeds else None)
+    return out.float().numpy()
+
+
+def exact_top(states: np.ndarray, vectors: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+    """Exact top-k internal items (1..N) per state, in blocks so that 1M items fit in memory."""
+    out = []
+    for i in range(0, len(states), block):
+        s = states[i:i + block] @ vectors.T
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.argsort(-s, axis=1)
+        out.append(top + ID_OFFSET)
+    return np.concatenate(out)
+
+
+def recall_at_k(index: AnnIndex, states: np.ndarray, vectors: np.ndarray, k: int = RECALL_K) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k over the states."""
+    k = min(k, len(vectors))
+    exact = exact_top(states, vectors, k)
+    _, got = index.search(states, k)
+    return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))
+
+
+def check_state_parity(graph: StateGraph, onnx_path: str, cases: list[dict[str, np.ndarray]],
+                       vectors: np.ndarray, k: int) -> dict:
+    """ONNX Runtime's user state against torch's within tolerance, and the exact top-K they imply equal."""
+    sess = ort_session(onnx_path)
+    names = [o.name for o in sess.get_outputs()]
+    if names != [OUTPUT_STATE]:
+        raise ParityError(f"ORT outputs {names} != [{OUTPUT_STATE!r}]")
+    max_diff, overlap = 0.0, 1.0
+    for feeds in cases:
+        (got,) = sess.run(None, feeds)
+        ref = torch_states(graph, feeds)
+        if got.shape != ref.shape:
+            raise ParityError(f"user_state shape {got.shape} != torch {ref.shape}")
+        diff = np.abs(got - ref)
+        max_diff = max(max_diff, float(diff.max()) if diff.size else 0.0)
+        if not (diff <= ATOL + RTOL * np.abs(ref)).all():
+            raise ParityError(f"user_state: ONNX Runtime vs torch max |diff| {max_diff:.3g} "
+                              f"(tolerance {ATOL} + {RTOL}·|x|)")
+        a, b = exact_top(got, vectors, k), exact_top(ref, vectors, k)
+        overlap = min(overlap, float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)])))
+    return {"atol": ATOL, "rtol": RTOL, "precision": "fp32", "output": OUTPUT_STATE, "max_abs_diff": max_diff,
+            "min_topk_overlap": overlap, "cases": len(cases)}
+
+
+def build_and_check(graph: StateGraph, spec: GraphSpec, vectors: np.ndarray, queries: dict[str, np.ndarray],
+                    source: str, opts: AnnOptions, tmp: Path) -> tuple[str, dict]:
+    """Build the index, measure recall@10 through the runtime's search, refuse a poor one, write it.
+
+    Returns (file name in `tmp`, the manifest's "ann" entry).
+    """
+    faiss = import_faiss()
+    t0 = time.perf_counter()
+    index, params = build_index(vectors, opts)
+    build_s = time.perf_counter() - t0
+    n, d = vectors.shape
+    searcher = AnnIndex(index=index, kind=opts.kind, n_items=n, dim=d, params={})
+    searcher.configure(params)
+    states = torch_states(graph, queries)
+    recall = recall_at_k(searcher, states, vectors)
+    log.info("ANN %s over %d items: recall@%d %.4f on %d %s users (built in %.1f s)", opts.kind, n, RECALL_K,
+             recall, len(states), source, build_s)
+    if recall < opts.min_recall:
+        hint = ("raise --ann-ef-search (or --ann-m / --ann-ef-construction)" if opts.kind == "hnsw"
+                else "raise --ann-nprobe or --ann-k-factor (or --ann-pq-m)")
+        raise AnnRecallError(f"ANN index ({opts.kind}, {params}) has recall@{RECALL_K} {recall:.4f} against exact "
+                             f"scoring on {len(states)} {source} users, below --ann-min-recall "
+                             f"{opts.min_recall}: {hint}; nothing was written")
+    name = f"items.{opts.kind}.faiss"
+    faiss.write_index(index, str(tmp / name))
+    entry = {"kind": opts.kind, "file": name, "library": "faiss", "library_version": faiss.__version__,
+             "metric": "inner_product", "dim": d, "n_vectors": n, "id_offset": ID_OFFSET, "params": params,
+             "build_seconds": round(build_s, 3),
+             "recall": {"recall_at_10": recall, "min_recall": opts.min_recall, "queries": len(states),
+                        "source": source}}
+    return name, entry

@@ -1,0 +1,268 @@
+"""ANN bundles (`genattn export --ann`): exact top-k on a small catalog, seen items, tampering,
+the recall refusal, the missing library, load-time search parameters and the benchmark's --quick."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from runtime_fixtures import K, MAX_LEN, bundle, bundle_root, checkpoint, rewrite_manifest  # noqa: F401 (fixture)
+
+pytest.importorskip("faiss", reason="the ann extra (faiss-cpu) is not installed")
+
+from genattn_export import ExportError, ExportOptions, export_bundle  # noqa: E402
+from genattn_export.ann import AnnOptions, AnnRecallError  # noqa: E402
+from genattn_runtime import BundleError, InputError, Recommender  # noqa: E402
+from genattn_runtime.ann import AnnUnavailableError, top_k_excluding  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+_ann: dict[str, Path] = {}
+
+
+def ann_bundle(root: Path, kind: str = "softmax", index: str = "hnsw", stochastic: bool = False) -> Path:
+    """An ANN bundle of the runtime fixtures' checkpoint, exported once per process."""
+    key = f"{kind}-{index}-{stochastic}"
+    if key not in _ann:
+        out = root / f"ann-{key}"
+        opts = ExportOptions(steps=2, k=K, verify_users=16, start="noise" if stochastic else "zeros",
+                             ann=AnnOptions(kind=index, recall_users=200))
+        export_bundle(checkpoint(root, kind), out, opts)
+        _ann[key] = out
+    return _ann[key]
+
+
+def _histories(ids: list, n: int, seed: int, max_len: int = 25) -> list[list]:
+    rng = np.random.default_rng(seed)
+    return [[ids[j] for j in rng.integers(0, len(ids), size=int(rng.integers(1, max_len + 1)))] for _ in range(n)]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- same answers as exact scoring
+
+@pytest.mark.parametrize("index", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_recommendations_equal_exact_topk(bundle_root, index, exclude_seen):
+    exact = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
+    ann = Recommender.load(ann_bundle(bundle_root, index=index), backend="cpu", threads=1)
+    m = ann.manifest.raw
+    assert m["format_version"] == 3 and m["ann"]["kind"] == index
+    assert m["ann"]["recall"]["recall_at_10"] == 1.0 and m["ann"]["recall"]["source"] == "real"
+    assert [t["name"] for t in m["graph"]["outputs"]] == ["user_state"]
+    assert ann.backend == "cpu+ann"
+    hists = _histories(list(exact.items.item_ids), 40, seed=3)  # many longer than max_len 12
+    for a, e in zip(ann.recommend(hists, k=10, exclude_seen=exclude_seen),
+                    exact.recommend(hists, k=10, exclude_seen=exclude_seen)):
+        assert a.items == e.items
+        np.testing.assert_allclose(a.scores, e.scores, rtol=1e-4, atol=1e-5)
+        assert (a.partial, a.truncated) == (e.partial, e.truncated)
+    ia, sa = ann.recommend_indices(np.zeros((2, MAX_LEN), dtype=np.int64), k=5)
+    ie, se = exact.recommend_indices(np.zeros((2, MAX_LEN), dtype=np.int64), k=5)
+    assert np.array_equal(ia, ie) and np.allclose(sa, se, rtol=1e-4, atol=1e-5)
+
+
+def test_seen_items_excluded(bundle_root):
+    ann = Recommender.load(ann_bundle(bundle_root), backend="cpu", threads=1)
+    ids = list(ann.items.item_ids)
+    hists = _histories(ids, 30, seed=5, max_len=40)
+    for h, r in zip(hists, ann.recommend(hists, k=K)):
+        assert not set(h) & set(r.items)
+        assert len(r.items) == len(set(r.items))
+        assert r.partial == (len(r.items) < K)
+    # 50 of the 60 items excluded in the search: 10 remain, all of them returned, best first
+    state = ann._backend.states({"item_seq": np.zeros((1, MAX_LEN), dtype=np.int64)})
+    items, scores = top_k_excluding(ann._backend.index, state, K, np.arange(1, 51)[None])
+    assert sorted(items[0, :10].tolist()) == list(range(51, 61)) and (items[0, 10:] == 0).all()
+    assert np.isneginf(scores[0, 10:]).all() and (np.diff(scores[0, :10]) <= 0).all()
+    # beyond the window (max_len) seen items are dropped from the K returned, as in exact bundles
+    exact = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
+    a, e = ann.recommend(ids[:50], k=K), exact.recommend(ids[:50], k=K)
+    assert a.items == e.items and a.partial and not set(a.items) & set(ids[:50])
+
+
+def test_over_fetch_grows_until_enough():
+    """An index that returns fewer usable neighbours than asked is searched again with more."""
+    n = 100
+    vecs = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
+
+    class Lossy:  # returns only every other neighbour (the rest as missing), like a narrow search
+        n_items, calls = n, []
+
+        def search(self, states, m):
+            self.calls.append(m)
+            s = states @ vecs.T
+            order = np.argsort(-s, axis=1)[:, :m]
+            items, scores = order + 1, np.take_along_axis(s, order, 1).astype(np.float32)
+            items[:, 1::2], scores[:, 1::2] = 0, -np.inf
+            return scores, items
+
+    idx = Lossy()
+    q = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    exclude = np.zeros((2, 4), dtype=np.int64)
+    exclude[0, :2] = np.argsort(-(q[0] @ vecs.T))[:2] + 1  # the row's two best items were seen
+    items, scores = top_k_excluding(idx, q, 5, exclude)
+    assert idx.calls[0] == 5 + 2 and len(idx.calls) > 1
+    assert (items > 0).all() and np.isfinite(scores).all()
+    assert not set(items[0].tolist()) & set(exclude[0].tolist())
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_stochastic_state_keeps_its_noise(bundle_root):
+    """Generative kinds: the noise input changes the state; same seed, same list as the exact bundle."""
+    exact = Recommender.load(bundle(bundle_root, "diffusion", stochastic=True), backend="cpu", threads=1)
+    ann = Recommender.load(ann_bundle(bundle_root, "diffusion", stochastic=True), backend="cpu", threads=1)
+    assert ann.noise_size == exact.noise_size > 0
+    hists = _histories(list(exact.items.item_ids), 10, seed=7)
+    for seed in (1, 2):
+        a, e = ann.recommend(hists, k=10, seed=seed), exact.recommend(hists, k=10, seed=seed)
+        assert [r.items for r in a] == [r.items for r in e]
+    assert ann.recommend(hists[0], k=10, seed=1).items == ann.recommend(hists[0], k=10, seed=1).items
+
+
+# ---------------------------------------------------------------- load-time search parameters
+
+def test_search_parameters_at_load(bundle_root):
+    r = Recommender.load(ann_bundle(bundle_root), backend="cpu", threads=1, ef_search=16)
+    assert r.metadata()["ann"]["search"] == {"kind": "hnsw", "ef_search": 16}
+    assert Recommender.load(ann_bundle(bundle_root), backend="cpu").metadata()["ann"]["search"]["ef_search"] == 128
+    r = Recommender.load(ann_bundle(bundle_root, index="ivfpq"), backend="cpu", nprobe=1)
+    assert r.metadata()["ann"]["search"]["nprobe"] == 1
+    with pytest.raises(InputError, match="nprobe applies to ivfpq"):
+        Recommender.load(ann_bundle(bundle_root), backend="cpu", nprobe=4)
+    with pytest.raises(InputError, match="ef_search must be an integer"):
+        Recommender.load(ann_bundle(bundle_root), backend="cpu", ef_search=0)
+    with pytest.raises(ValueError, match="apply to bundles exported with --ann"):
+        Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", ef_search=16)
+
+
+# ---------------------------------------------------------------- tampering
+
+def test_index_and_manifest_tamper_detected(bundle_root, tmp_path):
+    src = ann_bundle(bundle_root)
+    name = json.loads((src / "manifest.json").read_text())["ann"]["file"]
+
+    b = _copy(src, tmp_path / "flip")
+    data = bytearray((b / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (b / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"sha256 of {name} does not match"):
+        Recommender.load(b, backend="cpu")
+
+    b = _copy(src, tmp_path / "unlisted")  # the index dropped from the file table (digest recomputed)
+    rewrite_manifest(b, lambda m: m["files"].pop(name))
+    with pytest.raises(BundleError, match=f"does not list {name}"):
+        Recommender.load(b, backend="cpu")
+
+    b = _copy(src, tmp_path / "hand-edit")  # edited without recomputing the digest
+    m = json.loads((b / "manifest.json").read_text())
+    m["ann"]["params"]["ef_search"] = 1
+    (b / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="manifest_digest does not match"):
+        Recommender.load(b, backend="cpu")
+
+    for edit, match in [
+        (lambda m: m["ann"].update(dim=8), "ann.dim"),
+        (lambda m: m["ann"].update(kind="lsh"), "ann.kind"),
+        (lambda m: m["ann"]["recall"].update(recall_at_10=1.5), "recall_at_10"),
+        (lambda m: m["ann"].update(file="../items.hnsw.faiss"), "not a plain file name"),
+        (lambda m: m.update(format_version=2), "needs format_version 3"),
+        (lambda m: m.pop("ann"), "missing field 'ann'"),
+    ]:
+        b = _copy(src, tmp_path / "schema")
+        rewrite_manifest(b, edit)
+        with pytest.raises(BundleError, match=match):
+            Recommender.load(b, backend="cpu")
+
+
+def test_index_of_another_catalog_refused(bundle_root, tmp_path):
+    """A swapped index file, re-hashed by someone who knows the format, is still refused by its size."""
+    import faiss
+
+    from genattn_runtime.bundle import file_entry
+
+    b = _copy(ann_bundle(bundle_root), tmp_path / "swap")
+    name = json.loads((b / "manifest.json").read_text())["ann"]["file"]
+    other = faiss.IndexHNSWFlat(16, 8, faiss.METRIC_INNER_PRODUCT)
+    other.add(np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32))
+    faiss.write_index(other, str(b / name))
+    rewrite_manifest(b, lambda m: m["files"].update({name: file_entry(b / name)}))
+    with pytest.raises(BundleError, match="holds 7 vectors"):
+        Recommender.load(b, backend="cpu")
+
+
+# ---------------------------------------------------------------- export refusals
+
+def test_poor_recall_refused_nothing_written(bundle_root, tmp_path):
+    out = tmp_path / "poor"
+    out.mkdir()
+    (out / "keep.txt").write_text("an existing folder is left as it was")
+    opts = ExportOptions(k=K, verify_users=0, ann=AnnOptions(kind="ivfpq", nprobe=1, k_factor=1.0, pq_m=16,
+                                                             pq_bits=1, nlist=8, min_recall=0.99))
+    with pytest.raises(AnnRecallError, match=r"recall@10 0\.\d+ .* below --ann-min-recall 0.99"):
+        export_bundle(checkpoint(bundle_root, "softmax"), out, opts)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".poor")]  # no temporary folder left
+
+
+def test_incompatible_options_refused(bundle_root, tmp_path):
+    ck = checkpoint(bundle_root, "softmax")
+    with pytest.raises(ExportError, match="--ann cannot be combined with --fp16, --full-scores"):
+        export_bundle(ck, tmp_path / "x", ExportOptions(fp16=True, full_scores=True, ann=AnnOptions()))
+    with pytest.raises(ExportError, match="--ann-pq-m 5 must divide d_model 16"):
+        export_bundle(ck, tmp_path / "x", ExportOptions(verify_users=0, ann=AnnOptions(kind="ivfpq", pq_m=5)))
+    with pytest.raises(ExportError, match="--ann-min-recall must be in"):
+        export_bundle(ck, tmp_path / "x", ExportOptions(ann=AnnOptions(min_recall=1.5)))
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_library(bundle_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    with pytest.raises(AnnUnavailableError, match=r"pip install 'genattn\[ann\]'"):
+        Recommender.load(ann_bundle(bundle_root), backend="cpu")
+    with pytest.raises(ExportError, match=r"--ann builds an ANN index, which needs faiss"):
+        export_bundle(checkpoint(bundle_root, "softmax"), tmp_path / "x", ExportOptions(ann=AnnOptions()))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_export_ann(bundle_root, tmp_path):
+    from genattn.cli import main
+
+    out = tmp_path / "cli-ann"
+    res = CliRunner().invoke(main, ["export", str(checkpoint(bundle_root, "softmax")), "-o", str(out), "-k", "20",
+                                    "--verify-users", "0", "--ann", "hnsw", "--ann-m", "8",
+                                    "--ann-ef-search", "64", "--ann-recall-users", "50"])
+    assert res.exit_code == 0, res.output
+    assert "hnsw index recall@10 1.0000 (real users)" in res.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["ann"]["params"] == {"m": 8, "ef_construction": 200, "ef_search": 64}
+    assert m["ann"]["recall"]["queries"] == 50
+    res = CliRunner().invoke(main, ["export", str(checkpoint(bundle_root, "softmax")), "-o", str(tmp_path / "y"),
+                                    "--ann", "hnsw", "--ann-min-recall", "2"])
+    assert res.exit_code != 0 and "--ann-min-recall must be in [0, 1]" in res.output
+
+
+# ---------------------------------------------------------------- benchmark
+
+def test_benchmark_quick(bundle_root, tmp_path):
+    from benchmarks import ann as bench
+
+    assert bench.main(["--quick", "--n-items", "3000", "--queries", "30", "--checkpoint",
+                       str(checkpoint(bundle_root, "softmax")), "--results-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "serving_scale.json").read_text())["ann"]
+    for key in ("n_items", "recall@10", "p50_ms", "exact_p50_ms", "index", "machine", "command", "rows"):
+        assert key in doc
+    assert doc["n_items"] == 3000
+    by = {(r["variant"], r["library"]): r for r in doc["rows"]}
+    assert by[("exact fp32", "faiss")]["recall@10"] == 1.0
+    assert {"hnsw", "ivfpq", "exact fp16", "exact int8"} <= {v for v, _ in by}
+    assert "## ann" in (tmp_path / "serving_scale.md").read_text()
