@@ -321,22 +321,32 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
 
 @click.command("serve", cls=OneLineErrors)
 @_bundle_arg
+@click.option("--engine", type=click.Choice(["fastapi", "triton"]), default="fastapi", show_default=True,
+              help="fastapi: this package's HTTP service; triton: a Triton Inference Server (HTTP + gRPC, "
+                   "dynamic batching; pip install 'genattn[triton]')")
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind (0.0.0.0 = all)")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="HTTP port (triton: the same as --http-port)")
+@click.option("--http-port", type=click.IntRange(1, 65535), help="triton: HTTP port [default: --port]")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True, help="triton: gRPC port")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True,
+              help="triton: Prometheus metrics port")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="triton: model instances (processes, each with its own session)")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
-              help="micro-batcher: most rows per session run")
+              help="micro-batcher: most rows per session run (fastapi; triton batches up to --max-users rows)")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="micro-batcher: longest wait for more requests after the first")
+              help="micro-batcher: longest wait for more requests after the first (triton: max_queue_delay)")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True,
-              help="larger request bodies get 413")
+              help="larger request bodies get 413 (triton: larger history tensors get an error)")
 @click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,
-              help="most histories in one request; more get 413")
+              help="most histories in one request; more get 413 (triton: max_batch_size)")
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
               help="most requests waiting for the micro-batcher; more get 503 with Retry-After")
 @click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="deadline from queueing to the answer; later gets 504")
+              help="deadline from queueing to the answer; later gets 504 (triton: queued longer is dropped)")
 @click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="time to receive the whole body after the headers; later gets 408")
+              help="time to receive the whole body after the headers; later gets 408 (fastapi)")
 @_backend_opt
 @_strict_opt
 @_unknown_opt
@@ -346,10 +356,17 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.option("--access-log", is_flag=True, help="log every request (uvicorn access log)")
-def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, max_users, max_queue, request_timeout_s,
-              body_timeout_s, backend, strict, unknown, threads, trt_cache_dir, log_level, access_log, trusted_keys):
-    """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics."""
+def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, instances, max_batch, max_wait_ms,
+              max_body_bytes, max_users, max_queue, request_timeout_s, body_timeout_s, backend, strict, unknown,
+              threads, trt_cache_dir, log_level, access_log, trusted_keys):
+    """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics. With --engine triton: a
+    Triton Inference Server with model 'genattn' over HTTP and gRPC (docs/runtime.md: its inputs and outputs)."""
     _logging(False, default=getattr(logging, log_level.upper()))
+    if engine == "triton":
+        _serve_triton(bundle, host, http_port or port, grpc_port, metrics_port, instances, max_wait_ms,
+                      max_body_bytes, max_users, max_queue, request_timeout_s, backend, strict, unknown, threads,
+                      trt_cache_dir, trusted_keys, log_level)
+        return
     try:
         from .service import serve
     except ImportError as e:
@@ -361,6 +378,35 @@ def serve_cmd(bundle, host, port, max_batch, max_wait_ms, max_body_bytes, max_us
     serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
           max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
           body_timeout_s=body_timeout_s, log_level=log_level, access_log=access_log)
+
+
+def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, max_wait_ms, max_body_bytes,
+                  max_users, max_queue, request_timeout_s, backend, strict, unknown, threads, trt_cache_dir,
+                  trusted_keys, log_level) -> None:
+    from .triton_engine import EngineConfig, TritonEngine
+
+    ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+    if len(set(ports.values())) < len(ports):
+        raise click.UsageError(f"the Triton engine needs three different ports, got {ports}")
+    for p in ports.values():
+        _check_listen(host, p)
+    cfg = EngineConfig(bundle=str(Path(bundle).resolve()), backend=backend, strict=strict, unknown_items=unknown,
+                       threads=threads, trusted_keys=[str(Path(k).resolve()) for k in trusted_keys],
+                       trt_cache_dir=str(Path(trt_cache_dir).resolve()) if trt_cache_dir else None,
+                       max_users=max_users, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                       request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, instances=instances)
+    try:
+        engine = TritonEngine(cfg, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                              log_verbose=1 if log_level == "debug" else 0)
+        engine.start()
+    except GenattnRuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        engine.wait()
+    except GenattnRuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        engine.stop()
 
 
 def _check_listen(host: str, port: int) -> None:
