@@ -39,6 +39,7 @@ class AnnRecallError(ExportError):
 @dataclass
 class AnnOptions:
     kind: str = "hnsw"              # "hnsw" (graph index) | "ivfpq" (inverted lists of PQ codes + exact re-rank)
+                                    # | "flat-fp16" (a full scan of an fp16 copy of the table: near-exact, half the bytes)
     m: int = 32                     # hnsw: links per node
     ef_construction: int = 200      # hnsw: build-time breadth
     ef_search: int = 128            # hnsw: search breadth (the runtime may override it at load)
@@ -70,6 +71,15 @@ class AnnOptions:
             raise ExportError(f"--ann-min-recall must be in [0, 1], got {self.min_recall}")
 
 
+    def params_for(self, n: int, d: int) -> dict:
+        """The index parameters for a catalog of n items of width d, as the manifest records them."""
+        if self.kind == "hnsw":
+            return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+        if self.kind == "ivfpq":
+            return _ivfpq_params(self, n, d)
+        return {}
+
+
 def item_vectors(model) -> np.ndarray:
     """Items 1..N of the embedding table the graph scores against, float32 (N, D)."""
     return np.ascontiguousarray(model.item_emb.weight.detach()[1:].float().cpu().numpy())
@@ -91,14 +101,16 @@ def build_index(vectors: np.ndarray, opts: AnnOptions) -> tuple[object, dict]:
     """(faiss index over `vectors`, its parameters as the manifest records them)."""
     faiss = import_faiss()
     n, d = vectors.shape
+    params = opts.params_for(n, d)
     if opts.threads:
         faiss.omp_set_num_threads(opts.threads)
-    if opts.kind == "hnsw":
+    if opts.kind == "flat-fp16":
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)  # a no-op for fp16 (no ranges to learn), required by the API
+    elif opts.kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, opts.m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = opts.ef_construction
-        params = {"m": opts.m, "ef_construction": opts.ef_construction, "ef_search": opts.ef_search}
     else:
-        params = _ivfpq_params(opts, n, d)
         quantizer = faiss.IndexFlatIP(d)
         ivf = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["pq_m"], params["pq_bits"],
                                faiss.METRIC_INNER_PRODUCT)
@@ -192,8 +204,9 @@ def build_and_check(graph: StateGraph, spec: GraphSpec, vectors: np.ndarray, que
     log.info("ANN %s over %d items: recall@%d %.4f on %d %s users (built in %.1f s)", opts.kind, n, RECALL_K,
              recall, len(states), source, build_s)
     if recall < opts.min_recall:
-        hint = ("raise --ann-ef-search (or --ann-m / --ann-ef-construction)" if opts.kind == "hnsw"
-                else "raise --ann-nprobe or --ann-k-factor (or --ann-pq-m)")
+        hint = {"hnsw": "raise --ann-ef-search (or --ann-m / --ann-ef-construction)",
+                "ivfpq": "raise --ann-nprobe or --ann-k-factor (or --ann-pq-m)",
+                "flat-fp16": "fp16 rounding reorders this model's top items: use hnsw or exact scoring"}[opts.kind]
         raise AnnRecallError(f"ANN index ({opts.kind}, {params}) has recall@{RECALL_K} {recall:.4f} against exact "
                              f"scoring on {len(states)} {source} users, below --ann-min-recall "
                              f"{opts.min_recall}: {hint}; nothing was written")

@@ -157,6 +157,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
     k = min(opts.k, cfg.n_items, MAX_K)
     noise_size = model.noise_size(sampling) if sampling is not None else 0
     if opts.ann is not None:
+        opts.ann.params_for(cfg.n_items, cfg.d_model)  # parameters that cannot fit this model fail before the work
         spec = GraphSpec.build_state(model, noise_size=noise_size)
         graph = StateGraph(model, sampling, bool(noise_size))
     else:

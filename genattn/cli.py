@@ -144,8 +144,9 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
 @click.option("--verify-users", type=int, default=256, show_default=True)
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False),
               help="Sign the bundle with this Ed25519 private key (PEM; see `genattn keygen`): writes manifest.sig.")
-@click.option("--ann", type=click.Choice(["hnsw", "ivfpq"]),
-              help="Carry an ANN index over the items (needs 'genattn[ann]'); the graph outputs the user state.")
+@click.option("--ann", type=click.Choice(["hnsw", "ivfpq", "flat-fp16"]),
+              help="Carry an ANN index over the items (needs 'genattn[ann]'); the graph outputs the user state. "
+                   "flat-fp16: a full scan of an fp16 item table (near-exact).")
 @click.option("--ann-m", type=int, default=32, show_default=True, help="hnsw: links per node.")
 @click.option("--ann-ef-construction", type=int, default=200, show_default=True, help="hnsw: build breadth.")
 @click.option("--ann-ef-search", type=int, default=128, show_default=True,

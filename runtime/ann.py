@@ -84,7 +84,11 @@ class AnnIndex:
     def configure(self, built: dict, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Search parameters: the export's unless overridden; a parameter of the other kind is an error."""
         faiss = import_faiss()
-        if self.kind == "hnsw":
+        if self.kind == "flat-fp16":  # a full scan: nothing to tune
+            if ef_search is not None or nprobe is not None:
+                raise InputError("ef_search / nprobe do not apply to a flat-fp16 index (it scans every item)")
+            self.params = {}
+        elif self.kind == "hnsw":
             if nprobe is not None:
                 raise InputError("nprobe applies to ivfpq indexes; this bundle's index is hnsw (use ef_search)")
             hnsw = faiss.downcast_index(self.index)

@@ -382,8 +382,9 @@ def validate_manifest(raw: Any, f: Path) -> dict:
     return raw
 
 
-ANN_KINDS = ("hnsw", "ivfpq")
-ANN_PARAMS = {"hnsw": ("m", "ef_construction", "ef_search"), "ivfpq": ("nlist", "nprobe", "pq_m", "pq_bits")}
+ANN_KINDS = ("hnsw", "ivfpq", "flat-fp16")
+ANN_PARAMS = {"hnsw": ("m", "ef_construction", "ef_search"), "ivfpq": ("nlist", "nprobe", "pq_m", "pq_bits"),
+              "flat-fp16": ()}
 
 
 def _ann_section(s: _Schema, raw: dict, version: int, n_items: int, model: dict) -> dict | None:

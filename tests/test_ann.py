@@ -30,7 +30,7 @@ def ann_bundle(root: Path, kind: str = "softmax", index: str = "hnsw", stochasti
     if key not in _ann:
         out = root / f"ann-{key}"
         opts = ExportOptions(steps=2, k=K, verify_users=16, start="noise" if stochastic else "zeros",
-                             ann=AnnOptions(kind=index, recall_users=200))
+                             ann=AnnOptions(kind=index, recall_users=100))
         export_bundle(checkpoint(root, kind), out, opts)
         _ann[key] = out
     return _ann[key]
@@ -50,7 +50,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 # ---------------------------------------------------------------- same answers as exact scoring
 
-@pytest.mark.parametrize("index", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("index", ["hnsw", "ivfpq", "flat-fp16"])
 @pytest.mark.parametrize("exclude_seen", [True, False])
 def test_recommendations_equal_exact_topk(bundle_root, index, exclude_seen):
     exact = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
@@ -63,12 +63,16 @@ def test_recommendations_equal_exact_topk(bundle_root, index, exclude_seen):
     hists = _histories(list(exact.items.item_ids), 40, seed=3)  # many longer than max_len 12
     for a, e in zip(ann.recommend(hists, k=10, exclude_seen=exclude_seen),
                     exact.recommend(hists, k=10, exclude_seen=exclude_seen)):
-        assert a.items == e.items
-        np.testing.assert_allclose(a.scores, e.scores, rtol=1e-4, atol=1e-5)
+        if index == "flat-fp16":  # fp16 rounding may swap near-ties: the same scores rank by rank
+            assert len(set(a.items) & set(e.items)) >= 8
+            np.testing.assert_allclose(a.scores, e.scores, rtol=2e-3, atol=2e-3)
+        else:
+            assert a.items == e.items
+            np.testing.assert_allclose(a.scores, e.scores, rtol=1e-4, atol=1e-5)
         assert (a.partial, a.truncated) == (e.partial, e.truncated)
     ia, sa = ann.recommend_indices(np.zeros((2, MAX_LEN), dtype=np.int64), k=5)
     ie, se = exact.recommend_indices(np.zeros((2, MAX_LEN), dtype=np.int64), k=5)
-    assert np.array_equal(ia, ie) and np.allclose(sa, se, rtol=1e-4, atol=1e-5)
+    assert np.allclose(sa, se, rtol=2e-3, atol=2e-3) and (index == "flat-fp16" or np.array_equal(ia, ie))
 
 
 def test_seen_items_excluded(bundle_root):
@@ -139,6 +143,8 @@ def test_search_parameters_at_load(bundle_root):
     assert r.metadata()["ann"]["search"]["nprobe"] == 1
     with pytest.raises(InputError, match="nprobe applies to ivfpq"):
         Recommender.load(ann_bundle(bundle_root), backend="cpu", nprobe=4)
+    with pytest.raises(InputError, match="do not apply to a flat-fp16 index"):
+        Recommender.load(ann_bundle(bundle_root, index="flat-fp16"), backend="cpu", ef_search=4)
     with pytest.raises(InputError, match="ef_search must be an integer"):
         Recommender.load(ann_bundle(bundle_root), backend="cpu", ef_search=0)
     with pytest.raises(ValueError, match="apply to bundles exported with --ann"):
