@@ -180,6 +180,17 @@ def test_model_config_served(http):
     assert {o["name"] for o in cfg["output"]} == {"items", "scores", "count", "info"}
 
 
+def test_admin_endpoints_are_closed(http):
+    """Clients cannot unload the model or read statistics (pytriton's token-protected endpoints)."""
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException):
+        http.unload_model(MODEL_NAME)
+    with pytest.raises(InferenceServerException):
+        http.get_inference_statistics(MODEL_NAME)
+    assert http.is_model_ready(MODEL_NAME)
+
+
 def _raw_input(mod, name, arr, dtype):
     t = mod.InferInput(name, list(arr.shape), dtype)
     t.set_data_from_numpy(arr)
