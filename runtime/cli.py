@@ -383,7 +383,7 @@ def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, in
 def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, max_wait_ms, max_body_bytes,
                   max_users, max_queue, request_timeout_s, backend, strict, unknown, threads, trt_cache_dir,
                   trusted_keys, log_level) -> None:
-    from .triton_engine import EngineConfig, TritonEngine
+    from .triton_engine import EngineConfig, serve
 
     ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
     if len(set(ports.values())) < len(ports):
@@ -396,17 +396,10 @@ def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, m
                        max_users=max_users, max_wait_ms=max_wait_ms, max_queue=max_queue,
                        request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, instances=instances)
     try:
-        engine = TritonEngine(cfg, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                              log_verbose=1 if log_level == "debug" else 0)
-        engine.start()
+        serve(cfg, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+              log_verbose=1 if log_level == "debug" else 0)
     except GenattnRuntimeError as e:
         raise click.ClickException(str(e)) from None
-    try:
-        engine.wait()
-    except GenattnRuntimeError as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        engine.stop()
 
 
 def _check_listen(host: str, port: int) -> None:

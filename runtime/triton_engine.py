@@ -345,7 +345,6 @@ class TritonEngine:
         self._triton = None
         self._released = threading.Event()
         self._dir: str | None = None
-        self.metadata: dict = {}
 
     @property
     def http_url(self) -> str:
@@ -362,7 +361,7 @@ class TritonEngine:
         rec = self.cfg.load()
         try:
             string_ids = not all(type(x) is int for x in rec.items.item_ids)
-            self.metadata = {**rec.metadata(), "engine": "triton", "model": MODEL_NAME}
+            log.info("genattn serve --engine triton: %s bundle, backend %s", rec.manifest.attention, rec.backend)
         finally:
             rec.close()
         self._dir = tempfile.mkdtemp(prefix="genattn-triton-")
@@ -456,10 +455,10 @@ class TritonEngine:
 
 def serve(cfg: EngineConfig, host: str = "127.0.0.1", http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
           metrics_port: int = METRICS_PORT, log_verbose: int = 0) -> None:
-    """Run the Triton engine in the foreground until SIGINT / SIGTERM."""
+    """Run the Triton engine in the foreground until SIGINT / SIGTERM (TritonEngineError if it cannot)."""
     engine = TritonEngine(cfg, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           log_verbose=log_verbose)
-    engine.start()
+    engine.start()  # stops what it started if it fails
     try:
         engine.wait()
     finally:
