@@ -34,6 +34,20 @@ def test_logq_corrected_uniform_sampling_estimates_full_ce():
     assert (uncorrected - full).abs().mean() > 5.0
 
 
+def test_in_batch_negatives_are_corrected_by_their_presence_probability():
+    # P = 4,000 targets drawn from popularity over 40 items: every item is in the batch,
+    # at most once after deduplication, so the in-batch set alone already is the whole
+    # catalog and the loss must equal full CE. Counting popular items P p_j times instead
+    # would shrink their logits by log(P p_j) (~log 100 here) and badly underestimate Z.
+    _, _, weight, pop = _setup()
+    g = torch.Generator().manual_seed(5)
+    y = torch.multinomial(torch.from_numpy(pop).float(), 4000, replacement=True, generator=g)
+    h = torch.randn(4000, 8, generator=g)
+    ss = SampledSoftmax(40, 0, pop, in_batch=True)
+    assert len(torch.unique(y)) == 40
+    assert torch.allclose(ss(h, y, weight), full_ce(h, y, weight), atol=0.02)  # rare items: presence < 1
+
+
 @pytest.mark.parametrize("sampler", ["popularity", "mixed"])
 def test_non_uniform_samplers_are_corrected_too(sampler):
     h, y, weight, pop = _setup()

@@ -6,8 +6,11 @@ full      cross-entropy against every item: logits are positions x catalog, exac
 sampled   sampled softmax: the positive against M shared negatives drawn from q
           (uniform, training popularity, or an even mixture) plus, optionally, the
           batch's other targets (in-batch negatives, drawn from the data distribution).
-          Each drawn candidate's logit is corrected by the log of its expected count
-          in the candidate multiset, E[count_j] = M q_j + P p_j (logQ correction); a
+          Each candidate's logit is corrected by the log of its expected count in the
+          candidate set (logQ correction): M q_j for the draws, plus 1 - (1 - p_j)^P for
+          the deduplicated in-batch targets of P positions (an item appears there at
+          most once, however popular: counting it P p_j times would under-weight
+          popular negatives); a
           candidate equal to a row's own target (an accidental hit) is masked out of
           that row, and the positive enters once, uncorrected. The denominator then
           estimates the full catalog's, and the loss tends to the full CE as M grows.
@@ -80,8 +83,8 @@ class SampledSoftmax:
 
         def log_count(items: Tensor) -> Tensor:
             expected = self.negatives * self.q[items]
-            if self.in_batch:
-                expected = expected + P * self.p_data[items]
+            if self.in_batch:  # deduplicated: present at most once, with probability 1 - (1 - p)^P
+                expected = expected - torch.expm1(P * torch.log1p(-self.p_data[items].clamp_max(1 - 1e-7)))
             return torch.log(expected.clamp_min(1e-12))
 
         pos = (h * weight[y]).sum(-1)                                 # (P,) the given positive
