@@ -66,11 +66,15 @@ def server(bundle_root):
             try:
                 if c.is_model_ready(MODEL_NAME):
                     break
-            except Exception:
+            except Exception:  # not listening yet
                 pass
             assert proc.poll() is None, "".join(out)[-3000:]
             assert time.monotonic() < deadline, "the Triton engine was not ready in 120 s:\n" + "".join(out)[-3000:]
             time.sleep(0.2)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     finally:
         c.close()
     srv = {"proc": proc, "http": url, "grpc": f"127.0.0.1:{ports[1]}", "metrics": ports[2], "out": out}
