@@ -333,9 +333,13 @@ def test_verify_false_still_refuses_broken_or_swapped_models(bundle_root, b, how
 
 
 def test_fp16_graph_may_return_half_scores_only_in_its_own_slot(b):
-    """The FP16 variant returns top_scores as float16 (the manifest's spec is the fp32 graph's);
-    the runtime hands out float32 either way. In the fp32 slot the same graph is refused."""
+    """The FP16 variant may return top_scores as float16 (older exports did; the manifest's
+    spec is the fp32 graph's); the runtime hands out float32 either way. In the fp32 slot a
+    graph with float16 scores is refused."""
     import warnings
+
+    import onnx
+    from onnx import TensorProto, helper
 
     from genattn_export.precision import to_fp16
 
@@ -350,7 +354,14 @@ def test_fp16_graph_may_return_half_scores_only_in_its_own_slot(b):
     items, scores = half.recommend_indices(seq, k=5)
     assert items.dtype == np.int64 and scores.dtype == np.float32 and scores.shape == (3, 5)
     assert all(type(x) is float for x in half.recommend([1, 2, 3], k=5).scores)
-    shutil.copy(b / "model.fp16.onnx", b / "model.onnx")
+    # A graph whose scores leave as float16, put in the fp32 slot: refused by the IO check.
+    g = onnx.load(b / "model.onnx")
+    out = next(o for o in g.graph.output if o.name == "top_scores")
+    for node in g.graph.node:
+        node.output[:] = ["top_scores_fp32" if x == "top_scores" else x for x in node.output]
+    g.graph.node.append(helper.make_node("Cast", ["top_scores_fp32"], ["top_scores"], to=TensorProto.FLOAT16))
+    out.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.save(g, b / "model.onnx")
     rewrite_manifest(b, lambda m: m["files"].update({"model.onnx": file_entry(b / "model.onnx")}))
     assert "model.onnx: top_scores is float16, the manifest says float32" in refused(b)
 
