@@ -159,7 +159,9 @@ def end_to_end(users: int, items: int, a) -> dict:
 def render(r: dict) -> str:
     lines = [f"# Training throughput ({r['machine_slug']})", "",
              f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), GPU: {r['machine']['gpu']}; "
-             f"torch {r['machine']['versions'].get('torch')}; {r['threads']} torch threads.", "",
+             f"torch {r['machine']['versions'].get('torch')}; {r['threads']} torch threads; "
+             f"load average {r['load_average']['before'][0]:.1f} before, {r['load_average']['after'][0]:.1f} after "
+             "(other jobs share the machine when it is above the cores in use).", "",
              "Events = predicted positions (training targets); max_len 50, each kind's default config, "
              "random windows. `peak_mem_mb`: the cell's own process (CPU RSS) or CUDA allocator peak.", "",
              "| device | kind | loss | negatives | n_items | batch | events/s | ms/step | peak MB | note |",
@@ -181,7 +183,8 @@ def render(r: dict) -> str:
             lines.append(f"| {e['users']:,} | {e['n_items']:,} | {e['data_seconds']:.1f} | {e['train_seconds']:.0f} | "
                          f"{e['events_per_s']:,.0f} | {e['peak_mem_mb']:,.0f} | "
                          f"{e['valid_ndcg@10']:.4f} ({e['eval_users']}) |")
-        lines += ["", "Command: `" + r["end_to_end"][0].get("command", "") + "`"]
+        lines += ["", "Each row runs `" + r["end_to_end"][0].get("command", "") + "`, launched by `"
+                  + r.get("e2e_command", r["command"]) + "`."]
     lines += ["", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
 
@@ -238,6 +241,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also run `genattn train` end to end on synthetic data of this size")
     ap.add_argument("--e2e-eval-users", type=int, default=2000)
     ap.add_argument("--e2e-batch", type=int, default=128)
+    ap.add_argument("--e2e-only", action="store_true",
+                    help="run only the --e2e runs and replace that section of the existing results")
     ap.add_argument("--quick", action="store_true", help="a few tiny cells (seconds)")
     ap.add_argument("--out", help="results folder (default benchmarks/results/<machine>)")
     a = ap.parse_args(argv)
@@ -267,14 +272,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     info = machine_info()
     slug = machine_slug(info, a.threads)
-    cells = [run_cell(spec, budget) for spec in plan(a)]
-    e2e = [end_to_end(*_ints(spec), a) for spec in a.e2e]
-    command = "python -m benchmarks.training " + " ".join(argv if argv is not None else sys.argv[1:])
-    r = {"machine": info, "machine_slug": slug, "threads": a.threads, "command": command.strip(),
-         "cells": cells, "end_to_end": e2e}
     out = Path(a.out) if a.out else REPO / "benchmarks" / "results" / slug
     out.mkdir(parents=True, exist_ok=True)
     name = "training_quick" if a.quick else "training"
+    command = ("python -m benchmarks.training " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    if a.e2e_only:
+        if not (out / f"{name}.json").exists():
+            ap.error(f"--e2e-only: no {name}.json in {out} to add to")
+        r = json.loads((out / f"{name}.json").read_text())
+        r["end_to_end"] = [{**end_to_end(*_ints(spec), a), "load_average": os.getloadavg()} for spec in a.e2e]
+        r["e2e_command"] = command
+    else:
+        load_before = os.getloadavg()
+        cells = [run_cell(spec, budget) for spec in plan(a)]
+        e2e = [end_to_end(*_ints(spec), a) for spec in a.e2e]
+        load = {"before": load_before, "after": os.getloadavg()}  # 1/5/15-min load: other jobs on the machine
+        r = {"machine": info, "machine_slug": slug, "threads": a.threads, "command": command,
+             "load_average": load, "cells": cells, "end_to_end": e2e}
     for suffix, text in ((".json", json.dumps(r, indent=2) + "\n"), (".md", render(r))):
         tmp = out / f".{name}{suffix}.tmp"
         tmp.write_text(text)
