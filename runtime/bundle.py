@@ -408,6 +408,8 @@ def _ann_section(s: _Schema, raw: dict, version: int, n_items: int, model: dict)
         raise s.fail("ann.dim", f"is {dim}, but model.d_model is {model['d_model']}")
     if s.integer(ann, "n_vectors", "ann.n_vectors", lo=1) != n_items:
         raise s.fail("ann.n_vectors", f"is {ann['n_vectors']}, but n_items is {n_items}")
+    if s.integer(ann, "id_offset", "ann.id_offset") != 1:
+        raise s.fail("ann.id_offset", f"must be 1 (index row r holds internal item r + 1), got {ann['id_offset']}")
     params = s.obj(ann, "params", "ann.params")
     for key in ANN_PARAMS[kind]:
         s.integer(params, key, f"ann.params.{key}", lo=1)

@@ -179,6 +179,7 @@ def test_index_and_manifest_tamper_detected(bundle_root, tmp_path):
     for edit, match in [
         (lambda m: m["ann"].update(dim=8), "ann.dim"),
         (lambda m: m["ann"].update(kind="lsh"), "ann.kind"),
+        (lambda m: m["ann"].update(id_offset=0), "ann.id_offset"),
         (lambda m: m["ann"]["recall"].update(recall_at_10=1.5), "recall_at_10"),
         (lambda m: m["ann"].update(file="../items.hnsw.faiss"), "not a plain file name"),
         (lambda m: m.update(format_version=2), "needs format_version 3"),
