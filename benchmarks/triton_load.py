@@ -50,55 +50,60 @@ def _triton_body(history: list[int], k: int) -> dict:
             "outputs": [{"name": "items"}, {"name": "scores"}], "parameters": {"k": k}}
 
 
+async def _closed_loop(call, concurrency: int, warmup_s: float, duration_s: float) -> dict:
+    """`concurrency` workers, each sending its next request when the last one answered;
+    `call(i)` sends request i and returns None or why it failed. Latencies and errors
+    count only after the warm-up."""
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    t_measure = time.perf_counter() + warmup_s
+    t_end = t_measure + duration_s
+
+    async def worker(w: int) -> None:
+        i = w
+        while time.perf_counter() < t_end:
+            a = time.perf_counter()
+            why = await call(i)
+            b = time.perf_counter()
+            i += concurrency
+            if a >= t_measure:
+                if why is None:
+                    lat.append(b - a)
+                else:
+                    errors[why] = errors.get(why, 0) + 1
+            if why is not None:
+                await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return {"latencies_s": lat, "errors": errors, "window_s": duration_s}
+
+
 async def _load_http(url: str, bodies: list[dict], concurrency: int, warmup_s: float, duration_s: float,
                      check) -> dict:
     import aiohttp  # lighter per request than httpx: on 2 shared cores the client must not be the limit
 
-    lat: list[float] = []
-    errors: dict[str, int] = {}
     payloads = [json.dumps(b).encode() for b in bodies]
-    t_measure = time.perf_counter() + warmup_s
-    t_end = t_measure + duration_s
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                      headers={"Content-Type": "application/json"}) as c:
-        async def worker(w: int) -> None:
-            i = w
-            while time.perf_counter() < t_end:
-                a = time.perf_counter()
-                why = None
-                try:
-                    async with c.post(url, data=payloads[i % len(payloads)]) as r:
-                        body = await r.read()
-                    if r.status != 200:
-                        why = f"HTTP {r.status}"
-                    elif not check(json.loads(body)):
-                        why = "bad answer"
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
-                    why = type(e).__name__
-                b = time.perf_counter()
-                i += concurrency
-                if a >= t_measure:
-                    if why is None:
-                        lat.append(b - a)
-                    else:
-                        errors[why] = errors.get(why, 0) + 1
-                if why is not None:
-                    await asyncio.sleep(0.01)
+        async def call(i: int) -> str | None:
+            try:
+                async with c.post(url, data=payloads[i % len(payloads)]) as r:
+                    body = await r.read()
+                if r.status != 200:
+                    return f"HTTP {r.status}"
+                return None if check(json.loads(body)) else "bad answer"
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                return type(e).__name__
 
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return {"latencies_s": lat, "errors": errors, "window_s": duration_s}
+        return await _closed_loop(call, concurrency, warmup_s, duration_s)
 
 
 async def _load_grpc(url: str, histories: list[list[int]], k: int, concurrency: int, warmup_s: float,
                      duration_s: float) -> dict:
     import tritonclient.grpc.aio as grpcclient
 
-    lat: list[float] = []
-    errors: dict[str, int] = {}
-    t_measure = time.perf_counter() + warmup_s
-    t_end = t_measure + duration_s
     inputs = []
     for h in histories:
         t = grpcclient.InferInput("history", [1, len(h)], "INT64")
@@ -106,32 +111,17 @@ async def _load_grpc(url: str, histories: list[list[int]], k: int, concurrency: 
         inputs.append(t)
     c = grpcclient.InferenceServerClient(url)
     try:
-        async def worker(w: int) -> None:
-            i = w
-            while time.perf_counter() < t_end:
-                a = time.perf_counter()
-                why = None
-                try:
-                    r = await c.infer("genattn", [inputs[i % len(inputs)]], parameters={"k": k},
-                                      client_timeout=CLIENT_TIMEOUT_S)
-                    if r.as_numpy("items").shape != (1, k):
-                        why = "bad answer"
-                except Exception as e:  # noqa: BLE001 - counted, never fatal
-                    why = type(e).__name__
-                b = time.perf_counter()
-                i += concurrency
-                if a >= t_measure:
-                    if why is None:
-                        lat.append(b - a)
-                    else:
-                        errors[why] = errors.get(why, 0) + 1
-                if why is not None:
-                    await asyncio.sleep(0.01)
+        async def call(i: int) -> str | None:
+            try:
+                r = await c.infer("genattn", [inputs[i % len(inputs)]], parameters={"k": k},
+                                  client_timeout=CLIENT_TIMEOUT_S)
+                return None if r.as_numpy("items").shape == (1, k) else "bad answer"
+            except Exception as e:  # noqa: BLE001 - counted, never fatal
+                return type(e).__name__
 
-        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        return await _closed_loop(call, concurrency, warmup_s, duration_s)
     finally:
         await c.close()
-    return {"latencies_s": lat, "errors": errors, "window_s": duration_s}
 
 
 def client_main(spec: dict) -> dict:
