@@ -59,6 +59,7 @@ def _cell(spec: dict) -> dict:
                           {"model": {"max_len": MAX_LEN}})
     run.model.n_items = spec["n_items"]
     tc = TrainConfig(loss=spec["loss"], negatives=spec["negatives"], device=spec["device"],
+                     in_batch_negatives=spec["in_batch"],
                      compile=spec["compile"])
     model = SASRec(run.model).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **({"fused": True} if dev.type == "cuda" else {}))
@@ -106,6 +107,7 @@ def _cell(spec: dict) -> dict:
 def run_cell(spec: dict, mem_budget: int) -> dict:
     row = {k: spec[k] for k in ("device", "kind", "loss", "n_items", "batch")}
     row["negatives"] = spec["negatives"] if spec["loss"] == "sampled" else None
+    row["in_batch"] = spec["in_batch"] if spec["loss"] == "sampled" else None
     if spec["loss"] == "full" and _logit_bytes(spec["batch"], spec["n_items"]) > mem_budget:
         need = _logit_bytes(spec["batch"], spec["n_items"]) / 2**30
         return {**row, "events_per_s": None, "peak_mem_mb": None,
@@ -129,7 +131,8 @@ def plan(a) -> list[dict]:
         for n in a.items:
             for loss in a.losses:
                 for b in a.batches:
-                    cells.append({**base, "kind": kind, "loss": loss, "n_items": n, "batch": b})
+                    for ib in (a.in_batch if loss == "sampled" else [False]):
+                        cells.append({**base, "kind": kind, "loss": loss, "n_items": n, "batch": b, "in_batch": ib})
     return cells
 
 
@@ -164,13 +167,14 @@ def render(r: dict) -> str:
              "(other jobs share the machine when it is above the cores in use).", "",
              "Events = predicted positions (training targets); max_len 50, each kind's default config, "
              "random windows. `peak_mem_mb`: the cell's own process (CPU RSS) or CUDA allocator peak.", "",
-             "| device | kind | loss | negatives | n_items | batch | events/s | ms/step | peak MB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| device | kind | loss | negatives | in-batch | n_items | batch | events/s | ms/step | peak MB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         eps = f"{c['events_per_s']:,.0f}" if c.get("events_per_s") else "—"
         ms = f"{c['ms_per_step']:.1f}" if c.get("ms_per_step") else "—"
         mem = f"{c['peak_mem_mb']:,.0f}" if c.get("peak_mem_mb") else "—"
-        lines.append(f"| {c['device']} | {c['kind']} | {c['loss']} | {c.get('negatives') or ''} | {c['n_items']:,} | "
+        ib = {True: "yes", False: "no"}.get(c.get("in_batch", True if c["loss"] == "sampled" else None), "")
+        lines.append(f"| {c['device']} | {c['kind']} | {c['loss']} | {c.get('negatives') or ''} | {ib} | {c['n_items']:,} | "
                      f"{c['batch']} | {eps} | {ms} | {mem} | {c.get('skipped', '')} |")
     if r.get("end_to_end"):
         lines += ["", "## End to end (`genattn train`, synthetic data, sampled softmax, 1 epoch)", "",
@@ -229,6 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", default="128", help="global batch sizes (windows of 50)")
     ap.add_argument("--losses", default="full,sampled")
     ap.add_argument("--negatives", type=int, default=1024)
+    ap.add_argument("--in-batch", default="on", help="sampled cells: in-batch negatives 'on', 'off' or 'on,off'")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the existing results' cells that this run does not measure again")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--compile", action="store_true", help="torch.compile each cell's model")
     ap.add_argument("--seconds", type=float, default=8.0, help="timed seconds per cell (after warm-up)")
@@ -257,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"unknown kind(s) {bad}; choose from {KINDS}")
     a.items, a.batches = _ints(a.items), _ints(a.batches)
     a.losses = [x for x in a.losses.split(",") if x]
+    a.in_batch = [{"on": True, "off": False}[x] for x in a.in_batch.split(",") if x]
     if a.device == "cuda":
         import torch
 
@@ -289,6 +297,15 @@ def main(argv: list[str] | None = None) -> dict:
         load = {"before": load_before, "after": os.getloadavg()}  # 1/5/15-min load: other jobs on the machine
         r = {"machine": info, "machine_slug": slug, "threads": a.threads, "command": command,
              "load_average": load, "cells": cells, "end_to_end": e2e}
+        if a.merge and (out / f"{name}.json").exists():
+            old = json.loads((out / f"{name}.json").read_text())
+            def key(c: dict) -> tuple:  # cells written before the in-batch axis had it on
+                ib = c.get("in_batch", True if c["loss"] == "sampled" else None)
+                return tuple(c.get(f) for f in ("device", "kind", "loss", "n_items", "batch", "negatives")) + (ib,)
+            new_keys = {key(c) for c in cells}
+            r["cells"] = [c for c in old["cells"] if key(c) not in new_keys] + cells
+            r["command"] = old["command"] + " ; " + command
+            r["end_to_end"] = e2e or old.get("end_to_end", [])
     for suffix, text in ((".json", json.dumps(r, indent=2) + "\n"), (".md", render(r))):
         tmp = out / f".{name}{suffix}.tmp"
         tmp.write_text(text)
