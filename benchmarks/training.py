@@ -143,6 +143,7 @@ def end_to_end(users: int, items: int, a) -> dict:
         cmd = [sys.executable, "-m", "genattn.cli", "train", "--data", "synthetic",
                "--synthetic-users", str(users), "--synthetic-items", str(items), "--attention", "softmax",
                "--loss", "sampled", "--negatives", str(a.negatives), "--epochs", "1",
+               "--in-batch" if a.in_batch[0] else "--no-in-batch",
                "--eval-users", str(a.e2e_eval_users), "--device", a.device, "--threads", str(a.threads),
                "--batch-size", str(a.e2e_batch), "--no-progress", "-o", str(Path(tmp) / "ck")]
         t0 = time.perf_counter()
@@ -152,7 +153,7 @@ def end_to_end(users: int, items: int, a) -> dict:
         if proc.returncode != 0:
             return {"users": users, "n_items": items, "error": proc.stderr[-800:]}
         m = json.loads((Path(tmp) / "ck" / "metrics.json").read_text())
-    return {"users": users, "n_items": items, "loss": "sampled", "negatives": a.negatives,
+    return {"users": users, "n_items": items, "loss": "sampled", "negatives": a.negatives, "in_batch": a.in_batch[0],
             "batch": a.e2e_batch, "data_seconds": m["data_seconds"], "train_seconds": m["train_seconds"],
             "events_per_s": m["events_per_s"][0], "peak_mem_mb": peak, "wall_seconds": wall,
             "eval_users": a.e2e_eval_users, "valid_ndcg@10": m["valid"]["ndcg@10"],

@@ -58,6 +58,8 @@ except ImportError:
               help="Full-catalog CE (default) or sampled softmax with logQ correction (large catalogs).")
 @click.option("--negatives", type=int, help="Sampled softmax: shared negatives per batch.")
 @click.option("--negative-sampler", type=click.Choice(["uniform", "popularity", "mixed"]))
+@click.option("--in-batch/--no-in-batch", "in_batch", default=None,
+              help="Sampled softmax: the batch's other targets as negatives too (default on).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), help="auto: bf16 autocast on a CUDA card.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--threads", type=int, help="torch intra-op threads (0: cores / processes).")
@@ -67,7 +69,7 @@ except ImportError:
 @click.option("--resume", is_flag=True, help="Continue from the training state in --out.")
 @click.option("--no-progress", is_flag=True)
 def train(config, out, attention, source, fmt, user_col, item_col, time_col, epochs, seed, device, max_len,
-          batch_size, lr, loss, negatives, negative_sampler, precision, compile_, threads, eval_users,
+          batch_size, lr, loss, negatives, negative_sampler, in_batch, precision, compile_, threads, eval_users,
           synthetic_users, synthetic_items, resume, no_progress) -> None:
     """Train a model and write a checkpoint (best validation NDCG@10).
 
@@ -84,6 +86,7 @@ def train(config, out, attention, source, fmt, user_col, item_col, time_col, epo
                                        "train": {"epochs": epochs, "seed": seed, "device": device,
                                                  "batch_size": batch_size, "lr": lr, "loss": loss,
                                                  "negatives": negatives, "negative_sampler": negative_sampler,
+                                                 "in_batch_negatives": in_batch,
                                                  "precision": precision, "compile": compile_, "threads": threads,
                                                  "eval_users": eval_users},
                                        "data": {"source": source, "fmt": fmt, "user_col": user_col,

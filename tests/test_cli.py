@@ -190,3 +190,22 @@ def test_output_is_atomic(b, rec, ids, tmp_path, monkeypatch):
     umask = os.umask(0)
     os.umask(umask)
     assert new.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it
+
+
+def test_train_flags_reach_the_config_and_bad_values_are_one_line(tmp_path):
+    out = tmp_path / "ck"
+    res = run("train", "--data", "synthetic", "--synthetic-users", 60, "--synthetic-items", 40, "--max-len", 8,
+              "--epochs", 1, "--device", "cpu", "--threads", 1, "--loss", "sampled", "--negatives", 8,
+              "--negative-sampler", "mixed", "--no-in-batch", "--batch-size", 16, "--eval-users", 30,
+              "--no-progress", "-o", out)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    for k, v in {"loss": "sampled", "negatives": 8, "negative_sampler": "mixed", "in_batch_negatives": False,
+                 "batch_size": 16, "eval_users": 30}.items():
+        assert cfg["train"][k] == v, k
+    assert cfg["data"]["synthetic_items"] == 40
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_items"] <= 40 and metrics["events_per_s"][0] > 0 and metrics["data_seconds"] >= 0
+    assert_one_error_line(run("train", "--data", "synthetic", "--negatives", -1, "-o", tmp_path / "x"),
+                          "negatives must be >= 0")
+    assert not (tmp_path / "x").exists()
