@@ -272,13 +272,17 @@ class Recommender:
         if self._closed:
             raise RecommenderClosedError("this Recommender was closed; load the bundle again")
 
-    def _run_backend(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """The one place the backend runs: counted for close(), failures typed."""
+    def _run_backend(self, feeds: dict[str, np.ndarray], need: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The one place the backend runs: counted for close(), failures typed. need: how many of the
+        K slots the caller will read (an ANN search fetches only those; an exact graph ignores it)."""
         with self._lock:
             self._check_open()
             self._active += 1
         try:
-            items, scores = self._backend.run(feeds)
+            if need is not None and self.manifest.ann is not None:
+                items, scores = self._backend.run(feeds, need=need)
+            else:
+                items, scores = self._backend.run(feeds)
             if scores.dtype != np.float32:  # an FP16 graph's scores: float32 whatever the precision
                 scores = scores.astype(np.float32)
             return items, scores
@@ -514,7 +518,9 @@ class Recommender:
         if not rows:
             self._check_open()  # fallback-only calls never touch the backend, but a closed Recommender is closed
             return None
-        items, scores = self._run_backend(self._feeds(preps))
+        # Slots read per row: k, plus the seen items older than the window that decoding drops.
+        need = max(p.k + max((len(r.post_exclude or ()) for r in p.rows), default=0) for p in preps)
+        items, scores = self._run_backend(self._feeds(preps), min(need, self.k_max))
         if items.shape != (rows, self.k_max) or scores.shape != (rows, self.k_max):
             raise BundleError(f"bundle {self.manifest.path}: the graph returned {items.shape} / {scores.shape} "
                               f"for {rows} rows, the manifest says K = {self.k_max}")
@@ -591,7 +597,7 @@ class Recommender:
         if B == 0:
             self._check_open()
             return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
-        items, scores = self._run_backend(feeds)
+        items, scores = self._run_backend(feeds, k)
         if exclude is not None and not self.exclude_in_graph:
             hit = (items[:, :, None] == exclude[:, None, :]).any(-1) & (items > 0)
             scores = np.where(hit, -np.inf, scores).astype(np.float32)
