@@ -337,6 +337,97 @@ def _other_libraries(r: Runner, items: np.ndarray, args) -> None:
                   lambda q: u.search(q[0], K, threads=1).keys[None], build_s, truth=truth, dest=r.library_rows)
 
 
+def end_to_end(args) -> dict:
+    """`Recommender.recommend` at batch 1 on real bundles over the expanded catalog: the checkpoint's
+    model with its item table replaced by the --n-items expanded one, exported exact and with
+    `--ann ivfpq` (export defaults; the recall gate runs on synthetic users, since the checkpoint's
+    data no longer matches the catalog), timed on real users' raw-id histories. Merged into the
+    "ann" section as "end_to_end"."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from genattn.checkpoint import checkpoint_data, load_checkpoint, save_checkpoint
+    from genattn.data import leave_one_out
+    from genattn.models import SASRec
+    from genattn_export import ExportOptions, export_bundle
+    from genattn_export.ann import AnnOptions, AnnRecallError
+    from genattn_runtime import Recommender
+
+    from .serving_scale import RESULTS
+
+    torch.set_num_threads(args.threads)
+    src = Path(args.checkpoint) if args.checkpoint else (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists()
+                                                        and not args.quick else _small_checkpoint())
+    ck = load_checkpoint(src)
+    base = ck.model.item_emb.weight.detach()[1:].float().numpy()
+    items = expand_items(base, args.n_items)
+    cfg = dataclasses.replace(ck.run.model, n_items=args.n_items)
+    model = SASRec(cfg)
+    state = {k: v for k, v in ck.model.state_dict().items() if k != "item_emb.weight"}
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        model.item_emb.weight.copy_(torch.from_numpy(np.concatenate([np.zeros((1, cfg.d_model), np.float32), items])))
+    ids = list(ck.item_ids) + [f"expanded-{i}" for i in range(args.n_items - len(ck.item_ids))]
+    pop = np.concatenate([ck.popularity, np.zeros(args.n_items - len(ck.item_ids), dtype=np.int64)])
+    users = leave_one_out(checkpoint_data(ck)).test_inputs
+    hists = [[ck.item_ids[i - 1] for i in u] for u in users[:args.queries]]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=CACHE.parent if CACHE.parent.exists() else None) as tmp:
+        tmp = Path(tmp)
+        save_checkpoint(tmp / "ck", model, dataclasses.replace(ck.run, model=cfg), item_ids=ids, popularity=pop,
+                        n_users=ck.n_users)
+        configs = [("exact fp32 (ONNX graph, K=100)", None),
+                   ("ivfpq (export defaults)", AnnOptions(kind="ivfpq", threads=args.threads))]
+        while configs:
+            name, ann = configs.pop(0)
+            out = tmp / ("ann" if ann else "exact")
+            t = time.perf_counter()
+            try:
+                m = export_bundle(tmp / "ck", out, ExportOptions(k=100, verify_users=0, ann=ann))
+            except AnnRecallError as e:  # the gate refused the index: recorded, then once with 4x nprobe
+                rows.append({"bundle": name, "refused": str(e)[:300]})
+                if ann.nprobe == AnnOptions.nprobe:
+                    configs.append((f"ivfpq (nprobe {4 * ann.nprobe})",
+                                    dataclasses.replace(ann, nprobe=4 * ann.nprobe)))
+                continue
+            export_s = time.perf_counter() - t
+            # an ANN bundle also at the default nprobe set at load (real users' recall at it: the main rows)
+            loads = [({}, "")] + ([({"nprobe": AnnOptions.nprobe}, f", loaded with nprobe={AnnOptions.nprobe}")]
+                                  if ann and ann.nprobe != AnnOptions.nprobe else [])
+            for load_kw, suffix in loads:
+                rec = Recommender.load(out, backend="cpu", threads=args.threads, **load_kw)
+                for h in hists[:20]:
+                    rec.recommend(h, k=10)
+                ts = []
+                for h in hists:
+                    t = time.perf_counter()
+                    rec.recommend(h, k=10)
+                    ts.append(time.perf_counter() - t)
+                ms = np.asarray(ts) * 1e3
+                row = {"bundle": name + suffix, "p50_ms": float(np.percentile(ms, 50)),
+                       "p90_ms": float(np.percentile(ms, 90)), "export_s": round(export_s, 1)}
+                if ann:
+                    row["export_recall@10"] = m["ann"]["recall"]["recall_at_10"]
+                    row["recall_users"] = m["ann"]["recall"]["source"]
+                    row["params"] = json.dumps(m["ann"]["params"])
+                rows.append(row)
+                log.info("%s", row)
+                rec.close()
+    results = Path(args.results_dir) if args.results_dir else RESULTS
+    path = results / "serving_scale.json"
+    doc = json.loads(path.read_text()).get("ann", {}) if path.exists() else {}
+    doc["end_to_end"] = rows
+    doc["end_to_end_setup"] = (f"Recommender.recommend(history, k=10), batch 1, {len(hists)} real users' raw-id "
+                               f"histories of {repo_path(src)}'s data (newest max_len used, seen items excluded), "
+                               f"{args.threads} thread(s), catalog {args.n_items} items; command: python -m "
+                               f"benchmarks.ann {' '.join(sys.argv[1:])}; 1-minute load average "
+                               f"{os.getloadavg()[0]:.2f} at the end")
+    write_section("ann", doc, results_dir=args.results_dir)
+    return {"rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ann", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="Small catalog and few queries (seconds): a smoke run.")
@@ -354,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="Also compare faiss, hnswlib and usearch HNSW (when installed) on --libraries-n-items.")
     ap.add_argument("--libraries-n-items", type=int, default=200_000, help="Catalog of the comparison [200000].")
     ap.add_argument("--results-dir", type=Path, default=None, help="Where serving_scale.{json,md} go.")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="Instead: export exact and ivfpq bundles over the expanded catalog and time "
+                         "Recommender.recommend at batch 1 (merged into the section as end_to_end).")
     args = ap.parse_args(argv)
     args.n_items = args.n_items or (5000 if args.quick else 1_000_000)
     args.queries = args.queries or (50 if args.quick else 1000)
@@ -362,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.end_to_end:
+        args.queries = min(args.queries, 300)
+        end_to_end(args)
+        return 0
     out = run(args)
     best = out["best"]
     print(f"best: {best}" if best else f"no index reached recall@10 {TARGET_RECALL}")
