@@ -1,6 +1,7 @@
 """Top-K retrieval over a large catalog at batch 1: ANN indexes against exact scoring.
 
     python -m benchmarks.ann [--quick] [--n-items 1000000] [--checkpoint CKPT] [--libraries]
+    python -m benchmarks.ann --end-to-end      # real bundles over the expanded catalog, Recommender.recommend
 
 Item vectors (model-like, not uniform random): the item embeddings of a trained
 checkpoint (default: the ML-1M softmax model of the accuracy suite when present,
