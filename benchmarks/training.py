@@ -204,10 +204,13 @@ def plot(r: dict, path: Path) -> None:
     series: dict = {}
     for c in r["cells"]:
         if c.get("events_per_s"):
-            series.setdefault((c["kind"], c["loss"], c["batch"]), []).append((c["n_items"], c["events_per_s"]))
+            ib = c.get("in_batch", True) if c["loss"] == "sampled" else None
+            loss = c["loss"] if ib is None else f"sampled{'' if ib else ', no in-batch'}"
+            series.setdefault((c["kind"], loss, c["batch"]), []).append((c["n_items"], c["events_per_s"]))
+    styles = {"full": "--", "sampled": "-"}
     for (kind, loss, b), pts in sorted(series.items()):
         pts.sort()
-        ax.plot(*zip(*pts), marker="o", linestyle="-" if loss == "sampled" else "--", label=f"{kind} {loss} B={b}")
+        ax.plot(*zip(*pts), marker="o", linestyle=styles.get(loss, ":"), label=f"{kind} {loss} B={b}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("catalog size (items)")
