@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,15 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .latency.http_load import _free_port, wait_ready
 from .machine import REPO, machine_info, repo_path
 
 CLIENT_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the client (its own process)
@@ -168,20 +162,11 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         path = "/healthz" if engine == "fastapi" else "/v2/models/genattn/ready"
-        import httpx
-
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the {engine} server exited with {self.proc.returncode}: {self._tail()}")
-            if time.monotonic() - t0 > 180:
+        why = wait_ready(f"http://127.0.0.1:{self.http_port}{path}", self.proc, timeout_s=180, interval_s=0.1)
+        if why:
+            if self.proc.poll() is None:
                 self.stop()
-                raise RuntimeError(f"the {engine} server was not ready in 180 s: {self._tail()}")
-            time.sleep(0.1)
+            raise RuntimeError(f"the {engine} server {why}: {self._tail()}")
         self.startup_s = time.monotonic() - t0
 
     def _tail(self) -> str:

@@ -25,6 +25,25 @@ def _free_port() -> int:
         return sk.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, interval_s: float = 0.05) -> str | None:
+    """Poll `url` until it answers 200: None once it does, else why not (the server process
+    exited, or the time ran out). The caller decides what a failure means."""
+    import httpx
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return None
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode}"
+        if time.monotonic() - t0 > timeout_s:
+            return f"was not ready in {timeout_s:.0f} s"
+        time.sleep(interval_s)
+
+
 def http_run(bundle: Path, s: Settings, threads: int, max_len: int, n_items: int) -> dict:
     """A real `python -m genattn_runtime.service` process on loopback under concurrent httpx load."""
     for mod in ("fastapi", "uvicorn", "prometheus_client", "httpx"):
@@ -41,17 +60,9 @@ def http_run(bundle: Path, s: Settings, threads: int, max_len: int, n_items: int
     base = f"http://127.0.0.1:{port}"
     try:
         t0 = time.monotonic()
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise Skip(f"the service exited with {proc.returncode}: {proc.stdout.read()[-500:]}")
-            if time.monotonic() - t0 > 60:
-                raise Skip("the service did not become healthy in 60 s")
-            time.sleep(0.05)
+        why = wait_ready(f"{base}/healthz", proc, timeout_s=60)
+        if why:
+            raise Skip(f"the service {why}" + (f": {proc.stdout.read()[-500:]}" if proc.poll() is not None else ""))
         startup_s = time.monotonic() - t0
         rng = np.random.default_rng(s.suite.seed)
         bodies = [{"history": rng.integers(1, n_items + 1, max_len).tolist(), "k": s.suite.k} for _ in range(64)]
