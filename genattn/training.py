@@ -193,11 +193,12 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
             if len(batch) < world.size:
                 continue  # too few rows for every rank (all ranks skip alike)
             idx = batch[world.rank::world.size]
+            batch_targets = int(n_targets_all[batch].sum())  # predicted positions, all ranks
             xb, yb = (_rows(t, idx, device) for t in (x_all, y_all))
             beta = run.model.beta * min(1.0, (state["step"] + 1) / max(run.model.beta_warmup_steps, 1))
             with autocast():
                 out_d = net(xb, yb, rng=rng, beta=beta, loss=loss_fn,
-                            n_targets=float(n_targets_all[batch].sum()) / world.size)
+                            n_targets=batch_targets / world.size)
             opt.zero_grad(set_to_none=True)
             out_d["loss"].backward()
             if tc.grad_clip:
@@ -207,7 +208,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
                 state["first_step_ce"] = world.mean([float(out_d["ce"])])[0]
             state["step"] += 1
             n_steps += 1
-            n_events += int(n_targets_all[batch].sum())  # predicted positions, all ranks
+            n_events += batch_targets
             for key in ("ce", "ce_posterior", "bound"):
                 if key in out_d:
                     sums[key] = sums.get(key, 0.0) + out_d[key].detach().float()  # no sync per step
