@@ -63,16 +63,24 @@ def resolve(spec: str) -> tuple[str, Path]:
     return name, p
 
 
-def trained(name: str, cfg_path: Path, seed: int, runs: Path, data: str, sets: dict) -> Path:
-    out = runs / f"{name}_seed{seed}"
+def train_or_resume(run, out: Path) -> Path:
+    """Train `run` into `out`; a finished run is reused, an interrupted one resumed from
+    its last epoch, so a benchmark can span sessions."""
     metrics = out / "metrics.json"
     if metrics.is_file() and "test" in json.loads(metrics.read_text()):
         return out
+    resume = (out / "state.json").is_file()
+    if resume:
+        log.info("resuming %s", out)
+    train(run, out, resume=resume, progress=sys.stderr.isatty())
+    return out
+
+
+def trained(name: str, cfg_path: Path | None, seed: int, runs: Path, data: str, sets: dict) -> Path:
     over = {t: dict(v) for t, v in sets.items()}
     over["train"]["seed"] = seed
     over["data"]["source"] = data
-    train(load_run_config(cfg_path, over), out, progress=sys.stderr.isatty())
-    return out
+    return train_or_resume(load_run_config(cfg_path, over), runs / f"{name}_seed{seed}")
 
 
 def stochastic(kind: str, base):

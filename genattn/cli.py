@@ -54,8 +54,9 @@ except ImportError:
 @click.option("--max-len", type=int)
 @click.option("--batch-size", type=int, help="Global batch (windows per step, split over data-parallel ranks).")
 @click.option("--lr", type=float)
-@click.option("--loss", type=click.Choice(["full", "sampled"]),
-              help="Full-catalog CE (default) or sampled softmax with logQ correction (large catalogs).")
+@click.option("--loss", type=click.Choice(["full", "sampled", "bce"]),
+              help="Full-catalog CE (default), sampled softmax with logQ correction (large catalogs), or "
+                   "bce: SASRec's binary CE against one uniform negative per position.")
 @click.option("--negatives", type=int, help="Sampled softmax: shared negatives per batch.")
 @click.option("--negative-sampler", type=click.Choice(["uniform", "popularity", "mixed"]))
 @click.option("--in-batch/--no-in-batch", "in_batch", default=None,

@@ -93,7 +93,7 @@ class TrainConfig:
     max_minutes: float = 0.0         # wall-time budget; 0 = none
     # Catalog loss (models/loss.py). "full": exact CE over every item, the default, right for
     # catalogs up to ~10^5 items; "sampled": sampled softmax with logQ correction, for larger ones.
-    loss: str = "full"               # "full" | "sampled"
+    loss: str = "full"               # "full" | "sampled" | "bce" (SASRec's: one uniform negative per position)
     negatives: int = 1024            # sampled: shared negatives per batch (drawn with replacement)
     negative_sampler: str = "uniform"  # sampled: "uniform" | "popularity" | "mixed" (even mixture)
     in_batch_negatives: bool = True  # sampled: the batch's other targets are negatives too

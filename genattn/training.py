@@ -21,7 +21,7 @@ from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, pad_left
 from .distributed import World
 from .evaluation import eval_sets, evaluate
-from .models import SASRec, SampledSoftmax, default_sampling
+from .models import SampledBCE, SASRec, SampledSoftmax, default_sampling
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,12 @@ def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def make_loss(tc: TrainConfig, n_items: int, popularity: np.ndarray, device: torch.device, seed: int):
-    """None = full CE (models/loss.py); otherwise the sampled softmax with its own stream."""
+    """None = full CE (models/loss.py); otherwise the sampled loss with its own stream."""
     if tc.loss == "full":
         return None
     g = torch.Generator(device=device).manual_seed(seed)
+    if tc.loss == "bce":
+        return SampledBCE(n_items, generator=g).to(device)
     return SampledSoftmax(n_items, tc.negatives, popularity, sampler=tc.negative_sampler,
                           in_batch=tc.in_batch_negatives, generator=g).to(device)
 
@@ -172,6 +174,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
                                    "shuffle": shuffle.get_state()})  # a collective: every rank
         if world.main:
             metrics = {"best_epoch": state["best_epoch"], "best_valid_ndcg@10": state["best"],
+                       "epochs_run": state["epoch"], "stopped_by": state.get("stopped_by"),
                        "history": state["history"], "train_seconds": state["seconds"],
                        "data_seconds": data_seconds, "peak_rss_mb": peak_rss_mb(), "world_size": world.size,
                        "events_per_s": state.get("events_per_s", []),
@@ -184,7 +187,8 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
                             rng_states=_flat_rng(rng_states))
         world.barrier()
 
-    while state["epoch"] < tc.epochs:
+    state.pop("stopped_by", None)  # a resumed run decides again, under this run's budget
+    while state["epoch"] < tc.epochs and state["bad"] < tc.patience and "stopped_by" not in state:
         net.train()
         order = torch.randperm(len(x_all), generator=shuffle)
         sums, n_steps, n_events, t_epoch = {}, 0, 0, time.perf_counter()
@@ -225,6 +229,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
         if state["epoch"] % tc.eval_every == 0 or state["epoch"] == tc.epochs:
             v = evaluate(model, sets["valid"], sampling=sampling, **eval_kw)
             entry["valid_ndcg@10"] = v["ndcg@10"]
+            entry["valid_coverage@10"] = v["coverage@10"]
             if v["ndcg@10"] > state["best"]:
                 state.update(best=v["ndcg@10"], best_epoch=state["epoch"], bad=0)
                 best_weights = copy.deepcopy({k: t.detach() for k, t in model.state_dict().items()})
@@ -237,10 +242,12 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
         # Every rank holds the same metrics; the wall-time budget is rank 0's clock.
         if state["bad"] >= tc.patience:
             log.info("early stop at epoch %d (best %d)", state["epoch"], state["best_epoch"])
-            break
+            state["stopped_by"] = "patience"
         if world.agree(bool(tc.max_minutes and state["seconds"] > tc.max_minutes * 60)):
+            # Recorded, so that a comparison can see a run the clock cut short of its patience.
             log.warning("stopping: wall-time budget of %.1f min reached", tc.max_minutes)
-            break
+            state["stopped_by"] = "wall_time"
+    state.setdefault("stopped_by", "patience" if state["bad"] >= tc.patience else "epochs")
     bar.close()
 
     last_weights = copy.deepcopy({k: t.detach() for k, t in model.state_dict().items()})

@@ -1,7 +1,7 @@
 """Models: the SASRec backbone and its attention kinds."""
 from .attention import CausalSelfAttention, SoftmaxWeights
 from .diffusion import Denoiser, DiffusionWeights
-from .loss import LOSSES, SAMPLERS, SampledSoftmax, full_ce
+from .loss import LOSSES, SAMPLERS, SampledBCE, SampledSoftmax, full_ce
 from .sampling import Sampling, default_sampling, stochastic_sampling
 from .sasrec import SASRec, make_noise
 from .scheduler import DDIMScheduler
@@ -9,4 +9,4 @@ from .vae import VAEWeights
 
 __all__ = ["SASRec", "CausalSelfAttention", "Sampling", "SoftmaxWeights", "VAEWeights",
            "DiffusionWeights", "Denoiser", "DDIMScheduler", "make_noise",
-           "default_sampling", "stochastic_sampling", "SampledSoftmax", "full_ce", "LOSSES", "SAMPLERS"]
+           "default_sampling", "stochastic_sampling", "SampledSoftmax", "SampledBCE", "full_ce", "LOSSES", "SAMPLERS"]

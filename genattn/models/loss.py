@@ -14,6 +14,13 @@ sampled   sampled softmax: the positive against M shared negatives drawn from q
           candidate equal to a row's own target (an accidental hit) is masked out of
           that row, and the positive enters once, uncorrected. The denominator then
           estimates the full catalog's, and the loss tends to the full CE as M grows.
+bce       the original SASRec loss (Kang & McAuley 2018), which this research line trains
+          with: binary cross-entropy of the positive against one negative per position,
+          drawn uniformly from the catalog minus that position's target,
+          -log sigmoid(h.e_y) - log(1 - sigmoid(h.e_n)). SASRec's code also avoids every
+          item of the user's history; here only the target is excluded (a history item is
+          drawn with probability |history| / N, ~6% on ML-100K). Much weaker than full CE
+          on the same data (docs/training.md): it is here to run the paper's protocol.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("full", "sampled")
+LOSSES = ("full", "sampled", "bce")
 SAMPLERS = ("uniform", "popularity", "mixed")
 
 
@@ -92,3 +99,30 @@ class SampledSoftmax:
         neg = neg.masked_fill(cand[None, :] == y[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([pos[:, None], neg], dim=1).float()
         return F.cross_entropy(logits, torch.zeros_like(y), reduction="none")
+
+
+class SampledBCE:
+    """The `bce` loss of the module docstring: one uniform negative per position, never
+    padding and never that position's own target; only the positive's and the negative's
+    item rows receive gradient."""
+
+    def __init__(self, n_items: int, generator: torch.Generator | None = None):
+        if n_items < 2:
+            raise ValueError(f"bce needs at least 2 items to draw a negative, got {n_items}")
+        self.n_items, self.generator = n_items, generator
+        self._device = torch.device("cpu") if generator is None else generator.device
+
+    def to(self, device: torch.device) -> "SampledBCE":
+        self._device = torch.device(device)
+        return self
+
+    def draw(self, y: Tensor) -> Tensor:
+        """(P,) negatives, uniform over 1..N without y: draw from N - 1 values, skip y."""
+        neg = torch.randint(1, self.n_items, y.shape, generator=self.generator, device=self._device)
+        return neg + (neg >= y).long()
+
+    def __call__(self, h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+        neg = self.draw(y)
+        pos_logit = (h * weight[y]).sum(-1).float()
+        neg_logit = (h * weight[neg]).sum(-1).float()
+        return F.softplus(-pos_logit) + F.softplus(neg_logit)  # -log s(pos) - log(1 - s(neg))

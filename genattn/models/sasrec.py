@@ -1,4 +1,4 @@
-"""SASRec-style causal transformer with pluggable attention (DESIGN.md section 3).
+"""SASRec-style causal transformer with pluggable attention (docs/model.md, "Backbone").
 
 `forward` computes the training loss; `scores` is the serving path: it runs only
 the newest query row in the last block and returns full-catalog scores.
@@ -19,6 +19,7 @@ from .sampling import NoiseReader, Sampling
 from .vae import VAEWeights
 
 WEIGHTS = {"softmax": SoftmaxWeights, "vae": VAEWeights, "diffusion": DiffusionWeights}
+GENERATIVE_SEED_OFFSET = 0x6E6A  # the generative modules' stream: global seed + this
 
 
 class Block(nn.Module):
@@ -57,9 +58,18 @@ class SASRec(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         blocks = []
+        # Paired seeds: the generative modules draw their initial values from a stream of
+        # their own (derived from the global seed), so the global stream — and with it every
+        # shared parameter — is the same for every kind under one seed.
+        own_seed = (torch.initial_seed() + GENERATIVE_SEED_OFFSET) % (1 << 63)
         for b in range(cfg.n_blocks):
             generative = cfg.attention != "softmax" and (cfg.generative_blocks == "all" or b == cfg.n_blocks - 1)
-            weights = WEIGHTS[cfg.attention if generative else "softmax"](cfg)
+            if generative:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(own_seed + b)
+                    weights = WEIGHTS[cfg.attention](cfg)
+            else:
+                weights = SoftmaxWeights(cfg)
             blocks.append(Block(cfg, weights))
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(cfg.d_model)
