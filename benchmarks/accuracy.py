@@ -26,12 +26,12 @@ from genattn.checkpoint import load_checkpoint
 from genattn.config import load_run_config
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
-from genattn.fileio import write_json_atomic, write_text_atomic
 from genattn.metrics import mean_std
 from genattn.models import default_sampling, stochastic_sampling
 from genattn.training import train
 
-from .machine import machine_info, repo_path
+from .machine import git_commit, machine_info, repo_path
+from .record import update_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "genattn" / "configs"
@@ -67,6 +67,12 @@ def train_or_resume(run, out: Path) -> Path:
     """Train `run` into `out`; a finished run is reused, an interrupted one resumed from
     its last epoch, so a benchmark can span sessions."""
     metrics = out / "metrics.json"
+    saved = out / "config.json"
+    if saved.is_file():
+        have = json.loads(saved.read_text())
+        want = {"model": {**asdict(run.model), "n_items": have["model"].get("n_items")}, "train": asdict(run.train)}
+        if not same_config(have, want) or have.get("data", {}).get("source") != run.data.source:
+            raise SystemExit(f"{out} holds a run of another configuration; remove it or pass another --runs")
     if metrics.is_file() and "test" in json.loads(metrics.read_text()):
         return out
     resume = (out / "state.json").is_file()
@@ -94,6 +100,67 @@ def short_name(data: str) -> str:
     return data.replace("-", "").replace("_", "")
 
 
+def seed_record(ck, seed: int, split_sets: dict, ds, sample_seeds: list[int], steps: list[int]) -> dict:
+    """Everything one training seed contributes to an entry: final metrics, how training went
+    (best epoch, epochs run, why it stopped, the validation curve), stochastic modes and sweeps."""
+    m = ck.metrics
+    hist = [h for h in m["history"] if "valid_ndcg@10" in h]
+    rec = {"seed": seed, "valid": m["valid"], "test": m["test"], "seconds": m["train_seconds"],
+           "best_epoch": m["best_epoch"], "epochs_run": m.get("epochs_run", len(m["history"])),
+           "stopped_by": m.get("stopped_by"),
+           "valid_curve": {"epoch": [h["epoch"] for h in hist], "ndcg@10": [h["valid_ndcg@10"] for h in hist],
+                           "coverage@10": [h.get("valid_coverage@10") for h in hist]}}
+    kind = ck.run.model.attention
+    base = default_sampling(ck.run.model)
+    if base is None:
+        return rec
+    kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
+    st = stochastic(kind, base)
+    for split in ("valid", "test"):
+        rs = [evaluate(ck.model, split_sets[split], sampling=st, seed=s, **kw) for s in sample_seeds]
+        rec[f"stoch_{split}"] = {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}
+    sweeps = {}
+    for S in SAMPLES:
+        sweeps[f"samples_{S}"] = evaluate(ck.model, split_sets["test"], sampling=replace(st, n_samples=S), seed=0, **kw)
+    if kind == "diffusion":
+        for n in steps:
+            sweeps[f"steps_{n}"] = evaluate(ck.model, split_sets["test"], sampling=replace(base, n_steps=n), **kw)
+            sweeps[f"steps_{n}_stochastic"] = evaluate(ck.model, split_sets["test"],
+                                                        sampling=replace(st, n_steps=n), seed=0, **kw)
+    rec.update(sweeps=sweeps, deterministic_sampling=base.__dict__, stochastic_sampling=st.__dict__,
+               sample_seeds=sample_seeds)
+    return rec
+
+
+# Settings that do not change what is trained: runs that differ only here are seeds of one entry.
+NOT_CONFIG = {"seed", "threads", "device"}
+
+
+def same_config(a: dict, b: dict) -> bool:
+    strip = lambda c: {"model": c["model"], "train": {k: v for k, v in c["train"].items() if k not in NOT_CONFIG}}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def aggregate(entry: dict) -> dict:
+    """The entry's summary fields, recomputed from its per-seed records (so running one
+    more seed later merges into the entry)."""
+    recs = [entry["per_seed"][k] for k in sorted(entry["per_seed"], key=int)]
+    entry.update(seeds=[r["seed"] for r in recs], valid=mean_std([r["valid"] for r in recs]),
+                 test=mean_std([r["test"] for r in recs]), per_seed_test=[r["test"] for r in recs],
+                 train_seconds=mean_std([{"s": r["seconds"]} for r in recs])["s"],
+                 best_epochs=[r["best_epoch"] for r in recs], epochs_run=[r["epochs_run"] for r in recs],
+                 stopped_by=[r["stopped_by"] for r in recs], valid_curves=[r["valid_curve"] for r in recs],
+                 epochs=[r["epochs_run"] for r in recs])
+    if all("stoch_test" in r for r in recs):
+        entry["deterministic_sampling"] = recs[0]["deterministic_sampling"]
+        entry["stochastic"] = {"sampling": recs[0]["stochastic_sampling"], "sample_seeds": recs[0]["sample_seeds"],
+                               "valid": mean_std([r["stoch_valid"] for r in recs]),
+                               "test": mean_std([r["stoch_test"] for r in recs])}
+        knobs = [k for k in recs[0]["sweeps"] if all(k in r["sweeps"] for r in recs)]
+        entry["sweeps_test"] = {k: mean_std([r["sweeps"][k] for r in recs]) for k in knobs}
+    return entry
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", "--kinds", dest="configs", default="softmax,vae,diffusion",
@@ -119,59 +186,34 @@ def main(argv: list[str] | None = None) -> dict:
     ds = load_source(load_run_config(None, {"data": {**sets["data"], "source": a.data}}).data)
     split_sets = eval_sets(leave_one_out(ds))
     command = "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
-    result: dict = {"command": command, "data": a.data, "n_users": ds.n_users, "n_items": ds.n_items,
-                    "protocol": "leave-one-out, full ranking over the whole catalog, history items masked",
-                    "machine": machine_info()}
+    machine = machine_info()
+    result: dict = {"data": a.data, "n_users": ds.n_users, "n_items": ds.n_items,
+                    "protocol": "leave-one-out, full ranking over the whole catalog, history items masked"}
     for name, cfg_path in specs:
-        per_seed: dict[str, list] = {"valid": [], "test": [], "stoch_valid": [], "stoch_test": [],
-                                     "seconds": [], "epochs": []}
-        sweep: dict[str, list] = {}
-        run_cfg = None
+        loss = load_run_config(cfg_path, {t: dict(v) for t, v in sets.items()}).train.loss
+        key = f"{name}_{loss}"  # kind (or configuration) and training loss
         for seed in seeds:
-            ck = load_checkpoint(trained(name, cfg_path, seed, runs, a.data, sets))
-            run_cfg, kind = ck.run, ck.run.model.attention
-            kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
-            per_seed["valid"].append(ck.metrics["valid"])
-            per_seed["test"].append(ck.metrics["test"])
-            per_seed["seconds"].append(ck.metrics["train_seconds"])
-            per_seed["epochs"].append(len(ck.metrics["history"]))
-            base = default_sampling(ck.run.model)
-            if base is None:
-                continue
-            st = stochastic(kind, base)
-            for split in ("valid", "test"):
-                rs = [evaluate(ck.model, split_sets[split], sampling=st, seed=s, **kw) for s in sample_seeds]
-                per_seed[f"stoch_{split}"].append({k: float(np.mean([r[k] for r in rs])) for k in rs[0]})
-            for S in SAMPLES:
-                sweep.setdefault(f"samples_{S}", []).append(
-                    evaluate(ck.model, split_sets["test"], sampling=replace(st, n_samples=S), seed=0, **kw))
-            if kind == "diffusion":
-                for n in steps:
-                    sweep.setdefault(f"steps_{n}", []).append(
-                        evaluate(ck.model, split_sets["test"], sampling=replace(base, n_steps=n), **kw))
-                    sweep.setdefault(f"steps_{n}_stochastic", []).append(
-                        evaluate(ck.model, split_sets["test"], sampling=replace(st, n_steps=n), seed=0, **kw))
-        model_cfg = asdict(run_cfg.model)
-        model_cfg.pop("n_items", None)
-        entry = {"config": {"attention": run_cfg.model.attention, "file": repo_path(cfg_path), "overrides": sets,
-                            "model": model_cfg, "train": asdict(run_cfg.train)},
-                 "valid": mean_std(per_seed["valid"]), "test": mean_std(per_seed["test"]),
-                 "train_seconds": mean_std([{"s": s} for s in per_seed["seconds"]])["s"],
-                 "epochs": per_seed["epochs"], "seeds": seeds, "per_seed_test": per_seed["test"],
-                 "command": command, "machine": result["machine"]["cpu"]}
-        if per_seed["stoch_test"]:
-            entry["deterministic_sampling"] = base.__dict__
-            entry["stochastic"] = {"sampling": stochastic(kind, base).__dict__, "sample_seeds": sample_seeds,
-                                   "valid": mean_std(per_seed["stoch_valid"]),
-                                   "test": mean_std(per_seed["stoch_test"])}
-            entry["sweeps_test"] = {k: mean_std(v) for k, v in sweep.items()}
-        result[name] = entry
-        # Keep entries other invocations wrote (each records its command); read at write time,
-        # so two benchmarks running at once do not drop each other's entries.
-        prev = Path(out + ".json")
-        merged = {**(json.loads(prev.read_text()) if prev.is_file() else {}), **result}
-        write_json_atomic(out + ".json", merged)
-        write_text_atomic(out + ".md", render(merged))
+            ck = load_checkpoint(trained(key, cfg_path, seed, runs, a.data, sets))
+            model_cfg = asdict(ck.run.model)
+            model_cfg.pop("n_items", None)
+            config = {"attention": ck.run.model.attention, "file": repo_path(cfg_path), "overrides": sets,
+                      "model": model_cfg, "train": asdict(ck.run.train)}
+            rec = seed_record(ck, seed, split_sets, ds, sample_seeds, steps)
+            rec.update(command=command, machine=machine["cpu"], commit=git_commit())
+            # Merged into what is on disk under a lock: two benchmarks running at once keep each
+            # other's entries, and a seed run later joins its entry when the configuration matches.
+            def add(doc: dict) -> None:
+                doc.update(result, machine=machine)
+                old = doc.get(key)
+                entry = old if (isinstance(old, dict) and "per_seed" in old
+                                and same_config(old["config"], config)) else {"per_seed": {}}
+                if entry is not old and old is not None:
+                    log.warning("%s: the configuration changed; the earlier entry is replaced", key)
+                entry.update(config=config, command=command, machine=machine["cpu"])
+                entry["per_seed"][str(seed)] = rec
+                doc[key] = aggregate(entry)
+
+            result[key] = update_results(out + ".json", add, render)[key]
     return result
 
 
@@ -219,17 +261,61 @@ def render(r: dict) -> str:
                 lines.append(f"| {key} | {knob} | {fmt(v['ndcg@10'], n)} | {fmt(v['hr@10'], n)} | "
                              f"{fmt(v['coverage@10'], n)} |")
         lines.append("")
-    lines += ["## Training cost and commands", "",
-              "| configuration | wall time per run (s) | epochs run | command |", "|---|---|---|---|"]
+    rows = verdict(r)
+    if rows:
+        lines += ["## Does generated attention beat softmax? (test NDCG@10, selected on validation)", "",
+                  "Per loss: the softmax entry and the generative entry with the best mean validation NDCG@10; the "
+                  "target is a test gain of more than twice the larger seed std.", "",
+                  "| loss | softmax (valid → test) | best generative (valid → test) | gain | 2 × larger std | beats |",
+                  "|---|---|---|---|---|---|"]
+        for v in rows:
+            lines.append(f"| {v['loss']} | {v['softmax']}: {v['softmax_valid']:.4f} → {v['softmax_test']:.4f} | "
+                         f"{v['generative']}: {v['generative_valid']:.4f} → {v['generative_test']:.4f} | "
+                         f"{v['gain']:+.4f} | {v['margin']:.4f} | {'yes' if v['beats'] else 'no'} |")
+        lines.append("")
+    lines += ["## Training budget, convergence and commands", "",
+              "Per training seed: the epoch of the best validation NDCG@10 (the weights reported), the epochs run "
+              "and why the run stopped (patience, the epoch cap, or the wall-time cap).", "",
+              "| configuration | loss | patience / epoch cap / wall-time cap (min) | best epoch | epochs run | "
+              "stopped by | wall time per run (s) | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
     for key in entries(r):
         e = r[key]
+        tr = e["config"].get("train", {}) if isinstance(e["config"], dict) else {}
         ts = e["train_seconds"]
         wall = f"{ts['mean']:.0f}" if len(e.get("seeds", [0, 1])) < 2 else f"{ts['mean']:.0f} ± {ts['std']:.0f}"
-        lines.append(f"| {key} | {wall} | {e['epochs']} | `{e.get('command', r['command'])}` |")
+        budget = f"{tr.get('patience', '?')} / {tr.get('epochs', '?')} / {tr.get('max_minutes') or 'none'}"
+        commits = sorted({str(p.get("commit")) for p in e.get("per_seed", {}).values()}) or ["?"]
+        lines.append(f"| {key} | {tr.get('loss', 'full')} | {budget} | {e.get('best_epochs', '?')} | "
+                     f"{e.get('epochs_run', e['epochs'])} | {e.get('stopped_by', '?')} | {wall} | "
+                     f"{', '.join(commits)} | `{e.get('command', r.get('command'))}` |")
     notes = [f"- {key}: {r[key]['note']}" for key in entries(r) if r[key].get("note")]
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"
+
+
+def verdict(r: dict) -> list[dict]:
+    """The issue's test, per training loss, from the new-format entries (several seeds each):
+    the generative entry selected on validation against the best softmax entry on validation."""
+    rows = []
+    by_loss: dict[str, list[str]] = {}
+    for key in entries(r):
+        e = r[key]
+        if "per_seed" in e and len(e["seeds"]) > 1:
+            by_loss.setdefault(e["config"]["train"].get("loss", "full"), []).append(key)
+    for loss, keys in sorted(by_loss.items()):
+        pick = lambda ks: max(ks, key=lambda k: r[k]["valid"]["ndcg@10"]["mean"]) if ks else None  # noqa: E731
+        soft = pick([k for k in keys if r[k]["config"]["attention"] == "softmax"])
+        gen = pick([k for k in keys if r[k]["config"]["attention"] != "softmax"])
+        if soft is None or gen is None:
+            continue
+        st, gt = r[soft]["test"]["ndcg@10"], r[gen]["test"]["ndcg@10"]
+        margin = 2 * max(st["std"], gt["std"])
+        rows.append({"loss": loss, "softmax": soft, "generative": gen,
+                     "softmax_valid": r[soft]["valid"]["ndcg@10"]["mean"], "softmax_test": st["mean"],
+                     "generative_valid": r[gen]["valid"]["ndcg@10"]["mean"], "generative_test": gt["mean"],
+                     "gain": gt["mean"] - st["mean"], "margin": margin, "beats": gt["mean"] - st["mean"] > margin})
+    return rows
 
 
 def _samp(s: dict, kind: str) -> str:

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,12 +33,12 @@ from genattn.checkpoint import load_checkpoint
 from genattn.config import load_run_config
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
-from genattn.fileio import write_json_atomic, write_text_atomic
 from genattn.models import default_sampling
 from genattn.models.attention import AttentionWeights, AttnInputs, masked_softmax
 
 from .accuracy import CONFIGS, parse_sets, short_name, train_or_resume
-from .machine import machine_info
+from .machine import git_commit, machine_info
+from .record import update_results
 
 log = logging.getLogger("benchmarks.diagnose")
 
@@ -136,23 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m benchmarks.diagnose " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in names:
         entry = run_variant(name, a.data, sets, runs, split_sets, ds)
-        entry.update(command=command, machine=machine_info()["cpu"], commit=_commit())
-        prev = Path(out + ".json")
-        doc = json.loads(prev.read_text()) if prev.is_file() else {"data": a.data, "variants": {}}
-        doc["variants"][name] = entry
-        write_json_atomic(out + ".json", doc)
-        write_text_atomic(out + ".md", render(doc))
+        entry.update(command=command, machine=machine_info()["cpu"], commit=git_commit())
+        doc = update_results(out + ".json", lambda d: (d.setdefault("data", a.data),
+                                                       d.setdefault("variants", {}).__setitem__(name, entry)), render)
     return doc
-
-
-def _commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def render(doc: dict) -> str:

@@ -44,3 +44,16 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def git_commit() -> str | None:
+    """The commit a result was measured on ('+dirty' when tracked files had changes)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -1,34 +1,49 @@
-"""Equal-budget hyper-parameter search: every attention kind gets the very same trials
-over the shared knobs (dropout, learning rate, weight decay, width, blocks, max_len),
-selected on validation NDCG@10 only — so a generative kind is compared with a softmax
-baseline tuned as hard as itself.
+"""Equal-budget hyper-parameter search: every attention kind gets the same number of
+trials, the same training budget, and the same draws of the shared knobs (dropout,
+learning rate, weight decay, width, blocks, max_len); the generative kinds also draw
+their own knobs (beta, its warm-up, gamma, posterior gain, pair width, sampler steps).
+Selection on validation NDCG@10 only.
 
-    python -m benchmarks.search --data ml-100k --kinds softmax,vae,diffusion --trials 6
+    python -m benchmarks.search --data ml-100k --trials 8                   # every kind, full CE
+    python -m benchmarks.search --trials 8 --worker 0/2 &   python -m benchmarks.search --trials 8 --worker 1/2
+    python -m benchmarks.search --loss bce --trials 8                       # the paper's protocol
 
-Trial t draws its knobs from one seeded generator, identical for every kind (a paired
-design). The kind's own default config supplies everything else. Writes
-benchmarks/results/search_<data>.{json,md} and, per kind, the winning configuration as
-TOML under --runs (feed it to `python -m benchmarks.accuracy --configs NAME=PATH`).
-Finished trials are reused, so an interrupted search continues.
+Trial t's shared knobs come from one seeded generator, identical for every kind (a
+paired design); a kind's own knobs from a generator of its own, so adding a kind never
+changes another kind's draws. Trial 0 is each kind's defaults. Tasks run trial by
+trial across kinds, so an interrupted search leaves every kind with nearly the same
+number of trials; `--worker i/n` splits the tasks between n processes.
+
+Resumable across sessions: finished trials are kept in
+benchmarks/results/search_<data>.json (`trials`: kind, loss, params, valid NDCG@10, best
+epoch, seconds) and skipped when the same trial is asked again; a trial cut short
+resumes from its checkpoint under --runs. Each kind's (and loss's) winner is written
+as `selected` and as a TOML file under benchmarks/results/search_<data>_selected/ for
+`python -m benchmarks.accuracy --configs NAME=PATH`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-import tomllib
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from genattn.checkpoint import load_checkpoint
 from genattn.config import load_run_config
-from genattn.fileio import write_json_atomic, write_text_atomic
-from genattn.training import train
+from genattn.fileio import write_text_atomic
 
-from .accuracy import CONFIGS, parse_sets, short_name
-from .machine import machine_info
+from .accuracy import CONFIGS, parse_sets, short_name, train_or_resume
+from .machine import git_commit, machine_info
+from .record import update_results
 
-# The shared knobs (model / train tables) and their candidate values.
+log = logging.getLogger("benchmarks.search")
+
+# Shared knobs: every kind draws the same values in trial t.
 SPACE = {
     ("model", "dropout"): [0.1, 0.2, 0.3, 0.5],
     ("train", "lr"): [5e-4, 1e-3, 2e-3],
@@ -37,17 +52,41 @@ SPACE = {
     ("model", "n_blocks"): [1, 2, 3],
     ("model", "max_len"): [50, 100],
 }
+# Each generative kind's own knobs. The KL / bound warm-up is one of them: the diffusion
+# defaults peaked during the 500-step warm-up and declined once beta was at full strength.
+GENERATIVE = {
+    ("model", "beta"): [0.03, 0.1, 0.3, 1.0],
+    ("model", "beta_warmup_steps"): [0, 500, 2000, 5000],
+    ("model", "gamma"): [0.5, 1.0, 2.0],
+    ("model", "posterior_gain"): [0.5, 1.0, 2.0],
+    ("model", "pair_hidden"): [8, 16],
+}
+KIND_SPACE: dict[str, dict] = {
+    "softmax": {},
+    "vae": GENERATIVE,
+    "diffusion": {**GENERATIVE, ("model", "train_sample_steps"): [1, 2, 4]},
+}
+# The budget every trial of every kind gets (overridable with --set, recorded in the results).
+BUDGET = {"patience": 20, "epochs": 200, "max_minutes": 0.0}
 
 
-def draw_trials(n: int, seed: int) -> list[dict[str, dict]]:
-    """Trial 0 is the defaults (no change); the rest are random draws from SPACE."""
-    rng = np.random.default_rng(seed)
+def _draw(space: dict, rng: np.random.Generator) -> dict[str, dict]:
+    out: dict[str, dict] = {"model": {}, "train": {}}
+    for (table, key), values in space.items():
+        out[table][key] = values[int(rng.integers(len(values)))]
+    return out
+
+
+def draw_trials(n: int, seed: int, kind: str = "softmax") -> list[dict[str, dict]]:
+    """Trial 0 is the kind's defaults (no change); trial t > 0 draws the shared knobs from
+    one generator (the same for every kind) and the kind's own from another."""
+    shared = np.random.default_rng(seed)
+    own = np.random.default_rng([seed, zlib.crc32(kind.encode())])
     trials: list[dict[str, dict]] = [{"model": {}, "train": {}}]
     while len(trials) < n:
-        t: dict[str, dict] = {"model": {}, "train": {}}
-        for (table, key), values in SPACE.items():
-            t[table][key] = values[int(rng.integers(len(values)))]
-        trials.append(t)
+        t = _draw(SPACE, shared)
+        extra = _draw(KIND_SPACE.get(kind, {}), own)
+        trials.append({table: {**t[table], **extra[table]} for table in t})
     return trials
 
 
@@ -59,10 +98,12 @@ def merged(base: dict[str, dict], *more: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def to_toml(cfg_path: Path, over: dict[str, dict]) -> str:
+def to_toml(kind: str, over: dict[str, dict], note: str) -> str:
     """The kind's config file with the overrides applied, as TOML text."""
-    raw = tomllib.loads(cfg_path.read_text())
-    lines = [f"# {cfg_path.name} + search winner"]
+    import tomllib
+
+    raw = tomllib.loads((CONFIGS / f"{kind}.toml").read_text())
+    lines = [f"# genattn/configs/{kind}.toml + {note}"]
     for table in ("model", "train", "data"):
         vals = {**raw.get(table, {}), **over.get(table, {})}
         lines.append(f"[{table}]")
@@ -70,58 +111,111 @@ def to_toml(cfg_path: Path, over: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def same_trial(row: dict, kind: str, loss: str, trial: int, params: dict, budget: dict) -> bool:
+    return (row["kind"], row["loss"], row["trial"], row["params"], row["budget"]) == (kind, loss, trial, params, budget)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", default="softmax,vae,diffusion")
-    ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--trials", type=int, default=8, help="trials per kind (trial 0: the kind's defaults)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the trial draws and of training")
+    ap.add_argument("--loss", default="full", choices=["full", "sampled", "bce"])
     ap.add_argument("--data", default="ml-100k")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                    help="override for every trial (e.g. train.epochs=40 train.threads=1)")
+                    help="override for every trial (e.g. train.threads=1 train.patience=10)")
+    ap.add_argument("--worker", default="0/1", help="i/n: run every n-th task starting at i (parallel processes)")
     ap.add_argument("--runs", default="runs/search")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    wi, wn = (int(x) for x in a.worker.split("/"))
+    if not 0 <= wi < wn:
+        raise SystemExit(f"--worker must be i/n with 0 <= i < n, got {a.worker}")
+    kinds = a.kinds.split(",")
+    unknown = [k for k in kinds if k not in KIND_SPACE]
+    if unknown:
+        raise SystemExit(f"unknown kind(s) {unknown}; known: {', '.join(KIND_SPACE)}")
     out = a.out or f"benchmarks/results/search_{short_name(a.data)}"
     runs = Path(a.runs) / a.data
     fixed = parse_sets(a.sets)
-    trials = draw_trials(a.trials, a.seed)
-    r = {"command": "python -m benchmarks.search " + " ".join(argv if argv is not None else sys.argv[1:]),
-         "machine": machine_info(), "data": a.data, "space": {f"{t}.{k}": v for (t, k), v in SPACE.items()},
-         "selection": "best validation NDCG@10 (test never looked at)", "kinds": {}}
-    for kind in a.kinds.split(","):
-        cfg_path = CONFIGS / f"{kind}.toml"
-        rows = []
-        for i, t in enumerate(trials):
-            path = runs / f"{kind}_trial{i}"
-            metrics = path / "metrics.json"
-            if not (metrics.is_file() and "test" in json.loads(metrics.read_text())):
-                over = merged(fixed, t, {"train": {"seed": a.seed}, "data": {"source": a.data}})
-                train(load_run_config(cfg_path, over), path, progress=sys.stderr.isatty())
-            m = json.loads(metrics.read_text())
-            rows.append({"trial": i, "knobs": t, "valid_ndcg@10": m["best_valid_ndcg@10"],
-                         "best_epoch": m["best_epoch"], "epochs": len(m["history"]),
-                         "train_seconds": m["train_seconds"], "test_ndcg@10": m["test"]["ndcg@10"]})
-            best = max(rows, key=lambda row: row["valid_ndcg@10"])
-            toml_path = runs / f"{kind}_best.toml"
-            write_text_atomic(toml_path, to_toml(cfg_path, merged(fixed, best["knobs"])))
-            r["kinds"][kind] = {"trials": rows, "best_trial": best["trial"], "best_config": str(toml_path)}
-            write_json_atomic(out + ".json", r)
-            write_text_atomic(out + ".md", render(r))
-    return r
+    fixed["train"] = {**BUDGET, **fixed["train"], "loss": a.loss, "seed": a.seed}
+    budget = {k: fixed["train"][k] for k in BUDGET}
+    command = "python -m benchmarks.search " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine = machine_info()
+    header = {"data": a.data, "selection": "best validation NDCG@10 (test never looked at)",
+              "space": {f"{t}.{k}": v for (t, k), v in SPACE.items()},
+              "kind_space": {kind: {f"{t}.{k}": v for (t, k), v in sp.items()} for kind, sp in KIND_SPACE.items()}}
+    draws = {kind: draw_trials(a.trials, a.seed, kind) for kind in kinds}
+    tasks = [(t, kind) for t in range(a.trials) for kind in kinds]
+    for n, (t, kind) in enumerate(tasks):
+        if n % wn != wi:
+            continue
+        params = draws[kind][t]
+        done = json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
+        if any(same_trial(r, kind, a.loss, t, params, budget) for r in done.get("trials", [])):
+            continue
+        run_dir = runs / f"{kind}_{a.loss}_trial{t}"
+        t0 = time.perf_counter()
+        train_or_resume(load_run_config(CONFIGS / f"{kind}.toml", merged(fixed, params, {"data": {"source": a.data}})),
+                        run_dir)
+        m = load_checkpoint(run_dir).metrics
+        row = {"kind": kind, "loss": a.loss, "trial": t, "params": params, "budget": budget,
+               "valid_ndcg@10": m["best_valid_ndcg@10"], "best_epoch": m["best_epoch"],
+               "epochs_run": m.get("epochs_run"), "stopped_by": m.get("stopped_by"),
+               "seconds": m["train_seconds"], "wall_seconds_this_session": time.perf_counter() - t0,
+               "seed": a.seed, "command": command, "machine": machine["cpu"], "commit": git_commit()}
+
+        def add(doc: dict, row=row) -> None:
+            doc.update(header)
+            doc["trials"] = [r for r in doc.get("trials", [])
+                             if not same_trial(r, row["kind"], row["loss"], row["trial"], row["params"], row["budget"])]
+            doc["trials"].append(row)
+            select(doc, Path(out + "_selected"))
+
+        update_results(out + ".json", add, render)
+    return json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
 
 
-def render(r: dict) -> str:
-    lines = [f"# Equal-budget search on {r['data']}", "", f"Reproduce: `{r['command']}`",
-             f"Machine: {r['machine']['cpu']} ({r['machine']['cores']} cores).",
-             f"Selection: {r['selection']}. Test NDCG@10 of each trial is shown only to judge the selection.", "",
-             "| kind | trial | knobs | valid NDCG@10 | test NDCG@10 | epochs (best) | seconds |",
-             "|---|---|---|---|---|---|---|"]
-    for kind, k in r["kinds"].items():
-        for row in k["trials"]:
-            knobs = ", ".join(f"{key}={v}" for tab in row["knobs"].values() for key, v in tab.items()) or "defaults"
-            star = " **(selected)**" if row["trial"] == k["best_trial"] else ""
-            lines.append(f"| {kind} | {row['trial']}{star} | {knobs} | {row['valid_ndcg@10']:.4f} | "
-                         f"{row['test_ndcg@10']:.4f} | {row['epochs']} ({row['best_epoch']}) | {row['train_seconds']:.0f} |")
+def select(doc: dict, folder: Path) -> None:
+    """Per kind and loss, the trial with the best validation NDCG@10, as params and TOML;
+    the trial counts per kind are shown beside it so an unequal count is visible."""
+    groups: dict[str, list[dict]] = {}
+    for r in doc["trials"]:
+        groups.setdefault(r["kind"] if r["loss"] == "full" else f"{r['kind']}_{r['loss']}", []).append(r)
+    doc["selected"], doc["trial_counts"] = {}, {}
+    for name, rows in sorted(groups.items()):
+        best = max(rows, key=lambda r: r["valid_ndcg@10"])
+        doc["selected"][name] = best["params"]
+        doc["trial_counts"][name] = len(rows)
+        over = merged({"train": {**best["budget"], "loss": best["loss"]}}, best["params"])
+        write_text_atomic(folder / f"{name}.toml", to_toml(best["kind"], over, f"search winner, trial {best['trial']} of "
+                                                            f"{len(rows)} (valid NDCG@10 {best['valid_ndcg@10']:.4f})"))
+
+
+def render(doc: dict) -> str:
+    lines = [f"# Equal-budget search on {doc['data']}", "",
+             f"Selection: {doc['selection']}. Every kind: the same trials of the shared knobs, the same budget "
+             "(patience / epoch cap / wall-time cap), one training seed.", "",
+             "| kind | loss | trial | params | budget | valid NDCG@10 | best epoch / run | stopped by | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    selected = doc.get("selected", {})
+    for r in sorted(doc.get("trials", []), key=lambda r: (r["loss"], r["kind"], r["trial"])):
+        name = r["kind"] if r["loss"] == "full" else f"{r['kind']}_{r['loss']}"
+        knobs = ", ".join(f"{k}={v}" for tab in r["params"].values() for k, v in tab.items()) or "defaults"
+        star = " **(selected)**" if selected.get(name) == r["params"] else ""
+        b = r["budget"]
+        lines.append(f"| {r['kind']} | {r['loss']} | {r['trial']}{star} | {knobs} | "
+                     f"{b['patience']} / {b['epochs']} / {b['max_minutes'] or 'none'} | {r['valid_ndcg@10']:.4f} | "
+                     f"{r['best_epoch']} / {r.get('epochs_run')} | {r.get('stopped_by')} | {r['seconds']:.0f} |")
+    lines += ["", "Trials per kind: " + ", ".join(f"{k} {v}" for k, v in doc.get("trial_counts", {}).items()), "",
+              "Commands, machines, commits:", ""]
+    seen = set()
+    for r in doc.get("trials", []):
+        key = (r["command"], r["machine"], r["commit"])
+        if key not in seen:
+            seen.add(key)
+            lines.append(f"- `{r['command']}` on {r['machine']}, seed {r['seed']}, commit {r['commit']}")
     return "\n".join(lines) + "\n"
 
 

@@ -6,21 +6,13 @@ never drop each other's numbers.
 """
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 from pathlib import Path
 
 from .machine import REPO
+from .record import update_results
 
 RESULTS = REPO / "benchmarks" / "results"
 NAME = "serving_scale"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def render(doc: dict) -> str:
@@ -55,10 +47,5 @@ def write_section(section: str, data: dict, results_dir: Path | None = None) -> 
     out = Path(results_dir) if results_dir is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{NAME}.json"
-    with open(out / f".{NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        doc = json.loads(path.read_text()) if path.exists() else {}
-        doc[section] = data
-        _atomic_write(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        _atomic_write(out / f"{NAME}.md", render(doc))
+    update_results(path, lambda doc: doc.__setitem__(section, data), render)
     return path

@@ -1,4 +1,4 @@
-"""Sampled softmax (genattn/models/loss.py) against full CE, and training with it."""
+"""Sampled softmax and SASRec's bce (genattn/models/loss.py) against their definitions, and training with them."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ from conftest import KIND_IDS, KIND_LAYOUTS, random_batch, tiny_config
 from genattn.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from genattn.data import leave_one_out
 from genattn.evaluation import eval_sets, evaluate
-from genattn.models import SampledSoftmax, SASRec, full_ce
+from genattn.models import SampledBCE, SampledSoftmax, SASRec, full_ce
 from genattn.training import make_loss, train
 
 
@@ -147,3 +147,79 @@ def test_full_ce_that_cannot_fit_is_refused_before_training(tmp_path):
         check_full_ce_fits(tc, 10**9, 50, torch.device("cpu"), 1)
     check_full_ce_fits(tc, 10_000, 50, torch.device("cpu"), 1)  # fits: no error
     check_full_ce_fits(TrainConfig(loss="sampled"), 10**9, 50, torch.device("cpu"), 1)
+
+
+# ---- bce: SASRec's loss, one uniform negative per position ----------------------------
+
+def test_bce_negatives_are_uniform_never_padding_never_the_target():
+    n = 10
+    y = torch.randint(1, n + 1, (200_000,), generator=torch.Generator().manual_seed(0))
+    neg = SampledBCE(n, generator=torch.Generator().manual_seed(1)).draw(y)
+    assert int(neg.min()) >= 1 and int(neg.max()) <= n
+    assert not bool((neg == y).any())
+    # Uniform over the other N - 1 items: for targets equal to 3, each other item ~1/9.
+    counts = np.bincount(neg[y == 3].numpy(), minlength=n + 1)[1:]
+    share = counts / counts.sum()
+    assert share[2] == 0 and np.all(np.abs(np.delete(share, 2) - 1 / 9) < 0.01)
+
+
+def test_bce_is_the_binary_cross_entropy_of_positive_and_drawn_negative():
+    h, y, weight, _ = _setup()
+    loss = SampledBCE(40, generator=torch.Generator().manual_seed(4))
+    got = loss(h, y, weight)
+    neg = SampledBCE(40, generator=torch.Generator().manual_seed(4)).draw(y)
+    pos_l, neg_l = (h * weight[y]).sum(1), (h * weight[neg]).sum(1)
+    want = -torch.log(torch.sigmoid(pos_l)) - torch.log(1 - torch.sigmoid(neg_l))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_bce_gradient_touches_only_the_positive_and_drawn_rows():
+    h, y, weight, _ = _setup(p=6)
+    weight.requires_grad_(True)
+    neg = SampledBCE(40, generator=torch.Generator().manual_seed(3)).draw(y)
+    SampledBCE(40, generator=torch.Generator().manual_seed(3))(h, y, weight).sum().backward()
+    touched = set(torch.nonzero(weight.grad.abs().sum(1)).flatten().tolist())
+    assert touched == set(y.tolist()) | set(neg.tolist())
+    assert 0 not in touched
+
+
+@pytest.mark.parametrize("kind,blocks", KIND_LAYOUTS, ids=KIND_IDS)
+def test_every_kind_trains_with_bce_and_padding_positions_are_masked(kind, blocks):
+    torch.manual_seed(0)
+    cfg = tiny_config(kind, blocks)
+    model = SASRec(cfg)
+    seq = random_batch(6, cfg.max_len, cfg.n_items, seed=1, min_len=2)
+    tgt = torch.where(seq != 0, torch.randint(1, cfg.n_items + 1, seq.shape, generator=torch.Generator().manual_seed(2)), 0)
+    loss_fn = make_loss(TrainConfig(loss="bce"), cfg.n_items, np.r_[0, np.ones(cfg.n_items)], torch.device("cpu"), 0)
+    out = model(seq, tgt, rng=torch.Generator().manual_seed(0), loss=loss_fn)
+    assert torch.isfinite(out["loss"])
+    # Padding positions (target 0) give no loss: hiding more targets changes nothing for the rest,
+    # and the loss is the per-target mean of the kept positions.
+    calls = []
+
+    def spy(h, y, weight):
+        calls.append(y.clone())
+        return loss_fn(h, y, weight)
+
+    model(seq, tgt, rng=torch.Generator().manual_seed(0), loss=spy)
+    assert all(int(c.min()) >= 1 and len(c) == int((tgt != 0).sum()) for c in calls)
+    assert len(calls) == (1 if kind == "softmax" else 2)  # generative: both CE terms are BCE terms
+
+
+def test_bce_trains_end_to_end_and_is_recorded(tmp_path, tiny_dataset):
+    model = ModelConfig(max_len=8, d_model=16, n_heads=2, n_blocks=2, dropout=0.1, attention="softmax")
+    res = train(RunConfig(model=model, train=TrainConfig(epochs=4, batch_size=32, lr=5e-3, device="cpu",
+                                                         threads=1, patience=100, seed=0, loss="bce")),
+                tmp_path / "bce", progress=False, dataset=tiny_dataset)
+    hist = res.checkpoint.metrics["history"]
+    assert hist[-1]["ce"] < hist[0]["ce"]
+    assert res.checkpoint.run.train.loss == "bce"
+    sets = eval_sets(leave_one_out(tiny_dataset))
+    untrained = evaluate(SASRec(res.checkpoint.run.model), sets["valid"],
+                         popularity=res.checkpoint.popularity, n_users=tiny_dataset.n_users)
+    assert res.metrics["valid"]["ndcg@10"] > untrained["ndcg@10"] + 0.02
+
+
+def test_bce_needs_two_items():
+    with pytest.raises(ValueError, match="at least 2 items"):
+        SampledBCE(1)

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import KIND_IDS, KIND_LAYOUTS, random_batch
+from conftest import KIND_IDS, KIND_LAYOUTS, random_batch, tiny_config
 from genattn.config import ConfigError, ModelConfig
 from genattn.models import SASRec, Sampling, default_sampling, make_noise
 
@@ -572,3 +572,24 @@ def test_posterior_ce_generative_keeps_the_backbone_out_of_the_posterior_path(ma
     assert grads["all"][0].abs().sum() > 0
     assert grads["generative"][0] is None or grads["generative"][0].abs().sum() == 0
     assert grads["generative"][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("blocks", ["all", "last"])
+def test_seeds_are_paired_every_kind_shares_the_backbone_initialisation(blocks):
+    def build(kind, seed):
+        torch.manual_seed(seed)
+        return SASRec(tiny_config(kind, blocks) if kind != "softmax" else tiny_config("softmax"))
+
+    for seed in (0, 3):
+        soft = dict(build("softmax", seed).named_parameters())
+        for kind in ("vae", "diffusion"):
+            gen = dict(build(kind, seed).named_parameters())
+            shared = [n for n in gen if n in soft]
+            assert len(shared) == len(soft)  # every softmax parameter exists in the generative model
+            for n in shared:
+                assert torch.equal(gen[n], soft[n]), n
+    # The generative parts still depend on the seed, and differ between seeds.
+    a, b = (dict(build("vae", s).named_parameters()) for s in (0, 1))
+    own = [n for n in a if ".attn.weights." in n and "w_in" in n]
+    assert own and all(not torch.equal(a[n], b[n]) for n in own)
+    assert torch.equal(dict(build("vae", 0).named_parameters())[own[0]], a[own[0]])  # reproducible

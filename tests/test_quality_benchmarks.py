@@ -4,6 +4,7 @@ equal-budget search's paired trials."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -29,26 +30,57 @@ def test_accuracy_results_schema(bench):
     d, res = bench
     on_disk = json.loads((d / "acc.json").read_text())
     assert on_disk["data"] == "synthetic" and "/" not in on_disk["data"]
-    for key in ("softmax", "vae", "diffusion"):
-        e = on_disk[key]
-        assert e["config"]["attention"] == key
+    for kind in ("softmax", "vae", "diffusion"):
+        e = on_disk[f"{kind}_full"]  # keys name the configuration and the training loss
+        assert e["config"]["attention"] == kind and e["config"]["train"]["loss"] == "full"
         assert not e["config"]["file"].startswith("/")  # results never name this machine's paths
         assert len(e["per_seed_test"]) == 2 and e["seeds"] == [0, 1]
         for m in ("ndcg@10", "hr@10", "coverage@10", "ild@10"):
             assert set(e["test"][m]) == {"mean", "std"} and 0.0 <= e["test"][m]["mean"] <= 1.0
         assert e["config"]["model"]["max_len"] == 8  # the --set overrides reached training
-    assert "stochastic" not in on_disk["softmax"]
-    assert {"samples_1", "samples_4", "samples_16"} <= set(on_disk["vae"]["sweeps_test"])
-    assert {"steps_1", "steps_2", "steps_2_stochastic"} <= set(on_disk["diffusion"]["sweeps_test"])
+        # How each seed's training went: parallel to `seeds`.
+        assert e["best_epochs"] == [p["best_epoch"] for p in e["per_seed"].values()]
+        assert e["epochs_run"] == [2, 2] and e["stopped_by"] == ["epochs", "epochs"]
+        assert all(1 <= b <= 2 for b in e["best_epochs"])
+        for curve in e["valid_curves"]:
+            assert curve["epoch"] == [1, 2] and len(curve["ndcg@10"]) == len(curve["coverage@10"]) == 2
+        assert all(p["commit"] for p in e["per_seed"].values())
+    assert "stochastic" not in on_disk["softmax_full"]
+    assert {"samples_1", "samples_4", "samples_16"} <= set(on_disk["vae_full"]["sweeps_test"])
+    assert {"steps_1", "steps_2", "steps_2_stochastic"} <= set(on_disk["diffusion_full"]["sweeps_test"])
     md = (d / "acc.md").read_text()
-    assert "| diffusion | diffusion |" in md and "python -m benchmarks.accuracy" in md
+    assert "| diffusion_full | diffusion |" in md and "python -m benchmarks.accuracy" in md
+    # The verdict row is derived from the entries, selected on validation.
+    v = {row["loss"]: row for row in accuracy.verdict(on_disk)}["full"]
+    gen = max(("vae_full", "diffusion_full"), key=lambda k: on_disk[k]["valid"]["ndcg@10"]["mean"])
+    assert v["generative"] == gen and v["softmax"] == "softmax_full"
+    assert v["beats"] == (v["gain"] > v["margin"])
+
+
+def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(bench):
+    d, _ = bench
+    before = json.loads((d / "acc.json").read_text())["softmax_full"]
+    argv = ["--data", "synthetic", "--configs", "softmax", "--seeds", "2", "--runs", str(d / "runs"),
+            "--out", str(d / "acc")]
+    for s in TINY:
+        argv += ["--set", s]
+    accuracy.main(argv)
+    after = json.loads((d / "acc.json").read_text())["softmax_full"]
+    assert after["seeds"] == [0, 1, 2] and after["per_seed_test"][:2] == before["per_seed_test"]
+    assert len(after["valid_curves"]) == 3
+    with pytest.raises(SystemExit, match="another configuration"):  # never reuse a run of other settings
+        accuracy.main(argv + ["--set", "train.lr=0.002"])
+    other = [a if a != str(d / "runs") else str(d / "runs2") for a in argv]
+    accuracy.main(other + ["--set", "train.lr=0.002"])  # a different configuration: not a seed of the old one
+    replaced = json.loads((d / "acc.json").read_text())["softmax_full"]
+    assert replaced["seeds"] == [2] and replaced["config"]["train"]["lr"] == 0.002
 
 
 def test_frontier_points_and_verdict(bench):
     d, _ = bench
     runs = d / "runs" / "synthetic"
-    r = frontier.main(["--softmax", str(runs / "softmax_seed0"), "--vae", str(runs / "vae_seed0"),
-                       "--diffusion", str(runs / "diffusion_seed0"), "--sample-seeds", "0", "--out", str(d / "fr")])
+    r = frontier.main(["--softmax", str(runs / "softmax_full_seed0"), "--vae", str(runs / "vae_full_seed0"),
+                       "--diffusion", str(runs / "diffusion_full_seed0"), "--sample-seeds", "0", "--out", str(d / "fr")])
     pts = json.loads((d / "fr.json").read_text())["points"]
     assert (d / "fr.png").stat().st_size > 0 and (d / "fr.md").is_file()
     methods = {(p["family"], p["method"]) for p in pts}
@@ -71,7 +103,7 @@ def test_frontier_points_and_verdict(bench):
 def test_collapse_measures(bench):
     d, _ = bench
     runs = d / "runs" / "synthetic"
-    r = collapse.main([str(runs / "diffusion_seed0"), str(runs / "vae_seed0"), "--repeats", "2",
+    r = collapse.main([str(runs / "diffusion_full_seed0"), str(runs / "vae_full_seed0"), "--repeats", "2",
                        "--out", str(d / "col")])
     dif, vae = r["checkpoints"]
     for e in (dif, vae):
@@ -83,20 +115,37 @@ def test_collapse_measures(bench):
 
 
 def test_search_trials_are_paired_and_selected_on_validation(tmp_path):
-    a, b = search.draw_trials(4, seed=3), search.draw_trials(4, seed=3)
+    a, b = search.draw_trials(4, seed=3, kind="vae"), search.draw_trials(4, seed=3, kind="vae")
     assert a == b and a[0] == {"model": {}, "train": {}} and a[1] != a[0]
+    soft, diff = search.draw_trials(4, seed=3), search.draw_trials(4, seed=3, kind="diffusion")
+    for t in range(1, 4):  # paired: the shared knobs are the same draw for every kind
+        shared = {f"{tab}.{k}" for tab, k in search.SPACE}
+        flat = lambda trial: {f"{tab}.{k}": v for tab, kv in trial.items() for k, v in kv.items()}  # noqa: E731
+        assert {k: v for k, v in flat(a[t]).items() if k in shared} == flat(soft[t])
+        assert {k: v for k, v in flat(diff[t]).items() if k in shared} == flat(soft[t])
+        assert "model.beta_warmup_steps" in flat(a[t]) and "model.train_sample_steps" in flat(diff[t])
+    out = tmp_path / "s"
     argv = ["--data", "synthetic", "--kinds", "softmax,vae", "--trials", "2", "--runs", str(tmp_path / "runs"),
-            "--out", str(tmp_path / "s")]
-    for s in TINY:
-        argv += ["--set", s]
-    r = search.main(argv)
+            "--out", str(out)] + [x for s in TINY for x in ("--set", s)]
+    r = search.main(argv + ["--worker", "0/2"])  # tasks 0 and 2: trial 0 of softmax, trial 1 of softmax
+    assert sorted((row["kind"], row["trial"]) for row in r["trials"]) == [("softmax", 0), ("softmax", 1)]
+    r = search.main(argv + ["--worker", "1/2"])
+    assert len(r["trials"]) == 4 and r["trial_counts"] == {"softmax": 2, "vae": 2}
+    for row in r["trials"]:
+        assert set(row) >= {"kind", "loss", "params", "valid_ndcg@10", "best_epoch", "seconds"}
+        assert row["budget"] == {"patience": 20, "epochs": 2, "max_minutes": 0}  # one budget, recorded
+        assert row["params"] == search.draw_trials(2, seed=0, kind=row["kind"])[row["trial"]]
     for kind in ("softmax", "vae"):
-        rows = r["kinds"][kind]["trials"]
-        assert [row["knobs"] for row in rows] == search.draw_trials(2, seed=0)
-        best = max(rows, key=lambda row: row["valid_ndcg@10"])
-        assert r["kinds"][kind]["best_trial"] == best["trial"]
-        text = (tmp_path / "runs" / "synthetic" / f"{kind}_best.toml").read_text()
+        rows = [row for row in r["trials"] if row["kind"] == kind]
+        assert r["selected"][kind] == max(rows, key=lambda row: row["valid_ndcg@10"])["params"]
+        text = (tmp_path / "s_selected" / f"{kind}.toml").read_text()
         assert f'attention = "{kind}"' in text
+    # Resumable: asking again trains nothing (the finished trials are read from the results file).
+    before = (out.with_suffix(".json")).read_text()
+    t0 = time.perf_counter()
+    search.main(argv)
+    assert time.perf_counter() - t0 < 5 and len(json.loads(out.with_suffix(".json").read_text())["trials"]) == 4
+    assert json.loads(before)["selected"] == json.loads(out.with_suffix(".json").read_text())["selected"]
 
 
 def test_serving_ratio_interleaves_every_kind(tmp_path):

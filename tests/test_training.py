@@ -352,3 +352,24 @@ def test_state_file_round_trips_optimizer(tmp_path):
         o.step()
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
+
+
+def test_metrics_record_why_and_when_a_run_stopped(tmp_path, tiny_dataset):
+    res = train(run_config("softmax", epochs=3), tmp_path / "a", progress=False, dataset=tiny_dataset)
+    m = res.checkpoint.metrics
+    assert m["stopped_by"] == "epochs" and m["epochs_run"] == 3 and 1 <= m["best_epoch"] <= 3
+    # The validation curve holds NDCG@10 and coverage@10 for every evaluated epoch.
+    assert all(0 <= h["valid_coverage@10"] <= 1 and "valid_ndcg@10" in h for h in m["history"])
+    clock = run_config("softmax", epochs=50)
+    clock.train.max_minutes = 1e-9
+    m = train(clock, tmp_path / "b", progress=False, dataset=tiny_dataset).checkpoint.metrics
+    assert m["stopped_by"] == "wall_time" and m["epochs_run"] == 1
+    # Resumed without the clock, the same run goes on and stops for its own reason.
+    free = run_config("softmax", epochs=3)
+    m = train(free, tmp_path / "b", resume=True, progress=False, dataset=tiny_dataset).checkpoint.metrics
+    assert m["stopped_by"] == "epochs" and m["epochs_run"] == 3
+    patient = run_config("softmax", epochs=200)
+    patient.train.patience = 1
+    m = train(patient, tmp_path / "c", progress=False, dataset=tiny_dataset).checkpoint.metrics
+    assert m["stopped_by"] == "patience" and m["epochs_run"] < 200
+    assert m["epochs_run"] == m["best_epoch"] + 1
