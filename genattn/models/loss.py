@@ -34,10 +34,13 @@ SAMPLERS = ("uniform", "popularity", "mixed")
 
 
 def full_ce(h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
-    """(P, D) states, (P,) targets, (N + 1, D) item table -> (P,) CE; padding never an answer."""
-    logits = h @ weight.T
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits.float(), y, reduction="none")
+    """(P, D) states, (P,) targets, (N + 1, D) item table -> (P,) CE; padding never an answer.
+
+    The padding row is left out of the product rather than set to -inf afterwards: the
+    same loss, without the in-place write whose backward copies and fills the whole
+    (P, N) gradient (~10% of a generative training step on ML-100K)."""
+    logits = h @ weight[1:].T
+    return F.cross_entropy(logits.float(), y - 1, reduction="none")
 
 
 class SampledSoftmax:
