@@ -7,10 +7,10 @@
 #
 #   bash benchmarks/device_check.sh            # extra arguments go to benchmarks.latency
 #
-# onnxruntime-gpu (the lent machines have none and no registry): on the CPU machine,
-# ../shared/tools/ortgpu-parts writes .ortgpu1 .. .ortgpuN (onnxruntime-gpu 1.31.1, CUDA 13);
-# carry parts 1..N-1 in back-to-back calls that move them into /tmp/ortgpu (the tool prints
-# those calls), then the last part with this script:
+# onnxruntime-gpu (the GPU machines have none and no package registry): on the CPU machine,
+# split the onnxruntime-gpu 1.31.1 (CUDA 13) wheel's files into parts .ortgpu1 .. .ortgpuN small
+# enough to carry; carry parts 1..N-1 in back-to-back calls that move them into /tmp/ortgpu,
+# then the last part with this script:
 #   carry [".ortgpuN"], command: mkdir -p /tmp/ortgpu && mv .ortgpuN/* /tmp/ortgpu/ && bash benchmarks/device_check.sh
 # The script unpacks /tmp/ortgpu/part* into /tmp/ortsite (ORTGPU_PARTS / ORTGPU_SITE override
 # them) and puts it first on PYTHONPATH, with the CUDA libraries of the torch install on

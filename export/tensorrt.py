@@ -1,7 +1,7 @@
 """TensorRT: a static contract check of the ONNX graph, and a thin engine builder.
 
 The check runs everywhere (onnx only) and tells, before any GPU is involved, whether the
-serving graph keeps our TensorRT contract (DESIGN.md section 6): only ops the TensorRT 10
+serving graph keeps our TensorRT contract (docs/export.md, "The graph" and "Randomness"): only ops the TensorRT 10
 ONNX parser supports, no Loop / If / Scan, no in-graph randomness, TopK with a constant K,
 static shapes except the batch axis.
 
@@ -80,7 +80,7 @@ TRT_SUPPORTED_OPS: frozenset[str] = frozenset("""
     Trilu Unsqueeze Upsample Where Xor
 """.split())
 
-# Our contract (DESIGN.md section 6): the sampler is unrolled (no control flow) and noise is an
+# Our contract (docs/export.md): the sampler is unrolled (no control flow) and noise is an
 # explicit input (no in-graph random ops), so one backend is bit-reproducible.
 FORBIDDEN_OPS: frozenset[str] = frozenset({
     "Loop", "If", "Scan",

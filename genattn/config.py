@@ -25,7 +25,7 @@ class ModelConfig:
     n_heads: int = 2                 # attention heads H (d_head = D / H)
     n_blocks: int = 2                # transformer blocks
     dropout: float = 0.2             # dropout on embeddings, attention output and FFN
-    attention: str = "softmax"       # "softmax" | "vae" | "diffusion" (DESIGN.md section 4)
+    attention: str = "softmax"       # "softmax" | "vae" | "diffusion" (docs/model.md)
     generative_blocks: str = "all"   # which blocks generate attention: "all" | "last"
     pair_hidden: int = 16            # width of the per-pair MLPs (prior, posterior, denoiser)
     logstd_min: float = -5.0         # clamp of predicted log std-devs, for stability
