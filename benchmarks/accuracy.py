@@ -35,7 +35,7 @@ from .record import update_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "genattn" / "configs"
-SHOWN = ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10", "ild@10", "novelty@10"]
+SHOWN = ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10", "ild@10", "cc@10", "novelty@10"]
 SAMPLES = (1, 4, 16)
 log = logging.getLogger("benchmarks.accuracy")
 
@@ -217,8 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def fmt(ms: dict, n: int = 2) -> str:
-    """mean ± std over training seeds; one seed has no std to show."""
+def fmt(ms: dict | None, n: int = 2) -> str:
+    """mean ± std over training seeds; one seed has no std to show; – where not measured."""
+    if ms is None:
+        return "–"
     return f"{ms['mean']:.4f}" if n < 2 else f"{ms['mean']:.4f} ± {ms['std']:.4f}"
 
 
@@ -241,11 +243,11 @@ def render(r: dict) -> str:
             kind = e["config"]["attention"] if isinstance(e["config"], dict) else key.split("_")[0]
             det = "deterministic" if kind == "softmax" else _samp(e.get("deterministic_sampling", {}), kind)
             n = len(e.get("seeds", [0, 1]))
-            lines.append(f"| {key} | {kind} | {det} | " + " | ".join(fmt(e[split][m], n) for m in SHOWN) + " |")
+            lines.append(f"| {key} | {kind} | {det} | " + " | ".join(fmt(e[split].get(m), n) for m in SHOWN) + " |")
             if "stochastic" in e:
                 s = e["stochastic"]
                 lines.append(f"| {key} | {kind} | {_samp(s['sampling'], kind)}, {len(s['sample_seeds'])} sampling "
-                             f"seeds† | " + " | ".join(fmt(s[split][m], n) for m in SHOWN) + " |")
+                             f"seeds† | " + " | ".join(fmt(s[split].get(m), n) for m in SHOWN) + " |")
         lines.append("")
     lines += ["† stochastic rows: each training seed's metrics averaged over the sampling seeds, then mean ± std "
               "over training seeds.", ""]

@@ -73,17 +73,22 @@ def mmr(item_emb: Tensor, lam: float, k: int = 20, candidates: int = 100) -> Rer
 
 
 @contextlib.contextmanager
-def mc_dropout(model: nn.Module, p: float) -> Iterator[None]:
+def mc_dropout(model: nn.Module, p: float, seed: int | None = None) -> Iterator[None]:
     """Monte Carlo dropout (Gal & Ghahramani 2016): dropout with rate p stays on while
-    scoring; every module's rate and mode are restored afterwards."""
+    scoring; every module's rate and mode are restored afterwards. With `seed`, the
+    dropout masks come from that seed (the global random state is restored on exit)."""
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     saved = [(m.p, m.training) for m in drops]
-    try:
-        for m in drops:
-            m.p = p
-            m.train()
-        yield
-    finally:
-        for m, (rate, mode) in zip(drops, saved):
-            m.p = rate
-            m.train(mode)
+    with contextlib.ExitStack() as stack:
+        if seed is not None:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(seed)
+        try:
+            for m in drops:
+                m.p = p
+                m.train()
+            yield
+        finally:
+            for m, (rate, mode) in zip(drops, saved):
+                m.p = rate
+                m.train(mode)

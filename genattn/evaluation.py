@@ -57,19 +57,26 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
              genres: np.ndarray | None = None, sampling: Sampling | None = None,
              seed: int | None = None, batch_size: int | None = None, device: str | torch.device = "cpu",
              noise_scale: float = 1.0, rerank: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             mc_dropout: float = 0.0, world: World | None = None) -> dict[str, float]:
+             mc_dropout: float = 0.0, mc_passes: int = 1, world: World | None = None,
+             aggregate: str = "mean") -> dict[str, float]:
     """HR/NDCG/MRR@{10,20}, coverage@10, ILD@10, novelty@10 over all users of `data`.
 
     A stochastic `sampling` draws its noise from a generator seeded with `seed`, scaled
     by `noise_scale` (the prior's sampling temperature). Serving-time diversification
     (genattn.diversify): `rerank` reorders the scores (seen items masked), `mc_dropout`
-    keeps dropout on at that rate. With a data-parallel `world`, each rank scores every
+    keeps dropout on at that rate and averages the scores of `mc_passes` passes, its
+    dropout masks drawn from `seed`. `aggregate` ("mean", "interleave", "vote";
+    genattn/models/aggregate.py) builds each list from the S samples' own lists instead of
+    their mean scores; a target outside the aggregated top-20 counts as a miss at every K.
+    With a data-parallel `world`, each rank scores every
     size-th user and the per-user ranks are gathered, so every rank returns the metrics
     of all users. The batch defaults to what keeps one batch's scores near 256 MB.
     """
     was_training = model.training
     model.eval()
-    dropout = diversify.mc_dropout(model, mc_dropout) if mc_dropout > 0 else contextlib.nullcontext()
+    dropout = diversify.mc_dropout(model, mc_dropout, seed=0 if seed is None else seed) if mc_dropout > 0 \
+        else contextlib.nullcontext()
+    passes = mc_passes if mc_dropout > 0 else 1
     L = model.cfg.max_len
     batch_size = batch_size or max(1, min(512, SCORE_BUDGET // (model.cfg.n_items + 1)))
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -82,8 +89,16 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
             users = mine[start:start + batch_size]
             seq = torch.from_numpy(pad_left([data.inputs[u] for u in users], L)).to(device)
             noise = make_noise(model, sampling, len(seq), generator=gen, scale=noise_scale) if sampling else None
-            scores = model.scores(seq, sampling, None if noise is None else noise.to(device)).float().cpu()
-            mask_seen(scores, [data.seen[u] for u in users])
+            if aggregate == "mean":
+                nz = None if noise is None else noise.to(device)
+                scores = model.scores(seq, sampling, nz).float().cpu()
+                for _ in range(passes - 1):
+                    scores += model.scores(seq, sampling, nz).float().cpu()
+                scores /= passes
+                mask_seen(scores, [data.seen[u] for u in users])
+            else:
+                scores = aggregated_list_scores(model, seq, sampling, noise, [data.seen[u] for u in users],
+                                                aggregate, device)
             if rerank is not None:
                 scores = rerank(scores)
             tgt = torch.from_numpy(np.asarray(data.targets[users], dtype=np.int64))
@@ -102,6 +117,65 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
     out.update(diversity_metrics(top[:, :10], model.cfg.n_items, popularity, n_users,
                                  genres=genres, embeddings=emb))
     return out
+
+
+def sample_scores(model: SASRec, seq: torch.Tensor, sampling: Sampling | None, noise: torch.Tensor | None,
+                  seen: list[np.ndarray], device) -> torch.Tensor:
+    """(B, S, N + 1) each sample's catalog scores on CPU, the seen items at -inf."""
+    h = model.sample_states(seq, sampling, None if noise is None else noise.to(device))
+    scores = model.logits(h).float().cpu()
+    B, S, n = scores.shape
+    flat = scores.reshape(B * S, n)
+    mask_seen(flat, [s for s in seen for _ in range(S)])
+    return flat.view(B, S, n)
+
+
+def aggregated_list_scores(model: SASRec, seq: torch.Tensor, sampling: Sampling | None, noise: torch.Tensor | None,
+                           seen: list[np.ndarray], how: str, device) -> torch.Tensor:
+    """Scores whose ranking is the aggregated top-20 list (positions as scores, the rest -inf),
+    so the rank metrics read the list as they read any ranking."""
+    from .models.aggregate import aggregate as combine
+
+    if sampling is None or sampling.samples(model.cfg.attention) < 2:
+        raise ValueError(f"aggregate {how!r} needs a stochastic sampling with n_samples >= 2")
+    k = max(KS)
+    items, _ = combine(sample_scores(model, seq, sampling, noise, seen, device), k, how)
+    out = torch.full((len(seq), model.cfg.n_items + 1), float("-inf"))
+    out.scatter_(1, items, torch.arange(k, 0, -1, dtype=torch.float32).expand(len(seq), -1).contiguous())
+    return out
+
+
+@torch.no_grad()
+def user_signals(model: SASRec, data: EvalSet, *, sampling: Sampling | None = None, seed: int = 0,
+                 k: int = 10, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per user: the target's rank under the mean scores, and the uncertainty signals an
+    application could act on — for every model the maximum softmax probability and the
+    entropy of softmax(scores) over the unseen catalog; with S >= 2 samples, their top-k
+    agreement (`confidence`, genattn/models/aggregate.py) and the mean per-item std of their
+    scores over the mean list."""
+    from .models.aggregate import confidence
+
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, list] = {"rank": [], "max_prob": [], "entropy": [], "confidence": [], "score_std": []}
+    S = sampling.samples(model.cfg.attention) if sampling is not None else 1
+    for start in range(0, len(data.targets), batch_size):
+        users = np.arange(start, min(start + batch_size, len(data.targets)))
+        seq = torch.from_numpy(pad_left([data.inputs[u] for u in users], model.cfg.max_len))
+        noise = make_noise(model, sampling, len(seq), generator=gen) if sampling else None
+        per = sample_scores(model, seq, sampling, noise, [data.seen[u] for u in users], "cpu")
+        mean = per.mean(1)
+        tgt = torch.from_numpy(np.asarray(data.targets[users], dtype=np.int64))
+        out["rank"].append((mean > mean.gather(1, tgt[:, None])).sum(1).numpy())
+        logp = torch.log_softmax(mean, dim=1)
+        p = logp.exp()
+        out["max_prob"].append(p.max(1).values.numpy())
+        out["entropy"].append(-(p * logp.nan_to_num(neginf=0.0)).sum(1).numpy())
+        if S >= 2:
+            out["confidence"].append(confidence(per, k).numpy())
+            top = mean.topk(k, dim=1).indices
+            out["score_std"].append(per.gather(2, top[:, None, :].expand(-1, S, -1)).std(1).mean(1).numpy())
+    return {key: np.concatenate(v) for key, v in out.items() if v}
 
 
 def evaluate_checkpoint(path, *, split: str = "both", seeds: list[int] | None = None, steps: int | None = None,

@@ -69,13 +69,23 @@ def novelty(topk: np.ndarray, popularity: np.ndarray, n_users: int) -> float:
     return float((-np.log2(p)).mean())
 
 
+def category_coverage(topk: np.ndarray, genres: np.ndarray) -> float:
+    """cc@k: the share of all categories present in a user's list, averaged over users
+    (genres (n_items + 1, G) bool; an item may have several)."""
+    present = genres[topk].any(axis=1)  # (U, G)
+    return float(present.sum(1).mean() / max(genres.shape[1], 1))
+
+
 def diversity_metrics(topk10: np.ndarray, n_items: int, popularity: np.ndarray, n_users: int, *,
                       genres: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> dict[str, float]:
-    return {
+    out = {
         "coverage@10": coverage(topk10, n_items),
         "ild@10": intra_list_diversity(topk10, genres=genres, embeddings=embeddings),
         "novelty@10": novelty(topk10, popularity, n_users),
     }
+    if genres is not None:  # category coverage needs categories
+        out["cc@10"] = category_coverage(topk10, genres)
+    return out
 
 
 def mean_std(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -61,3 +61,38 @@ def test_mc_dropout_turns_dropout_on_and_restores_every_module():
         assert not torch.equal(model(x), model(x))
     assert [m.p for m in model if isinstance(m, torch.nn.Dropout)] == [0.2, 0.0]
     assert not any(m.training for m in model)
+
+
+def test_mc_dropout_honours_its_seed_and_leaves_the_global_stream_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.2))
+    x = torch.ones(64, 4)
+
+    def draw(seed):
+        with diversify.mc_dropout(model, 0.5, seed=seed):
+            return model(x)
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b, c = draw(1), draw(1), draw(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_mc_dropout_evaluation_averages_passes(tiny_dataset):
+    from conftest import tiny_config
+    from genattn.data import item_popularity, leave_one_out
+    from genattn.evaluation import eval_sets, evaluate
+    from genattn.models import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(tiny_config("softmax", n_items=tiny_dataset.n_items, dropout=0.3))
+    split = leave_one_out(tiny_dataset)
+    kw = dict(popularity=item_popularity(split.train, tiny_dataset.n_items), n_users=tiny_dataset.n_users)
+    test = eval_sets(split)["test"]
+    one = evaluate(model, test, mc_dropout=0.3, seed=0, **kw)
+    assert one == evaluate(model, test, mc_dropout=0.3, seed=0, **kw)  # the seed is honoured
+    many = evaluate(model, test, mc_dropout=0.3, mc_passes=8, seed=0, **kw)
+    plain = evaluate(model, test, **kw)
+    # Averaging passes moves the ranking back toward the dropout-free one.
+    assert abs(many["ndcg@10"] - plain["ndcg@10"]) <= abs(one["ndcg@10"] - plain["ndcg@10"]) + 0.02
+    assert many != one

@@ -12,6 +12,7 @@ from conftest import randomize_generative, tiny_config
 from genattn.data import item_popularity, leave_one_out, pad_left
 from genattn.evaluation import eval_sets, evaluate, mask_seen
 from genattn.metrics import (
+    category_coverage,
     coverage,
     diversity_metrics,
     intra_list_diversity,
@@ -135,7 +136,17 @@ def test_diversity_metrics_bundle():
     d = diversity_metrics(topk, 4, pop, 20, genres=GENRES)
     assert d == pytest.approx({"coverage@10": coverage(topk, 4),
                                "ild@10": intra_list_diversity(topk, genres=GENRES),
-                               "novelty@10": novelty(topk, pop, 20)})
+                               "novelty@10": novelty(topk, pop, 20),
+                               "cc@10": category_coverage(topk, GENRES)})
+    assert "cc@10" not in diversity_metrics(topk, 4, pop, 20, embeddings=np.eye(5))  # no categories, no cc
+
+
+def test_category_coverage_is_the_share_of_categories_in_each_list():
+    genres = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=bool)  # item 0 = padding
+    # user 1: items 1, 2 -> categories {0, 1} = 2/3; user 2: items 3, 1 -> {0, 2} = 2/3; user 3: item 3 twice -> 1/3
+    topk = np.array([[1, 2], [3, 1], [3, 3]])
+    assert category_coverage(topk, genres) == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3)
+    assert category_coverage(np.array([[1, 2, 3]]), genres) == pytest.approx(1.0)
 
 
 def test_mean_std_uses_sample_std():
@@ -210,6 +221,9 @@ def reference_metrics(model, data, pop, n_users, genres, sampling=None, noise_fn
         dists.append(np.mean(pair))
     out["ild@10"] = float(np.mean(dists))
     out["novelty@10"] = float(np.mean([-math.log2(max(pop[i], 1) / n_users) for top in tops for i in top]))
+    if genres is not None:
+        out["cc@10"] = float(np.mean([len(set().union(*(set(np.flatnonzero(genres[int(i)])) for i in top)))
+                                      / genres.shape[1] for top in tops]))
     return out
 
 

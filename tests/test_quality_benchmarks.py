@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 from benchmarks import accuracy, collapse, frontier, search
@@ -79,15 +80,27 @@ def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(benc
 def test_frontier_points_and_verdict(bench):
     d, _ = bench
     runs = d / "runs" / "synthetic"
-    r = frontier.main(["--softmax", str(runs / "softmax_full_seed0"), "--vae", str(runs / "vae_full_seed0"),
-                       "--diffusion", str(runs / "diffusion_full_seed0"), "--sample-seeds", "0", "--out", str(d / "fr")])
+    both = lambda kind: f"{runs / f'{kind}_full_seed0'},{runs / f'{kind}_full_seed1'}"  # noqa: E731
+    r = frontier.main(["--softmax", both("softmax"), "--vae", both("vae"), "--diffusion", str(runs / "diffusion_full_seed0"),
+                       "--sample-seeds", "0", "--out", str(d / "fr")])
     pts = json.loads((d / "fr.json").read_text())["points"]
     assert (d / "fr.png").stat().st_size > 0 and (d / "fr.md").is_file()
     methods = {(p["family"], p["method"]) for p in pts}
     assert {("softmax", "plain"), ("softmax", "gumbel"), ("softmax", "mmr"), ("softmax", "mc_dropout"),
-            ("vae", "temperature"), ("vae", "samples"), ("diffusion", "eta")} <= methods
+            ("vae", "temperature"), ("vae", "samples"), ("diffusion", "eta"), ("vae", "interleave"),
+            ("vae", "vote"), ("diffusion", "interleave")} <= methods
     for p in pts:
-        assert set(p) >= {"method", "family", "knob", "value", "ndcg@10", "coverage@10", "ild@10"}
+        assert set(p) >= {"method", "family", "knob", "value", "ndcg@10", "coverage@10", "ild@10", "cc@10", "seeds",
+                          "ndcg@10_std"}
+        assert p["seeds"] == (1 if p["family"] == "diffusion" else 2)
+        if p["seeds"] == 1:
+            assert p["ndcg@10_std"] == 0.0
+    # A point is the mean over the training seeds: the plain softmax point is the mean of the two
+    # checkpoints' own test NDCG@10 (their final evaluation), its std the std between them.
+    tests = [json.loads((runs / f"softmax_full_seed{s}" / "metrics.json").read_text())["test"]["ndcg@10"]
+             for s in (0, 1)]
+    plain = next(p for p in pts if p["family"] == "softmax" and p["method"] == "plain")
+    assert plain["ndcg@10"] == pytest.approx(np.mean(tests)) and plain["ndcg@10_std"] == pytest.approx(np.std(tests, ddof=1))
     # The verdict is computed from the points, not asserted: re-derive it.
     s = r["summary"]
     floor = 0.99 * max(p["ndcg@10"] for p in pts if p["family"] == "softmax")
@@ -159,3 +172,37 @@ def test_serving_ratio_interleaves_every_kind(tmp_path):
         assert 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"]
     assert set(r["target"]["met"]) == {"vae", "diffusion"}
     assert "p50 / softmax p50" in (tmp_path / "ratio.md").read_text()
+
+
+def test_auroc_and_tail_hits_against_brute_force():
+    from benchmarks.confidence import auroc, tail_hits
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 60).astype(float)  # many ties
+    y = rng.random(60) < 0.4
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a, ya in zip(s, y) for b, yb in zip(s, y) if ya and not yb]
+    assert auroc(s, y) == pytest.approx(np.mean(pairs))
+    assert auroc(np.arange(10.0), np.arange(10) >= 5) == 1.0
+    top, bottom = tail_hits(np.arange(10.0), np.arange(10) >= 8)
+    assert (top, bottom) == (1.0, 0.0)
+
+
+def test_confidence_benchmark_rows_and_selection(bench, tmp_path):
+    from benchmarks import confidence
+
+    d, _ = bench
+    runs = d / "runs" / "synthetic"
+    r = confidence.main(["--softmax", f"{runs / 'softmax_full_seed0'},{runs / 'softmax_full_seed1'}",
+                         "--vae", f"{runs / 'vae_full_seed0'},{runs / 'vae_full_seed1'}",
+                         "--samples", "4", "--out", str(tmp_path / "conf")])
+    fams = {(row["family"], row["signal"]) for row in r["rows"]}
+    assert {("softmax", "max_prob"), ("softmax", "neg_entropy"), ("vae", "agreement"), ("vae", "neg_score_std")} <= fams
+    assert ("softmax", "agreement") not in fams
+    for row in r["rows"]:
+        assert set(row) >= {"family", "signal", "auroc", "auroc_std", "hit@10_top20", "hit@10_bottom20"}
+        assert row["seeds"] == 2
+    for fam in ("softmax", "vae"):
+        mine = [row for row in r["rows"] if row["family"] == fam]
+        assert max(mine, key=lambda row: row["valid_auroc"])["selected_on_valid"]
+    assert r["verdict"]["beats"] == (r["verdict"]["gain"] > r["verdict"]["margin"])
+    assert "AUROC" in (tmp_path / "conf.md").read_text()

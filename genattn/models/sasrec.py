@@ -190,13 +190,17 @@ class SASRec(nn.Module):
             n += sampling.draws(block.attn.weights.kind) * cfg.n_heads * lq * L
         return n * (sampling.n_samples if n else 1)
 
+    def sample_states(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
+        """(B, S, D): each of the S samples' user state (S = 1 when deterministic)."""
+        S = sampling.samples(self.cfg.attention) if sampling is not None else 1
+        h, _ = self.run_blocks(seq, last_only=True, sampling=sampling, noise=noise, samples=S)
+        return h[:, -1].view(seq.shape[0], S, -1)
+
     def user_state(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
         """(B, D); with S samples, the mean of the S sampled states (scores are linear in
         the state, so this is the mean of the S sampled score vectors)."""
-        S = sampling.samples(self.cfg.attention) if sampling is not None else 1
-        h, _ = self.run_blocks(seq, last_only=True, sampling=sampling, noise=noise, samples=S)
-        h = h[:, -1]
-        return h.view(seq.shape[0], S, -1).mean(1) if S > 1 else h
+        h = self.sample_states(seq, sampling, noise)
+        return h.mean(1) if h.shape[1] > 1 else h[:, 0]
 
     def scores(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
         """Full-catalog scores (B, N + 1) for the next item; index 0 is -inf."""
