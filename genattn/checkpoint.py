@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _build
+from .config import SAVED_DEFAULTS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _build
 from .fileio import atomic_dir
 
 FORMAT, VERSION = "genattn-checkpoint", 1
@@ -109,8 +109,10 @@ def read_config(path: str | Path) -> RunConfig:
     if raw.get("version") != VERSION:
         raise CheckpointError(f"{f}: checkpoint version {raw.get('version')} unsupported (this genattn reads {VERSION})")
     try:
-        return RunConfig(model=_build(ModelConfig, raw["model"], "model"), train=_build(TrainConfig, raw["train"], "train"),
-                         data=_build(DataConfig, raw["data"], "data"))
+        # Fields a config.json lacks were added after it was written: it was trained with the
+        # defaults of the time (SAVED_DEFAULTS), not with today's per-kind ones.
+        return RunConfig(model=_build(ModelConfig, {**SAVED_DEFAULTS, **raw["model"]}, "model"),
+                         train=_build(TrainConfig, raw["train"], "train"), data=_build(DataConfig, raw["data"], "data"))
     except KeyError as e:
         raise CheckpointError(f"{f}: missing table {e}") from e
     except (ConfigError, TypeError) as e:

@@ -1,6 +1,9 @@
 """Typed configuration. Modules take these dataclasses, never argparse namespaces.
 
-Checkpoints store `asdict(cfg)` and rebuild with `ModelConfig(**saved)`.
+Checkpoints store `asdict(cfg)` and rebuild with `ModelConfig(**saved)` (every field explicit).
+The fields that depend on the attention kind default to None and resolve from KIND_DEFAULTS
+in `ModelConfig.__post_init__`, so `ModelConfig(attention="vae")`, `genattn train --attention
+vae` and `genattn/configs/vae.toml` all give the same model (docs/model.md, "Per-kind defaults").
 """
 from __future__ import annotations
 
@@ -11,6 +14,33 @@ from pathlib import Path
 from typing import Any
 
 ATTENTION_KINDS = ("softmax", "vae", "diffusion")
+
+# What ModelConfig gave these fields before they became per kind: the first generative objective
+# (every block generative, a prior the prior-path CE trains through, no posterior skip), whose
+# prior collapsed to a deterministic map. Softmax uses none of them and keeps these values, so
+# its configs compare equal to those its earlier runs recorded.
+_FIRST_OBJECTIVE: dict[str, Any] = {
+    "generative_blocks": "all", "pair_hidden": 16, "beta_warmup_steps": 1000,
+    "posterior_gain": 0.0, "prior_ce": "through", "train_prior_noise": False,
+}
+# The generative kinds' defaults: the objective against collapse (docs/model.md; the posterior
+# leans on the target affinity from the start, the prior path samples in training, and the
+# prior-path CE trains the backbone only) with only the last block generative (serving cost).
+_GENERATIVE: dict[str, Any] = {
+    "generative_blocks": "last", "pair_hidden": 8, "beta_warmup_steps": 500,
+    "posterior_gain": 1.0, "prior_ce": "backbone", "train_prior_noise": True,
+}
+# Per attention kind, the defaults of the ModelConfig fields that depend on it (those fields
+# default to None and resolve from here). genattn/configs/<kind>.toml spells them out.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "softmax": dict(_FIRST_OBJECTIVE),
+    "vae": dict(_GENERATIVE),
+    "diffusion": dict(_GENERATIVE),
+}
+# A checkpoint's config.json lists every field it was trained with, except fields added after
+# it was written: those it was trained with at what ModelConfig then defaulted to, these values
+# (checkpoint.read_config fills them in, never today's per-kind defaults).
+SAVED_DEFAULTS: dict[str, Any] = dict(_FIRST_OBJECTIVE)
 
 
 class ConfigError(ValueError):
@@ -26,21 +56,22 @@ class ModelConfig:
     n_blocks: int = 2                # transformer blocks
     dropout: float = 0.2             # dropout on embeddings, attention output and FFN
     attention: str = "softmax"       # "softmax" | "vae" | "diffusion" (docs/model.md)
-    generative_blocks: str = "all"   # which blocks generate attention: "all" | "last"
-    pair_hidden: int = 16            # width of the per-pair MLPs (prior, posterior, denoiser)
+    # None = the attention kind's default (KIND_DEFAULTS), filled in by __post_init__.
+    generative_blocks: str | None = None   # which blocks generate attention: "all" | "last"
+    pair_hidden: int | None = None   # width of the per-pair MLPs (prior, posterior, denoiser)
     logstd_min: float = -5.0         # clamp of predicted log std-devs, for stability
     logstd_max: float = 2.0
     # Objective weights shared by both generative kinds.
     beta: float = 0.1                # weight of KL (vae) / diffusion bound (diffusion)
-    beta_warmup_steps: int = 1000    # linear KL annealing from 0 to beta
+    beta_warmup_steps: int | None = None  # linear KL annealing from 0 to beta (per kind)
     gamma: float = 1.0               # weight of the prior-path CE (hybrid objective)
-    prior_ce: str = "through"        # "through": the prior-path CE also trains the prior (can buy a
+    prior_ce: str | None = None      # "through": the prior-path CE also trains the prior (can buy a
                                      # deterministic prior); "backbone": it trains only the rest of the
                                      # network, the prior learns from the KL / diffusion bound alone
     posterior_ce: str = "all"        # "all": the posterior-path CE trains every parameter; "generative":
                                      # only the posterior and prior (the backbone learns from the served path)
-    posterior_gain: float = 0.0      # initial gain of the posterior's target-affinity skip path
-    train_prior_noise: bool = False  # prior path in training samples (vae: mu + sigma*eps; diffusion:
+    posterior_gain: float | None = None    # initial gain of the posterior's target-affinity skip path
+    train_prior_noise: bool | None = None  # prior path in training samples (vae: mu + sigma*eps; diffusion:
                                      # noise start, eta 1) instead of running the deterministic mode
     # Diffusion prior.
     diffusion_steps: int = 100       # T, training timesteps
@@ -50,6 +81,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        for name, value in KIND_DEFAULTS[self.attention].items():  # explicit values win
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.generative_blocks not in ("all", "last"):
             raise ConfigError(f"generative_blocks must be 'all' or 'last', got {self.generative_blocks!r}")
         if self.posterior_ce not in ("all", "generative"):
@@ -85,7 +119,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 5.0
-    patience: int = 10               # epochs without validation NDCG@10 improvement before stopping
+    patience: int = 20               # epochs without validation NDCG@10 improvement before stopping
+                                     # (one budget for every kind: genattn/configs/*.toml say the same)
     eval_every: int = 1              # validate every N epochs
     seed: int = 0
     device: str = "auto"             # "auto" (CUDA when present) | "cpu" | "cuda"

@@ -31,7 +31,11 @@ def checkpoint(root: Path, kind: str) -> Path:
         from genattn.config import DataConfig, ModelConfig, RunConfig, TrainConfig
         from genattn.training import train
 
-        run = RunConfig(model=ModelConfig(max_len=MAX_LEN, d_model=16, attention=kind),
+        # Every block generative, the first objective: the layout these fixtures were written for
+        # (explicit: the generative kinds' defaults are now the last block and the new objective).
+        run = RunConfig(model=ModelConfig(max_len=MAX_LEN, d_model=16, attention=kind, generative_blocks="all",
+                                          pair_hidden=16, posterior_gain=0.0, prior_ce="through",
+                                          train_prior_noise=False, beta_warmup_steps=1000),
                         train=TrainConfig(epochs=1, batch_size=64, device="cpu", threads=1),
                         data=DataConfig(source="synthetic", synthetic_users=120, synthetic_items=N_ITEMS))
         train(run, root / f"ck-{kind}", progress=False)

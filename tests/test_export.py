@@ -30,7 +30,8 @@ def checkpoints(tmp_path_factory):
     out = {}
     for kind in ("softmax", "vae", "diffusion"):
         run = RunConfig(model=ModelConfig(max_len=10, d_model=16, n_heads=2, attention=kind, pair_hidden=8,
-                                          diffusion_steps=20, generative_blocks="all"),
+                                          diffusion_steps=20, generative_blocks="all", posterior_gain=0.0,
+                                          prior_ce="through", train_prior_noise=False, beta_warmup_steps=1000),
                         train=TrainConfig(epochs=1, batch_size=64, device="cpu", threads=1),
                         data=DataConfig(source="synthetic", synthetic_users=80, synthetic_items=40))
         train(run, root / kind, progress=False)
@@ -291,7 +292,8 @@ def _tiny_graph(kind="softmax"):
     from genattn_export.graph import GraphSpec, ServingGraph
 
     torch.manual_seed(0)
-    model = SASRec(ModelConfig(n_items=30, max_len=6, d_model=16, n_heads=2, attention=kind, dropout=0.5))
+    model = SASRec(ModelConfig(n_items=30, max_len=6, d_model=16, n_heads=2, attention=kind, dropout=0.5,
+                               generative_blocks="all", pair_hidden=16))  # every block generative
     spec = GraphSpec.build(model, k=5, noise_size=0, exclude=True, full_scores=False)
     return ServingGraph(model, None, 5, exclude=True, noise=False, full_scores=False), spec
 

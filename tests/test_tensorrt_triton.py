@@ -232,7 +232,8 @@ def test_exported_serving_graph_passes(tmp_path, kind, sampling, dynamo):
     from genattn_export.graph import GraphSpec, ServingGraph, finalize_onnx, to_onnx
 
     torch.manual_seed(0)
-    model = SASRec(ModelConfig(n_items=50, max_len=8, d_model=16, attention=kind))
+    model = SASRec(ModelConfig(n_items=50, max_len=8, d_model=16, attention=kind, generative_blocks="all",
+                               pair_hidden=16))  # every block generative
     samp = Sampling(**sampling) if sampling is not None else None
     noise = model.noise_size(samp) if samp is not None else 0
     spec = GraphSpec.build(model, k=10, noise_size=noise, exclude=True, full_scores=False)

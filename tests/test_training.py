@@ -31,8 +31,11 @@ STATE_FILES = {"state.safetensors", "state.json"}
 
 
 def run_config(kind: str = "softmax", epochs: int = 2, **train_kw) -> RunConfig:
+    # Every block generative with the first objective (explicit since the generative kinds'
+    # defaults are the last block and the new objective).
     model = ModelConfig(max_len=8, d_model=16, n_heads=2, n_blocks=2, dropout=0.1, attention=kind,
-                        pair_hidden=8, diffusion_steps=20, train_sample_steps=2, beta_warmup_steps=10)
+                        pair_hidden=8, diffusion_steps=20, train_sample_steps=2, beta_warmup_steps=10,
+                        generative_blocks="all", posterior_gain=0.0, prior_ce="through", train_prior_noise=False)
     tc = dict(epochs=epochs, batch_size=32, lr=5e-3, device="cpu", threads=1, patience=100, seed=0)
     return RunConfig(model=model, train=TrainConfig(**{**tc, **train_kw}))
 

@@ -1,0 +1,165 @@
+"""The documented per-kind defaults are what the code gives when nothing else is said:
+`genattn train --attention K`, `ModelConfig(attention=K)` and genattn/configs/K.toml all
+build the same configuration; explicit values (a file, an override, a saved checkpoint
+config) always win, and a checkpoint of an older version loads exactly as it was saved."""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY
+
+import genattn.training
+from genattn.checkpoint import load_checkpoint, read_config, save_checkpoint
+from genattn.cli import main
+from genattn.config import (ATTENTION_KINDS, KIND_DEFAULTS, ModelConfig, RunConfig, TrainConfig,
+                            load_run_config)
+from genattn.models import SASRec
+
+CONFIGS = Path(__file__).resolve().parents[1] / "genattn" / "configs"
+
+# Written out by hand (docs/model.md, "Per-kind defaults"), not read from the code, so that a
+# change of a default in code fails here.
+BACKBONE = dict(n_items=0, max_len=50, d_model=64, n_heads=2, n_blocks=2, dropout=0.2,
+                logstd_min=-5.0, logstd_max=2.0, beta=0.1, gamma=1.0, posterior_ce="all",
+                diffusion_steps=100, schedule="cosine", train_sample_steps=2)
+GENERATIVE = dict(generative_blocks="last", pair_hidden=8, beta_warmup_steps=500, posterior_gain=1.0,
+                  prior_ce="backbone", train_prior_noise=True)
+# Softmax uses none of the generative fields; it keeps the values its earlier runs recorded.
+FIRST_OBJECTIVE = dict(generative_blocks="all", pair_hidden=16, beta_warmup_steps=1000, posterior_gain=0.0,
+                       prior_ce="through", train_prior_noise=False)
+DOCUMENTED_MODEL = {
+    "softmax": {**BACKBONE, "attention": "softmax", **FIRST_OBJECTIVE},
+    "vae": {**BACKBONE, "attention": "vae", **GENERATIVE},
+    "diffusion": {**BACKBONE, "attention": "diffusion", **GENERATIVE},
+}
+DOCUMENTED_TRAIN = dict(epochs=200, batch_size=128, lr=1e-3, patience=20, max_minutes=0.0, loss="full")
+
+# A config.json model table written by a version whose dataclass defaults were the first
+# objective: every field explicit, as save_checkpoint writes it.
+OLD_SAVED_VAE = {**BACKBONE, "n_items": 40, "attention": "vae", **FIRST_OBJECTIVE}
+
+
+def cli_run_config(*args) -> RunConfig:
+    """The RunConfig `genattn train ARGS` builds, through the command itself (training stubbed)."""
+    seen = []
+
+    def fake_train(run, out, resume=False, progress=True):
+        seen.append(run)
+        return SimpleNamespace(metrics={"valid": {}, "test": {}}, checkpoint=SimpleNamespace(metrics={}))
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(genattn.training, "train", fake_train)
+    try:
+        res = CliRunner().invoke(main, ["train", *map(str, args)])
+    finally:
+        mp.undo()
+    assert res.exit_code == 0, res.output
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_cli_attention_gives_the_documented_defaults(tmp_path, kind):
+    run = cli_run_config("--attention", kind, "-o", tmp_path / "ck", "--no-progress")
+    assert asdict(run.model) == DOCUMENTED_MODEL[kind]
+    train = asdict(run.train)
+    assert {k: train[k] for k in DOCUMENTED_TRAIN} == DOCUMENTED_TRAIN
+    assert run.data.source == "auto"
+    assert run == load_run_config(None, {"model": {"attention": kind}})
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_python_api_gives_the_documented_defaults(kind):
+    cfg = ModelConfig(attention=kind)
+    assert asdict(cfg) == DOCUMENTED_MODEL[kind]
+    assert None not in asdict(cfg).values()
+    assert asdict(load_run_config(None, {"model": {"attention": kind}}).model) == DOCUMENTED_MODEL[kind]
+    assert RunConfig(model=ModelConfig(attention=kind)) == load_run_config(None, {"model": {"attention": kind}})
+
+
+def test_default_kind_and_train_budget():
+    assert asdict(ModelConfig()) == DOCUMENTED_MODEL["softmax"]
+    tc = asdict(TrainConfig())
+    assert {k: tc[k] for k in DOCUMENTED_TRAIN} == DOCUMENTED_TRAIN
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_kind_toml_equals_the_in_code_defaults(kind):
+    path = CONFIGS / f"{kind}.toml"
+    assert load_run_config(path) == load_run_config(None, {"model": {"attention": kind}})
+    assert load_run_config(path) == RunConfig(model=ModelConfig(attention=kind))
+    text = path.read_text()
+    assert text.startswith(f"# Example {kind} config")
+    model = tomllib.loads(text)["model"]
+    if kind != "softmax":  # the file spells out every per-kind default it documents
+        assert set(KIND_DEFAULTS[kind]) <= set(model)
+
+
+def test_kind_defaults_cover_exactly_the_none_fields():
+    none_fields = {f.name for f in fields(ModelConfig) if f.default is None}
+    for kind in ATTENTION_KINDS:
+        assert set(KIND_DEFAULTS[kind]) == none_fields
+
+
+@pytest.mark.parametrize("kind", ["vae", "diffusion"])
+def test_explicit_values_win(tmp_path, kind):
+    for name, value in FIRST_OBJECTIVE.items():  # each one alone, the others stay at the kind's default
+        assert asdict(ModelConfig(attention=kind, **{name: value})) == {**DOCUMENTED_MODEL[kind], name: value}
+        run = load_run_config(None, {"model": {"attention": kind, name: value}})
+        assert asdict(run.model) == {**DOCUMENTED_MODEL[kind], name: value}
+    # A file's value wins over the kind's default; the command line's kind and flags over the file.
+    f = tmp_path / "cfg.toml"
+    f.write_text('[model]\nattention = "softmax"\nposterior_gain = 0.5\nprior_ce = "through"\n'
+                 '[train]\npatience = 7\n')
+    run = cli_run_config("-c", f, "--attention", kind, "--max-len", 20, "-o", tmp_path / "ck")
+    assert asdict(run.model) == {**DOCUMENTED_MODEL[kind], "max_len": 20, "posterior_gain": 0.5, "prior_ce": "through"}
+    assert run.train.patience == 7
+    # An override of None means "not given".
+    assert load_run_config(None, {"model": {"attention": kind, "posterior_gain": None}}).model.posterior_gain == 1.0
+
+
+def test_old_saved_config_round_trips_unchanged(tmp_path):
+    cfg = ModelConfig(**OLD_SAVED_VAE)
+    assert asdict(cfg) == OLD_SAVED_VAE
+    # Through a checkpoint: written, read back, the model rebuilt with the weights it was saved with.
+    cfg = ModelConfig(**{**OLD_SAVED_VAE, **TINY, "n_items": 40, **FIRST_OBJECTIVE})
+    model = SASRec(cfg)
+    assert sum(b.attn.weights.kind == "vae" for b in model.blocks) == cfg.n_blocks  # every block generative
+    save_checkpoint(tmp_path / "ck", model, RunConfig(model=cfg), item_ids=list(range(40)),
+                    popularity=np.zeros(41, dtype=np.int64), n_users=10)
+    ck = load_checkpoint(tmp_path / "ck")
+    assert asdict(ck.run.model) == asdict(cfg)
+    saved = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert saved["model"] == asdict(cfg)
+
+
+def test_checkpoint_written_before_a_field_existed_keeps_the_old_value(tmp_path):
+    """posterior_gain, prior_ce and train_prior_noise came after the first checkpoints; such a
+    config.json lacks them and was trained with the then defaults, not today's per-kind ones
+    (a gain of 1.0 would even add a parameter the weights do not have)."""
+    cfg = ModelConfig(**{**TINY, "n_items": 40, "attention": "vae", **FIRST_OBJECTIVE})
+    save_checkpoint(tmp_path / "ck", SASRec(cfg), RunConfig(model=cfg), item_ids=list(range(40)),
+                    popularity=np.zeros(41, dtype=np.int64), n_users=10)
+    f = tmp_path / "ck" / "config.json"
+    raw = json.loads(f.read_text())
+    for name in ("posterior_gain", "prior_ce", "train_prior_noise", "posterior_ce"):
+        del raw["model"][name]
+    f.write_text(json.dumps(raw))
+    assert read_config(tmp_path / "ck").model == cfg
+    assert load_checkpoint(tmp_path / "ck").run.model == cfg
+
+
+@pytest.mark.parametrize("kind", ["vae", "diffusion"])
+def test_default_generative_model_generates_in_the_last_block_only(kind):
+    model = SASRec(ModelConfig(**{**TINY, "attention": kind, "pair_hidden": None}))
+    assert [b.attn.weights.kind for b in model.blocks] == ["softmax", kind]
+    assert model.cfg.pair_hidden == 8
+    if kind == "vae":  # the posterior's skip path exists (posterior_gain 1.0)
+        assert any(name.endswith(".gain") for name, _ in model.named_parameters())
