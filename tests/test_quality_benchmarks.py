@@ -204,5 +204,6 @@ def test_confidence_benchmark_rows_and_selection(bench, tmp_path):
     for fam in ("softmax", "vae"):
         mine = [row for row in r["rows"] if row["family"] == fam]
         assert max(mine, key=lambda row: row["valid_auroc"])["selected_on_valid"]
-    assert r["verdict"]["beats"] == (r["verdict"]["gain"] > r["verdict"]["margin"])
+    v = r["verdict"]
+    assert v["beats"] == (v["gain"] > v["margin"]) and v["generative"].split()[1] in ("agreement", "neg_score_std")
     assert "AUROC" in (tmp_path / "conf.md").read_text()
