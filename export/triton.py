@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import hashlib
 import importlib.util
 import json
 import logging
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from genattn.fileio import atomic_dir
+from genattn_runtime.bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,6 @@ def triton_model_name(bundle: str | Path) -> str:
     raw = Path(bundle).resolve().name
     name = re.sub(r"[^A-Za-z0-9_.\-]", "_", raw).lstrip(".-")[:MAX_NAME]
     return check_model_name(name if name.strip("_") else DEFAULT_NAME)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _owner(folder: Path) -> str | None:
@@ -291,7 +283,7 @@ def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: 
             (tmp / "1").mkdir()
             shutil.copyfile(model_file, tmp / "1" / filename)
             shutil.copyfile(items_path, tmp / ID_MAP)
-            info = {**provenance, "variant": variant, "model_sha256": _sha256(model_file)}
+            info = {**provenance, "variant": variant, "model_sha256": sha256_file(model_file)}
             (tmp / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
         written.append(target / "config.pbtxt")
     return written

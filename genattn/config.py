@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 ATTENTION_KINDS = ("softmax", "vae", "diffusion")
+# Catalog losses and negative samplers (implemented in models/loss.py, which imports these names:
+# validating a config never imports torch).
+LOSSES = ("full", "sampled", "bce")
+SAMPLERS = ("uniform", "popularity", "mixed")
 
 # What ModelConfig gave these fields before they became per kind: the first generative objective
 # (every block generative, a prior the prior-path CE trains through, no posterior skip), whose
@@ -139,8 +143,6 @@ class TrainConfig:
 
 
     def __post_init__(self) -> None:
-        from .models.loss import LOSSES, SAMPLERS  # one list of names, next to the code
-
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.negative_sampler not in SAMPLERS:

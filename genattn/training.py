@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, load_train_state, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
-from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, pad_left
+from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, training_windows
 from .distributed import World
 from .evaluation import eval_sets, evaluate
 from .models import SampledBCE, SASRec, SampledSoftmax, default_sampling
@@ -32,20 +32,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     return torch.device(name)
-
-
-def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut each training sequence into non-overlapping windows of max_len next-item pairs,
-    newest first, so long histories contribute all their items (left-padded).
-    int32: half the memory of int64 for the largest arrays training holds."""
-    inputs, targets = [], []
-    for s in seqs:
-        x, y = s[:-1], s[1:]
-        for end in range(len(x), 0, -max_len):
-            lo = max(0, end - max_len)
-            inputs.append(x[lo:end])
-            targets.append(y[lo:end])
-    return pad_left(inputs, max_len, np.int32), pad_left(targets, max_len, np.int32)
 
 
 def autocast_dtype(tc: TrainConfig, device: torch.device) -> torch.dtype | None:

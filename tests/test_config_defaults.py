@@ -163,3 +163,13 @@ def test_default_generative_model_generates_in_the_last_block_only(kind):
     assert model.cfg.pair_hidden == 8
     if kind == "vae":  # the posterior's skip path exists (posterior_gain 1.0)
         assert any(name.endswith(".gain") for name, _ in model.named_parameters())
+
+
+def test_validating_a_config_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from genattn.config import load_run_config, TrainConfig; "
+            "load_run_config(None, {'model': {'attention': 'vae'}, 'train': {'loss': 'bce'}}); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -24,7 +24,8 @@ from genattn.evaluation import eval_sets, evaluate, mask_seen
 from genattn.metrics import rank_metrics, ranks_from_scores
 from genattn.models import SASRec, Sampling
 from genattn.models import default_sampling
-from genattn.training import train, training_windows
+from genattn.data import training_windows
+from genattn.training import train
 
 CKPT_FILES = {"model.safetensors", "config.json", "items.json", "metrics.json"}
 STATE_FILES = {"state.safetensors", "state.json"}

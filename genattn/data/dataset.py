@@ -206,6 +206,20 @@ def pad_left(seqs: list[np.ndarray], max_len: int, dtype: npt.DTypeLike = np.int
     return out
 
 
+def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each training sequence into non-overlapping windows of max_len next-item pairs,
+    newest first, so long histories contribute all their items (left-padded).
+    int32: half the memory of int64 for the largest arrays training holds."""
+    inputs, targets = [], []
+    for s in seqs:
+        x, y = s[:-1], s[1:]
+        for end in range(len(x), 0, -max_len):
+            lo = max(0, end - max_len)
+            inputs.append(x[lo:end])
+            targets.append(y[lo:end])
+    return pad_left(inputs, max_len, np.int32), pad_left(targets, max_len, np.int32)
+
+
 def item_popularity(seqs: list[np.ndarray], n_items: int) -> np.ndarray:
     """(n_items + 1,) int64 event counts per internal item; index 0 (padding) is 0."""
     counts = np.zeros(n_items + 1, dtype=np.int64)

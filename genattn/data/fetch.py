@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from genattn_runtime.bundle import sha256_file
+
 from .readers import DataError, Interactions, read_interactions
 
 logger = logging.getLogger(__name__)
@@ -142,25 +144,17 @@ def _spec(name: str) -> WheelDataset:
     return DATASETS[name]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified(path: Path, f: DataFile) -> bool:
     try:
         if not path.is_file() or path.stat().st_size != f.size:
             return False
-        return _sha256(path) == f.sha256
+        return sha256_file(path) == f.sha256
     except OSError:
         return False
 
 
 def _check_sha256(path: Path, expected: str, what: str) -> None:
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != expected:
         raise DataError(f"{what}: sha256 mismatch (expected {expected}, got {got}); refusing it")
 

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import AttentionWeights, AttnInputs, PairMLP, Posterior, masked_mean, masked_softmax, row_context
+from .attention import (AttentionWeights, AttnInputs, PairMLP, Posterior, draw_noise, masked_mean, masked_softmax,
+                        row_context)
 from .sampling import Sampling
 from .scheduler import DDIMScheduler
-from .vae import draw_noise
 
 
 class Denoiser(nn.Module):

@@ -11,18 +11,9 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from .attention import AttentionWeights, AttnInputs, PairMLP, Posterior, masked_mean, masked_softmax, row_context
+from .attention import (AttentionWeights, AttnInputs, PairMLP, Posterior, draw_noise, masked_mean, masked_softmax,
+                        row_context)
 from .sampling import Sampling
-
-
-def draw_noise(x: AttnInputs, like: Tensor) -> Tensor:
-    """Standard normal noise shaped like `like`: from the explicit inference noise
-    input when given, else from the training generator."""
-    if x.noise is not None:
-        return x.noise.take(tuple(like.shape[1:]))
-    if x.rng is not None:
-        return torch.randn(like.shape, generator=x.rng, device=like.device, dtype=like.dtype)
-    raise ValueError("this sampling mode draws noise: pass noise (inference) or rng (training)")
 
 
 class VAEWeights(AttentionWeights):
