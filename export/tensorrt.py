@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from genattn_runtime.errors import BackendUnavailableError
+from genattn_runtime.tensorrt_backend import engine_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -471,11 +472,6 @@ def engine_name(gpu_cc: str | None, trt_version: str, stem: str = "model") -> st
     return f"{stem}.{gpu}.trt{_trt_version(trt_version)}.engine"
 
 
-def _release(v: str) -> tuple[int, ...]:
-    """major.minor.patch: serialized engines need the same TensorRT release (build number aside)."""
-    return tuple(int(x) for x in _trt_version(v).split(".")[:3])
-
-
 def current_tensorrt() -> dict:
     """What this machine would run an engine with; TensorRTUnavailable when it cannot."""
     trt = _import_tensorrt()
@@ -497,15 +493,11 @@ def check_engine_compat(meta: dict, *, current: dict | None = None) -> None:
         raise ValueError(f"engine metadata lacks {missing}; rebuild the engine with build_engine")
     now = current if current is not None else current_tensorrt()
     built_v, now_v = str(meta["tensorrt_version"]), str(now["tensorrt_version"])
-    if _release(built_v) != _release(now_v):
-        raise TensorRTEngineMismatch(f"engine was built with TensorRT {built_v} but TensorRT {now_v} is "
-                                     f"installed; engines only load in the release that built them: rebuild "
-                                     f"it here or install TensorRT {built_v}")
     built_cc, now_cc = meta["compute_capability"], now.get("compute_capability")
     if built_cc is None:
         log.warning("engine metadata records no compute capability; cannot check the GPU match")
-        return
-    if now_cc is None or _sm(built_cc) != _sm(now_cc):
-        raise TensorRTEngineMismatch(f"engine was built for compute capability {built_cc} "
-                                     f"({meta.get('gpu_name') or 'unknown GPU'}) but this GPU is {now_cc} "
-                                     f"({now.get('gpu_name') or 'unknown'}); rebuild the engine on this GPU")
+    why = engine_mismatch(built_v, built_cc, now_v, now_cc)  # the one rule, shared with the runtime
+    if why:
+        raise TensorRTEngineMismatch(f"engine ({meta.get('gpu_name') or 'unknown GPU'}) {why} "
+                                     f"({now.get('gpu_name') or 'unknown GPU'}): rebuild it here, or install "
+                                     f"TensorRT {built_v} on a GPU of compute capability {built_cc}")

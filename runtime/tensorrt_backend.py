@@ -56,6 +56,27 @@ def _digits(s) -> str:
     return "".join(re.findall(r"\d", str(s)))
 
 
+def trt_release(version: str) -> tuple[int, ...]:
+    """major.minor.patch of a TensorRT version (the build number aside)."""
+    v = str(version).strip()
+    if not re.fullmatch(r"\d+(\.\d+)*", v):
+        raise ValueError(f"TensorRT version {v!r} is not like '10.3.0'")
+    return tuple(int(x) for x in v.split(".")[:3])
+
+
+def engine_mismatch(built_version: str, built_cc: str | None, now_version: str, now_cc: str | None) -> str | None:
+    """Why a serialized engine cannot run here, or None. The one compatibility rule, shared by
+    export and runtime: the same TensorRT release (major.minor.patch: engines are not portable
+    across releases unless built version-compatible, which we do not do) and the same compute
+    capability (an unrecorded one is not checked)."""
+    if trt_release(built_version) != trt_release(now_version):
+        return (f"was built with TensorRT {built_version} but TensorRT {now_version} is installed; engines only "
+                f"load in the release that built them")
+    if built_cc is not None and (now_cc is None or _digits(built_cc) != _digits(now_cc)):
+        return f"was built for compute capability {built_cc} but this GPU is {now_cc}"
+    return None
+
+
 class TensorRTBackend(Backend):
     """One engine, one execution context and stream; device buffers sized for the profile's max batch.
 
@@ -70,18 +91,14 @@ class TensorRTBackend(Backend):
         trt, cudart = _import_trt(), _import_cudart()
         self.trt, self.cudart = trt, cudart
         meta = manifest.raw.get("tensorrt") or {}
-        built = meta.get("tensorrt_version")
-        if built and str(built).split(".")[:2] != trt.__version__.split(".")[:2]:
-            raise BackendUnavailableError(f"engine {Path(engine_path).name} was built with TensorRT {built}, "
-                                          f"this is TensorRT {trt.__version__}: rebuild it (genattn export "
-                                          "--tensorrt) on this machine")
         self._check(cudart.cudaSetDevice(device_id), "cudaSetDevice")
         props = self._check(cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
         cc = f"{props.major}.{props.minor}"
-        want = meta.get("compute_capability")
-        if want and _digits(want) != _digits(cc):
-            raise BackendUnavailableError(f"engine {Path(engine_path).name} was built for compute capability "
-                                          f"{want}, GPU {device_id} is {cc}: rebuild it on this GPU")
+        built = meta.get("tensorrt_version")
+        why = engine_mismatch(built, meta.get("compute_capability") or None, trt.__version__, cc) if built else None
+        if why:
+            raise BackendUnavailableError(f"engine {Path(engine_path).name} {why} (GPU {device_id}): rebuild it "
+                                          "on this machine (genattn export --tensorrt)")
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())

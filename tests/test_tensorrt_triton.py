@@ -668,3 +668,25 @@ def test_triton_repo_refuses_another_bundles_model(tmp_path):
     with pytest.raises(TritonError, match="not a folder"):
         (tmp_path / "file").write_text("x")
         check_triton_target(tmp_path / "file", "rec", b1, ["onnxruntime"])
+
+
+def test_export_and_runtime_share_one_engine_compatibility_rule():
+    from genattn_runtime.tensorrt_backend import engine_mismatch
+
+    # The same release, build number aside: compatible; another patch release is not.
+    assert engine_mismatch("10.3.0.26", "9.0", "10.3.0", "9.0") is None
+    assert "TensorRT 10.3.0" in engine_mismatch("10.3.0", "9.0", "10.3.1", "9.0")
+    assert "compute capability 9.0" in engine_mismatch("10.3.0", "9.0", "10.3.0", "8.6")
+    assert engine_mismatch("10.3.0", None, "10.3.0", "8.6") is None  # unrecorded: not checked
+    with pytest.raises(ValueError, match="not like"):
+        engine_mismatch("ten", "9.0", "10.3.0", "9.0")
+    # check_engine_compat (export) says no exactly where the runtime's rule does.
+    meta = {"tensorrt_version": "10.3.0", "compute_capability": "9.0"}
+    for now in (("10.3.1", "9.0"), ("10.4.0", "9.0"), ("10.3.0", "8.6"), ("10.3.0.99", "9.0")):
+        current = {"tensorrt_version": now[0], "compute_capability": now[1]}
+        refused = engine_mismatch("10.3.0", "9.0", *now) is not None
+        if refused:
+            with pytest.raises(TensorRTEngineMismatch):
+                check_engine_compat(meta, current=current)
+        else:
+            check_engine_compat(meta, current=current)
