@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import resource
@@ -105,7 +106,8 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
     t_data = time.perf_counter()
     ds = dataset if dataset is not None else load_source(run.data)
     split: Split = leave_one_out(ds)
-    run.model.n_items = ds.n_items
+    # The catalog size comes from the data: a copy of the config carries it (the caller's stays as given).
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, n_items=ds.n_items))
     # Users who had each item in training (distinct, so novelty's p(i) <= 1); also the cold-start ranking.
     pop = item_popularity([np.unique(s) for s in split.train], ds.n_items)
     sets = eval_sets(split, tc.eval_users, seed=tc.seed)

@@ -2,6 +2,7 @@
 and small end-to-end training runs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -181,7 +182,7 @@ def test_train_writes_a_loadable_checkpoint_with_its_metrics(tmp_path, tiny_data
     assert set(os.listdir(out)) == CKPT_FILES | STATE_FILES
     ck = load_checkpoint(out)
     assert ck.item_ids == tiny_dataset.item_ids
-    assert ck.run.model == run.model and ck.run.model.n_items == tiny_dataset.n_items
+    assert ck.run.model == dataclasses.replace(run.model, n_items=tiny_dataset.n_items)
     assert ck.run.train == run.train
     assert ck.n_users == tiny_dataset.n_users
     split = leave_one_out(tiny_dataset)
@@ -377,3 +378,11 @@ def test_metrics_record_why_and_when_a_run_stopped(tmp_path, tiny_dataset):
     m = train(patient, tmp_path / "c", progress=False, dataset=tiny_dataset).checkpoint.metrics
     assert m["stopped_by"] == "patience" and m["epochs_run"] < 200
     assert m["epochs_run"] == m["best_epoch"] + 1
+
+
+def test_training_leaves_the_callers_config_as_given(tmp_path, tiny_dataset):
+    run = run_config("softmax", epochs=1)
+    before = dataclasses.asdict(run)
+    res = train(run, tmp_path / "ck", progress=False, dataset=tiny_dataset)
+    assert dataclasses.asdict(run) == before and run.model.n_items == 0
+    assert res.checkpoint.run.model.n_items == tiny_dataset.n_items
