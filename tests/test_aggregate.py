@@ -113,3 +113,37 @@ def test_user_signals_rank_like_evaluate_and_give_confidence(tiny_dataset):
     assert np.all((sig["confidence"] >= 0) & (sig["confidence"] <= 1)) and np.all(sig["max_prob"] <= 1)
     soft = user_signals(model, sets["test"], sampling=None)
     assert "confidence" not in soft and len(soft["entropy"]) == n
+
+
+@pytest.mark.parametrize("how", ["interleave", "vote"])
+def test_aggregation_and_confidence_trace_into_onnx_without_loops_or_random_ops(tmp_path, how):
+    """What the docstring promises: plain tensor ops that export and run in ONNX Runtime as in torch
+    (the serving graph can carry them)."""
+    import onnx
+    import onnxruntime as ort
+
+    class Head(torch.nn.Module):
+        def forward(self, scores):
+            items, vals = aggregate(scores, 5, how)
+            return items, vals, confidence(scores, 5)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 40, generator=g)
+    x[:, :, :3] = NEG
+    path = tmp_path / "agg.onnx"
+    from genattn_export.graph import known_export_warnings_ignored
+
+    with known_export_warnings_ignored():
+        torch.onnx.export(Head().eval(), (x,), str(path), input_names=["scores"],
+                          output_names=["items", "vals", "conf"], dynamo=True, opset_version=18)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"Loop", "If", "Scan", "RandomNormal", "RandomUniform", "RandomNormalLike",
+                      "RandomUniformLike", "Multinomial", "Bernoulli"}, ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seed in (1, 2):
+        y = torch.randn(3, 4, 40, generator=torch.Generator().manual_seed(seed))
+        items, vals, conf = sess.run(None, {"scores": y.numpy()})
+        t_items, t_vals, t_conf = Head()(y)
+        assert np.array_equal(items, t_items.numpy())
+        np.testing.assert_allclose(vals, t_vals.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(conf, t_conf.numpy(), rtol=1e-5)
