@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     split_sets = eval_sets(leave_one_out(ds))
     command = "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_info()
+    commit = git_commit()  # the code this process runs: taken at start, not when a result is written
     result: dict = {"data": a.data, "n_users": ds.n_users, "n_items": ds.n_items,
                     "protocol": "leave-one-out, full ranking over the whole catalog, history items masked"}
     for name, cfg_path in specs:
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
             config = {"attention": ck.run.model.attention, "file": repo_path(cfg_path), "overrides": sets,
                       "model": model_cfg, "train": asdict(ck.run.train)}
             rec = seed_record(ck, seed, split_sets, ds, sample_seeds, steps)
-            rec.update(command=command, machine=machine["cpu"], commit=git_commit())
+            rec.update(command=command, machine=machine["cpu"], commit=commit)
             # Merged into what is on disk under a lock: two benchmarks running at once keep each
             # other's entries, and a seed run later joins its entry when the configuration matches.
             def add(doc: dict) -> None:

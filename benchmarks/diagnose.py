@@ -131,10 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
     runs = Path(a.runs) / a.data
     ds = load_source(load_run_config(None, {"data": {**sets["data"], "source": a.data}}).data)
     split_sets = eval_sets(leave_one_out(ds))
+    commit = git_commit()  # the code this process runs: taken at start, not when a result is written
     command = "python -m benchmarks.diagnose " + " ".join(argv if argv is not None else sys.argv[1:])
     for name in names:
         entry = run_variant(name, a.data, sets, runs, split_sets, ds)
-        entry.update(command=command, machine=machine_info()["cpu"], commit=git_commit())
+        entry.update(command=command, machine=machine_info()["cpu"], commit=commit)
         doc = update_results(out + ".json", lambda d: (d.setdefault("data", a.data),
                                                        d.setdefault("variants", {}).__setitem__(name, entry)), render)
     return doc

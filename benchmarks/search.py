@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     budget = {k: fixed["train"][k] for k in BUDGET}
     command = "python -m benchmarks.search " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_info()
+    commit = git_commit()  # the code this process runs: taken at start, not when a result is written
     header = {"data": a.data, "selection": "best validation NDCG@10 (test never looked at)",
               "space": {f"{t}.{k}": v for (t, k), v in SPACE.items()},
               "kind_space": {kind: {f"{t}.{k}": v for (t, k), v in sp.items()} for kind, sp in KIND_SPACE.items()}}
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
                "valid_ndcg@10": m["best_valid_ndcg@10"], "best_epoch": m["best_epoch"],
                "epochs_run": m.get("epochs_run"), "stopped_by": m.get("stopped_by"),
                "seconds": m["train_seconds"], "wall_seconds_this_session": time.perf_counter() - t0,
-               "seed": a.seed, "command": command, "machine": machine["cpu"], "commit": git_commit()}
+               "seed": a.seed, "command": command, "machine": machine["cpu"], "commit": commit}
 
         def add(doc: dict, row=row) -> None:
             doc.update(header)
