@@ -54,7 +54,11 @@ SPACE = {
 }
 # Each generative kind's own knobs. The KL / bound warm-up is one of them: the diffusion
 # defaults peaked during the 500-step warm-up and declined once beta was at full strength.
+# The training noise too: with the prior path's draw off, or sigma clamped to <= 1, the VAE's
+# generated map carried information the backbone used (benchmarks/results/diagnose_ml100k.md).
 GENERATIVE = {
+    ("model", "logstd_max"): [0.0, 1.0, 2.0],
+    ("model", "train_prior_noise"): [True, False],
     ("model", "beta"): [0.03, 0.1, 0.3, 1.0],
     ("model", "beta_warmup_steps"): [0, 500, 2000, 5000],
     ("model", "gamma"): [0.5, 1.0, 2.0],
