@@ -5,11 +5,15 @@ stochastic serving, S averaged samples, and the diffusion step sweep.
     python -m benchmarks.accuracy --data ml-1m --configs softmax --seeds 0 --set train.epochs=30
     python -m benchmarks.accuracy --configs vae_free=runs/cfg/vae_free.toml   # any TOML, own key
 
-A configuration is NAME (genattn/configs/NAME.toml) or NAME=PATH; NAME is its key in
-the results file. Trained checkpoints are kept under --runs/<dataset>/<name>_seed<s>;
-a finished run is reused, so an interrupted benchmark continues where it stopped.
-Results: benchmarks/results/accuracy_<dataset>.{json,md}; entries measured by earlier
-invocations are kept (each records its command).
+    python -m benchmarks.accuracy --configs softmax,vae --set train.loss=bce   # the paper's protocol
+
+A configuration is NAME (genattn/configs/NAME.toml) or NAME=PATH; its key in the results
+file is NAME_LOSS (e.g. vae_bce). Trained checkpoints are kept under
+--runs/<dataset>/<key>_seed<s>: a finished run is reused and an interrupted one resumed,
+and a run folder holding another configuration is refused. Each entry keeps a record per
+training seed (metrics, best epoch, epochs run, stop reason, validation curve, commit),
+so running one more seed later merges into it. Results:
+benchmarks/results/accuracy_<dataset>.{json,md}; entries other invocations wrote are kept.
 """
 from __future__ import annotations
 
