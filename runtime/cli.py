@@ -79,6 +79,17 @@ _backend_opt = click.option("--backend", type=click.Choice(BACKENDS), default="a
 _strict_opt = click.option("--strict", is_flag=True, help="fail instead of falling back when the backend cannot run")
 _threads_opt = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                             help="ONNX Runtime intra-op threads (0 = physical cores)")
+
+
+def _ann_opts(f):
+    """--nprobe / --ef-search: an ANN bundle's search breadth instead of the export's."""
+    f = click.option("--ef-search", type=click.IntRange(min=1),
+                     help="hnsw bundles: search breadth instead of the export's (higher: better recall, slower)")(f)
+    return click.option("--nprobe", type=click.IntRange(min=1),
+                        help="ivfpq bundles: lists searched instead of the export's (higher: better recall, "
+                             "slower)")(f)
+
+
 _unknown_opt = click.option("--unknown", "unknown", type=click.Choice(["skip", "error"]), default="skip",
                             show_default=True, help="item ids not in the catalog: skip and report, or fail")
 _trust_opt = click.option("--trusted-key", "trusted_keys", multiple=True,
@@ -168,7 +179,7 @@ def _load(bundle: Path, backend: str, strict: bool, unknown: str, threads: int, 
 
     try:
         return Recommender.load(bundle, backend=backend, strict=strict, unknown_items=unknown, threads=threads, **kw)
-    except GenattnRuntimeError as e:
+    except (GenattnRuntimeError, ValueError) as e:  # ValueError: an option the bundle cannot take
         raise click.ClickException(str(e)) from None
 
 
@@ -207,9 +218,10 @@ def _parse_history(text: str) -> list:
 @_unknown_opt
 @_trust_opt
 @_threads_opt
+@_ann_opts
 @click.option("-v", "--verbose", is_flag=True, help="log the backend choice and timings to stderr")
 def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, diversity, batch_size,
-                  no_progress, backend, strict, unknown, threads, verbose, trusted_keys):
+                  no_progress, backend, strict, unknown, threads, verbose, trusted_keys, nprobe, ef_search):
     """Top-k items for one history (--history) or a JSON-lines file (--input)."""
     _logging(verbose)
     if (history is None) == (input_path is None):
@@ -217,7 +229,8 @@ def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, see
     ctx = click.get_current_context()
     out = ctx.with_resource(_Output(output_path))  # before the work: fail now, not after it
     src = ctx.with_resource(_open_input(input_path)) if input_path is not None else None
-    rec = _load(bundle, backend, strict, unknown, threads, trusted_keys=list(trusted_keys) or None)
+    rec = _load(bundle, backend, strict, unknown, threads, trusted_keys=list(trusted_keys) or None,
+                nprobe=nprobe, ef_search=ef_search)
     if history is not None:
         ids = _parse_history(history)
         try:
@@ -356,16 +369,17 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.option("--access-log", is_flag=True, help="log every request (uvicorn access log)")
+@_ann_opts
 def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, instances, max_batch, max_wait_ms,
               max_body_bytes, max_users, max_queue, request_timeout_s, body_timeout_s, backend, strict, unknown,
-              threads, trt_cache_dir, log_level, access_log, trusted_keys):
+              threads, trt_cache_dir, log_level, access_log, trusted_keys, nprobe, ef_search):
     """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics. With --engine triton: a
     Triton Inference Server with model 'genattn' over HTTP and gRPC (docs/runtime.md: its inputs and outputs)."""
     _logging(False, default=getattr(logging, log_level.upper()))
     if engine == "triton":
         _serve_triton(bundle, host, http_port or port, grpc_port, metrics_port, instances, max_wait_ms,
                       max_body_bytes, max_users, max_queue, request_timeout_s, backend, strict, unknown, threads,
-                      trt_cache_dir, trusted_keys, log_level)
+                      trt_cache_dir, trusted_keys, log_level, nprobe, ef_search)
         return
     try:
         from .service import serve
@@ -374,7 +388,7 @@ def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, in
                                    f"pip install 'genattn[serve]' ({e})") from None
     _check_listen(host, port)  # a port in use fails here in one line, before the bundle is loaded
     rec = _load(bundle, backend, strict, unknown, threads, trt_cache_dir=trt_cache_dir,
-                trusted_keys=list(trusted_keys) or None)
+                trusted_keys=list(trusted_keys) or None, nprobe=nprobe, ef_search=ef_search)
     serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
           max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
           body_timeout_s=body_timeout_s, log_level=log_level, access_log=access_log)
@@ -382,7 +396,7 @@ def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, in
 
 def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, max_wait_ms, max_body_bytes,
                   max_users, max_queue, request_timeout_s, backend, strict, unknown, threads, trt_cache_dir,
-                  trusted_keys, log_level) -> None:
+                  trusted_keys, log_level, nprobe=None, ef_search=None) -> None:
     from .triton_engine import EngineConfig, serve
 
     ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
@@ -394,11 +408,12 @@ def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, m
                        threads=threads, trusted_keys=[str(Path(k).resolve()) for k in trusted_keys],
                        trt_cache_dir=str(Path(trt_cache_dir).resolve()) if trt_cache_dir else None,
                        max_users=max_users, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                       request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, instances=instances)
+                       request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, instances=instances,
+                       nprobe=nprobe, ef_search=ef_search)
     try:
         serve(cfg, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
               log_verbose=1 if log_level == "debug" else 0)
-    except GenattnRuntimeError as e:
+    except (GenattnRuntimeError, ValueError) as e:  # ValueError: an option the bundle cannot take
         raise click.ClickException(str(e)) from None
 
 

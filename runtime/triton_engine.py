@@ -102,13 +102,16 @@ class EngineConfig:
     request_timeout_s: float = 10.0  # queued longer than this: dropped with an error
     max_body_bytes: int = 1 << 20    # history tensor bytes per request
     instances: int = 1            # model instances (processes, each with its own Recommender)
+    nprobe: int | None = None     # ANN bundles: search breadth instead of the export's
+    ef_search: int | None = None
 
     def load(self):
         from .recommender import Recommender
 
         return Recommender.load(self.bundle, backend=self.backend, strict=self.strict,
                                 unknown_items=self.unknown_items, threads=self.threads,
-                                trt_cache_dir=self.trt_cache_dir, trusted_keys=self.trusted_keys or None)
+                                trt_cache_dir=self.trt_cache_dir, trusted_keys=self.trusted_keys or None,
+                                nprobe=self.nprobe, ef_search=self.ef_search)
 
 
 # ---------------------------------------------------------------- model repository

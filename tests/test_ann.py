@@ -277,3 +277,30 @@ def test_benchmark_quick(bundle_root, tmp_path):
     assert by[("exact fp32", "faiss")]["recall@10"] == 1.0
     assert {"hnsw", "ivfpq", "exact fp16", "exact int8"} <= {v for v, _ in by}
     assert "## ann" in (tmp_path / "serving_scale.md").read_text()
+
+
+def test_cli_recommend_takes_the_search_breadth(bundle_root):
+    from genattn_runtime.cli import recommend_cmd
+
+    ivf = ann_bundle(bundle_root, index="ivfpq")
+    ids = Recommender.load(ivf, backend="cpu").items.item_ids
+    hist = ",".join(str(x) for x in ids[:5])
+    runner = CliRunner()
+    wide = runner.invoke(recommend_cmd, [str(ivf), "--history", hist, "-k", "5", "--nprobe", "64", "--threads", "1"])
+    assert wide.exit_code == 0, wide.output
+    exact = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu").recommend(ids[:5], k=5)
+    assert json.loads(wide.output)["items"] == exact.items  # every list searched: the exact answer
+    # An option the bundle cannot take is one clear error line, not a traceback.
+    res = runner.invoke(recommend_cmd, [str(ivf), "--history", hist, "--ef-search", "8"])
+    assert res.exit_code != 0 and "ef_search" in res.output and "Traceback" not in res.output
+    res = runner.invoke(recommend_cmd, [str(bundle(bundle_root, "softmax")), "--history", hist, "--nprobe", "4"])
+    assert res.exit_code != 0 and "exported with --ann" in res.output
+    res = runner.invoke(recommend_cmd, [str(ivf), "--history", hist, "--nprobe", "0"])
+    assert res.exit_code != 0 and "--nprobe" in res.output
+
+
+def test_cli_serve_refuses_a_search_breadth_the_bundle_cannot_take(bundle_root):
+    from genattn_runtime.cli import serve_cmd
+
+    res = CliRunner().invoke(serve_cmd, [str(bundle(bundle_root, "softmax")), "--port", "0", "--nprobe", "4"])
+    assert res.exit_code != 0 and "exported with --ann" in res.output and "Traceback" not in res.output
