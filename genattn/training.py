@@ -231,7 +231,7 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
         if state["bad"] >= tc.patience:
             log.info("early stop at epoch %d (best %d)", state["epoch"], state["best_epoch"])
             state["stopped_by"] = "patience"
-        if world.agree(bool(tc.max_minutes and state["seconds"] > tc.max_minutes * 60)):
+        elif world.agree(bool(tc.max_minutes and state["seconds"] > tc.max_minutes * 60)):
             # Recorded, so that a comparison can see a run the clock cut short of its patience.
             log.warning("stopping: wall-time budget of %.1f min reached", tc.max_minutes)
             state["stopped_by"] = "wall_time"
