@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genattn.checkpoint import load_checkpoint
+from genattn.checkpoint import load_checkpoint, read_config
 from genattn.config import load_run_config
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
@@ -59,6 +59,15 @@ def parse_sets(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def merged(base: dict[str, dict], *more: dict[str, dict]) -> dict[str, dict]:
+    """Override tables (model / train / data) layered left to right; the inputs stay unchanged."""
+    out = {k: dict(v) for k, v in base.items()}
+    for m in more:
+        for table, vals in m.items():
+            out.setdefault(table, {}).update(vals)
+    return out
+
+
 def resolve(spec: str) -> tuple[str, Path]:
     name, _, path = spec.partition("=")
     p = Path(path) if path else CONFIGS / f"{name}.toml"
@@ -71,11 +80,10 @@ def train_or_resume(run, out: Path) -> Path:
     """Train `run` into `out`; a finished run is reused, an interrupted one resumed from
     its last epoch, so a benchmark can span sessions."""
     metrics = out / "metrics.json"
-    saved = out / "config.json"
-    if saved.is_file():
-        have = json.loads(saved.read_text())
-        want = {"model": {**asdict(run.model), "n_items": have["model"].get("n_items")}, "train": asdict(run.train)}
-        if not same_config(have, want) or have.get("data", {}).get("source") != run.data.source:
+    if (out / "config.json").is_file():
+        have = read_config(out)  # the checkpoint's own reader: fields added since are filled as trained
+        want = replace(run, model=replace(run.model, n_items=have.model.n_items))
+        if not same_config(asdict(have), asdict(want)) or have.data.source != run.data.source:
             raise SystemExit(f"{out} holds a run of another configuration; remove it or pass another --runs")
     if metrics.is_file() and "test" in json.loads(metrics.read_text()):
         return out
@@ -87,9 +95,7 @@ def train_or_resume(run, out: Path) -> Path:
 
 
 def trained(name: str, cfg_path: Path | None, seed: int, runs: Path, data: str, sets: dict) -> Path:
-    over = {t: dict(v) for t, v in sets.items()}
-    over["train"]["seed"] = seed
-    over["data"]["source"] = data
+    over = merged(sets, {"train": {"seed": seed}, "data": {"source": data}})
     return train_or_resume(load_run_config(cfg_path, over), runs / f"{name}_seed{seed}")
 
 

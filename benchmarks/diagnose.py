@@ -36,7 +36,7 @@ from genattn.evaluation import eval_sets, evaluate
 from genattn.models import default_sampling
 from genattn.models.attention import AttentionWeights, AttnInputs, masked_softmax
 
-from .accuracy import CONFIGS, parse_sets, short_name, train_or_resume
+from .accuracy import CONFIGS, merged, parse_sets, short_name, train_or_resume
 from .machine import git_commit, machine_info
 from .record import update_results
 
@@ -85,9 +85,8 @@ def last_block_weights(model, mode: str):
 
 def run_variant(name: str, data: str, sets: dict, runs: Path, split_sets: dict, ds) -> dict:
     cfg_name, over = VARIANTS[name]
-    merged = {t: {**sets.get(t, {}), **over.get(t, {})} for t in ("model", "train", "data")}
-    merged["data"]["source"] = data
-    run = load_run_config(CONFIGS / f"{cfg_name}.toml", merged)
+    overrides = merged(sets, over, {"data": {"source": data}})
+    run = load_run_config(CONFIGS / f"{cfg_name}.toml", overrides)
     out = train_or_resume(run, runs / name)
     ck = load_checkpoint(out)
     m = ck.metrics
@@ -98,7 +97,7 @@ def run_variant(name: str, data: str, sets: dict, runs: Path, split_sets: dict, 
         with last_block_weights(ck.model, mode):
             ablation[mode] = evaluate(ck.model, split_sets["valid"], sampling=None, **kw)
     hist = [h for h in m["history"] if "valid_ndcg@10" in h]
-    return {"kind": ck.run.model.attention, "config": f"genattn/configs/{cfg_name}.toml", "overrides": merged,
+    return {"kind": ck.run.model.attention, "config": f"genattn/configs/{cfg_name}.toml", "overrides": overrides,
             "seed": ck.run.train.seed, "best_epoch": m["best_epoch"], "epochs_run": m.get("epochs_run", len(hist)),
             "stopped_by": m.get("stopped_by"), "train_seconds": m["train_seconds"],
             "valid_curve": {"epoch": [h["epoch"] for h in hist],

@@ -37,7 +37,7 @@ from genattn.checkpoint import load_checkpoint
 from genattn.config import load_run_config
 from genattn.fileio import write_text_atomic
 
-from .accuracy import CONFIGS, parse_sets, short_name, train_or_resume
+from .accuracy import CONFIGS, merged, parse_sets, short_name, train_or_resume
 from .machine import git_commit, machine_info
 from .record import update_results
 
@@ -92,14 +92,6 @@ def draw_trials(n: int, seed: int, kind: str = "softmax") -> list[dict[str, dict
         extra = _draw(KIND_SPACE.get(kind, {}), own)
         trials.append({table: {**t[table], **extra[table]} for table in t})
     return trials
-
-
-def merged(base: dict[str, dict], *more: dict[str, dict]) -> dict[str, dict]:
-    out = {k: dict(v) for k, v in base.items()}
-    for m in more:
-        for table, vals in m.items():
-            out.setdefault(table, {}).update(vals)
-    return out
 
 
 def to_toml(kind: str, over: dict[str, dict], note: str) -> str:

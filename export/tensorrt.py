@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from genattn_runtime.errors import BackendUnavailableError
-from genattn_runtime.tensorrt_backend import engine_mismatch
+from genattn_runtime.tensorrt_backend import engine_mismatch, trt_release
 
 log = logging.getLogger(__name__)
 
@@ -457,10 +457,8 @@ def _sm(cc: str) -> str:
 
 
 def _trt_version(v: str) -> str:
-    v = str(v).strip()
-    if not re.fullmatch(r"\d+(\.\d+)*", v):
-        raise ValueError(f"TensorRT version {v!r} is not like '10.3.0'")
-    return v
+    trt_release(v)  # the runtime's check: a version like '10.3.0', or ValueError
+    return str(v).strip()
 
 
 def engine_name(gpu_cc: str | None, trt_version: str, stem: str = "model") -> str:
