@@ -180,8 +180,20 @@ def select(doc: dict, folder: Path) -> None:
     groups: dict[str, list[dict]] = {}
     for r in doc["trials"]:
         groups.setdefault(r["kind"] if r["loss"] == "full" else f"{r['kind']}_{r['loss']}", []).append(r)
+    # Equal trials: a kind is selected among the trial numbers every kind of its loss has
+    # finished, so a search cut short mid-round does not give one kind an extra draw.
+    finished: dict[str, set[int]] = {}
+    for loss in {r["loss"] for r in doc["trials"]}:
+        per_kind: dict[str, set[int]] = {}
+        for r in doc["trials"]:
+            if r["loss"] == loss:
+                per_kind.setdefault(r["kind"], set()).add(r["trial"])
+        finished[loss] = set.intersection(*per_kind.values())
     doc["selected"], doc["trial_counts"] = {}, {}
     for name, rows in sorted(groups.items()):
+        rows = [r for r in rows if r["trial"] in finished[r["loss"]]]
+        if not rows:
+            continue
         best = max(rows, key=lambda r: r["valid_ndcg@10"])
         doc["selected"][name] = best["params"]
         doc["trial_counts"][name] = len(rows)

@@ -1,0 +1,49 @@
+"""The equal-budget search's bookkeeping: paired draws and selection over equal trial counts."""
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on the path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.search import SPACE, draw_trials, select  # noqa: E402
+
+
+def test_shared_knobs_are_paired_across_kinds_and_trial_0_is_defaults():
+    soft, vae, diff = (draw_trials(5, 3, k) for k in ("softmax", "vae", "diffusion"))
+    assert soft[0] == vae[0] == diff[0] == {"model": {}, "train": {}}
+    for t in range(1, 5):
+        for table, key in SPACE:
+            assert soft[t][table][key] == vae[t][table][key] == diff[t][table][key]
+    assert "beta" in vae[1]["model"] and "beta" not in soft[1]["model"]
+    assert "train_sample_steps" in diff[1]["model"] and "train_sample_steps" not in vae[1]["model"]
+    assert draw_trials(5, 4, "vae") != vae  # another seed, other draws
+
+
+def _row(kind: str, trial: int, valid: float, loss: str = "full") -> dict:
+    return {"kind": kind, "loss": loss, "trial": trial, "valid_ndcg@10": valid,
+            "params": {"model": {"dropout": 0.1 * (trial + 1)}, "train": {}},
+            "budget": {"patience": 20, "epochs": 200, "max_minutes": 0.0}}
+
+
+def test_selection_only_among_trials_every_kind_finished(tmp_path):
+    # vae has an extra trial 2 (the search was cut mid-round): its better score must not count
+    doc = {"trials": [_row("softmax", 0, 0.11), _row("softmax", 1, 0.12),
+                      _row("vae", 0, 0.10), _row("vae", 1, 0.09), _row("vae", 2, 0.20)]}
+    select(doc, tmp_path)
+    assert doc["trial_counts"] == {"softmax": 2, "vae": 2}
+    assert doc["selected"]["softmax"] == _row("softmax", 1, 0)["params"]
+    assert doc["selected"]["vae"] == _row("vae", 0, 0)["params"]
+    written = tomllib.loads((tmp_path / "vae.toml").read_text())
+    assert written["model"]["dropout"] == 0.1 and written["train"]["patience"] == 20
+
+
+def test_losses_are_selected_separately(tmp_path):
+    doc = {"trials": [_row("softmax", 0, 0.11), _row("vae", 0, 0.10),
+                      _row("softmax", 0, 0.08, "bce"), _row("softmax", 1, 0.09, "bce")]}
+    select(doc, tmp_path)
+    assert doc["trial_counts"] == {"softmax": 1, "softmax_bce": 2, "vae": 1}
+    assert tomllib.loads((tmp_path / "softmax_bce.toml").read_text())["train"]["loss"] == "bce"
