@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from genattn_runtime.errors import BackendUnavailableError
-from genattn_runtime.tensorrt_backend import engine_mismatch, trt_release
+from genattn_runtime.backends.tensorrt import engine_mismatch, trt_release
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
     from genattn_runtime import Recommender
     rec = Recommender.load("bundle/")            # backend="auto": TensorRT > TRT EP > CUDA > CPU
+    rec = Recommender.load("bundle/", BackendOptions(backend="cpu"), threads=2)   # options, keyword overrides
     rec.recommend([12, 7, 33], k=10)             # -> Recommendation(items=[...], scores=[...], ...)
     Recommender.load("bundle/", trusted_keys=["signer.pub"])   # only bundles signed by that key
 

@@ -7,25 +7,22 @@ over-fetching: it asks for k + (number excluded) neighbours and, when the index 
 returns too few usable ones, asks again for twice as many.
 
     AnnIndex.load(path, meta, ef_search=..., nprobe=...)   # the index file + its manifest entry
-    AnnBackend(...)                                        # the state graph + the index, as a Backend
+    top_k_excluding(index, states, k, exclude)             # one search, seen items removed
 
-faiss is imported lazily (`pip install 'genattn[ann]'`); without it, loading an ANN
-bundle raises AnnUnavailableError. Torch-free: numpy, the standard library, onnxruntime, faiss.
+This module is the index; the backend that runs the state graph and then searches it is
+`backends/ann.py` (AnnBackend). faiss is imported lazily (`pip install 'genattn[ann]'`);
+without it, loading an ANN bundle raises AnnUnavailableError. Torch-free: numpy, the
+standard library, faiss.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backends import Backend, BackendOptions, _import_ort, make_session_options
-from .bundle import INPUT_EXCLUDE, ORT_DTYPES, OUTPUT_STATE, Manifest, check_graph_io
 from .errors import BackendUnavailableError, BundleError, InputError
-
-log = logging.getLogger("genattn_runtime")
 
 ID_OFFSET = 1            # index row r holds internal item r + 1 (0 is the padding item, never indexed)
 MAX_SEARCH_PARAM = 1 << 16
@@ -44,7 +41,8 @@ def import_faiss():
     return faiss
 
 
-def _check_param(name: str, v: Any) -> int | None:
+def check_search_param(name: str, v: Any) -> int | None:
+    """ef_search / nprobe: None (the export's) or an integer in 1..MAX_SEARCH_PARAM; InputError otherwise."""
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= int(v) <= MAX_SEARCH_PARAM:
@@ -66,7 +64,7 @@ class AnnIndex:
              nprobe: int | None = None) -> "AnnIndex":
         """Read the index; check it is what the manifest says (kind, size, width) before serving."""
         faiss = import_faiss()
-        ef_search, nprobe = _check_param("ef_search", ef_search), _check_param("nprobe", nprobe)
+        ef_search, nprobe = check_search_param("ef_search", ef_search), check_search_param("nprobe", nprobe)
         kind = meta["kind"]
         try:
             index = faiss.read_index(str(path))
@@ -152,58 +150,3 @@ def top_k_excluding(index: AnnIndex, states: np.ndarray, k: int, exclude: np.nda
         todo = np.asarray(short, dtype=np.int64)
         fetch = min(2 * fetch, index.n_items)
     return out_items, out_scores
-
-
-class AnnBackend(Backend):
-    """The state graph on ONNX Runtime + the index: feeds in, (top_items, top_scores) (B, K) out,
-    like the exact graph's backends. The feeds' exclude_items never reach the graph (the state
-    does not depend on them): the search removes them."""
-
-    def __init__(self, manifest: Manifest, model_path: Path, index: AnnIndex, requested: str, opts: BackendOptions,
-                 strict: bool = False):
-        ort = _import_ort()
-        if requested in ("tensorrt",) or opts.cuda_graph_batch:
-            msg = (f"backend {requested!r}{' with CUDA graphs' if opts.cuda_graph_batch else ''} serves top-K "
-                   "graphs; an ANN bundle's state graph runs on ONNX Runtime")
-            if strict:
-                raise BackendUnavailableError(msg)
-            log.warning("%s; using ONNX Runtime", msg)
-        want = {"cuda": "CUDAExecutionProvider", "tensorrt-ep": "CUDAExecutionProvider"}.get(requested)
-        providers = ["CPUExecutionProvider"]
-        if want and want in ort.get_available_providers():
-            providers.insert(0, want)
-        elif want and strict:
-            raise BackendUnavailableError(f"backend {requested!r} needs {want}, which this onnxruntime lacks")
-        try:
-            self.session = ort.InferenceSession(str(model_path), make_session_options(opts), providers=providers)
-        except Exception as e:  # ORT raises its own exception types
-            raise BundleError(f"bundle {manifest.path}: ONNX Runtime cannot load {model_path.name} "
-                              f"({type(e).__name__}: {str(e)[:300]})") from e
-        io = lambda args: [(a.name, ORT_DTYPES.get(a.type, a.type), a.shape) for a in args]  # noqa: E731
-        check_graph_io(manifest, io(self.session.get_inputs()), io(self.session.get_outputs()), model_path.name)
-        self.providers = self.session.get_providers()
-        self.name = {"CUDAExecutionProvider": "cuda"}.get(self.providers[0], "cpu") + "+ann"
-        self.index, self.k = index, manifest.k
-        self.search_params = {"kind": index.kind, **index.params}
-
-    def states(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        graph_feeds = {n: a for n, a in feeds.items() if n != INPUT_EXCLUDE}
-        (state,) = self.session.run([OUTPUT_STATE], graph_feeds)
-        return state
-
-    def run(self, feeds: dict[str, np.ndarray], need: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(B, K) like a top-K graph; with `need`, only the first `need` slots are searched for (the
-        rest hold item 0, score -inf): a search for 10 costs less than one for K = 100."""
-        k = self.k if need is None else max(1, min(need, self.k))
-        items, scores = top_k_excluding(self.index, self.states(feeds), k, feeds.get(INPUT_EXCLUDE))
-        if k < self.k:
-            items = np.pad(items, ((0, 0), (0, self.k - k)))
-            scores = np.pad(scores, ((0, 0), (0, self.k - k)), constant_values=-np.inf)
-        return items, scores
-
-    def describe(self) -> dict:
-        return {**super().describe(), "ann": dict(self.search_params)}
-
-    def close(self) -> None:
-        self.session = None
-        self.index = None

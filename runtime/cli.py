@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from .backends import BACKENDS
+from .backends import BACKENDS, BackendOptions
 from .errors import GenattnRuntimeError, InputError
 
 LINE_FIELDS = {"history", "k", "exclude_seen", "seed", "diversity"}
@@ -174,11 +174,14 @@ def _open_input(path: str):
         raise click.ClickException(f"cannot read --input {path}: {e.strerror or e}") from None
 
 
-def _load(bundle: Path, backend: str, strict: bool, unknown: str, threads: int, **kw):
+def _load(bundle: Path, flags: dict, unknown: str = "skip", trusted_keys=()):
+    """The bundle opened with the backend options among a command's parsed flags (`ctx.params`:
+    --backend, --strict, --threads, --trt-cache-dir, --nprobe, --ef-search; the rest are ignored)."""
     from .recommender import Recommender
 
     try:
-        return Recommender.load(bundle, backend=backend, strict=strict, unknown_items=unknown, threads=threads, **kw)
+        return Recommender.load(bundle, BackendOptions.from_flags(flags), unknown_items=unknown,
+                                trusted_keys=list(trusted_keys) or None)
     except (GenattnRuntimeError, ValueError) as e:  # ValueError: an option the bundle cannot take
         raise click.ClickException(str(e)) from None
 
@@ -229,8 +232,7 @@ def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, see
     ctx = click.get_current_context()
     out = ctx.with_resource(_Output(output_path))  # before the work: fail now, not after it
     src = ctx.with_resource(_open_input(input_path)) if input_path is not None else None
-    rec = _load(bundle, backend, strict, unknown, threads, trusted_keys=list(trusted_keys) or None,
-                nprobe=nprobe, ef_search=ef_search)
+    rec = _load(bundle, ctx.params, unknown, trusted_keys)
     if history is not None:
         ids = _parse_history(history)
         try:
@@ -387,8 +389,7 @@ def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, in
         raise click.ClickException(f"serving needs FastAPI, uvicorn and prometheus_client: "
                                    f"pip install 'genattn[serve]' ({e})") from None
     _check_listen(host, port)  # a port in use fails here in one line, before the bundle is loaded
-    rec = _load(bundle, backend, strict, unknown, threads, trt_cache_dir=trt_cache_dir,
-                trusted_keys=list(trusted_keys) or None, nprobe=nprobe, ef_search=ef_search)
+    rec = _load(bundle, click.get_current_context().params, unknown, trusted_keys)
     serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
           max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
           body_timeout_s=body_timeout_s, log_level=log_level, access_log=access_log)
@@ -449,7 +450,7 @@ def timings_cmd(bundle, backend, threads, repeats, k):
         out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True)
         probes.append(out.stdout.split())
     t0 = time.perf_counter()
-    rec = _load(bundle, backend, False, "skip", threads)
+    rec = _load(bundle, click.get_current_context().params)
     load_s = time.perf_counter() - t0
     res = {"import_genattn_runtime_s": min(float(p[0]) for p in probes),
            "import_onnxruntime_s": min(float(p[1]) for p in probes),

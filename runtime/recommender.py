@@ -1,6 +1,7 @@
 """Recommender: raw item ids in, raw item ids and scores out. Torch-free.
 
-    rec = Recommender.load("bundle/")                # verifies hashes, picks a backend
+    rec = Recommender.load("bundle/")                # verifies hashes, picks a backend (create_backend)
+    rec = Recommender.load("bundle/", BackendOptions(backend="cpu"), threads=2)   # options + overrides
     rec.recommend([12, 7, 33], k=10)                 # one history -> Recommendation
     rec.recommend([[12, 7], ["a"], []], k=5)         # a batch -> [Recommendation, ...]
     rec.recommend_indices(item_seq, k=10)            # (B, max_len) int64 -> (items, scores)
@@ -27,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, Backend, BackendOptions, create_backend
-from .bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, ItemTable, Manifest, check_files, read_manifest,
-                     verify_files)
+from .backends import Backend, BackendOptions, create_backend
+from .bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ITEMS, OUTPUT_SCORES, ItemTable, Manifest,
+                     check_files, read_manifest, verify_files)
 from .errors import (BundleError, GenattnRuntimeError, InferenceError, InputError, RecommenderClosedError,
                      UnknownItemError)
 
@@ -125,35 +126,26 @@ class Recommender:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, bundle: str | Path, backend: str = "auto", *, strict: bool = False,
-             unknown_items: str = "skip", verify: bool = True, threads: int = 0,
-             session_options: Any = None, precision: str = "fp32", device_id: int = 0,
-             cuda_graph_batch: int | None = None, trt_cache_dir: str | Path | None = None,
-             trt_fp16: bool = False, trt_max_batch: int = 256,
-             provider_options: dict | None = None,
-             trusted_keys: Iterable[str | Path | bytes] | None = None,
-             ef_search: int | None = None, nprobe: int | None = None) -> "Recommender":
+    def load(cls, bundle: str | Path, options: BackendOptions | None = None, *, unknown_items: str = "skip",
+             verify: bool = True, trusted_keys: Iterable[str | Path | bytes] | None = None,
+             **option_overrides: Any) -> "Recommender":
         """Read, verify and open a bundle.
 
-        backend: "auto" | "cpu" | "cuda" | "tensorrt-ep" | "tensorrt"; `recommender.backend`
-        says what actually runs. strict: raise BackendUnavailableError instead of falling
-        back when the named backend cannot run. verify: check every file's sha256 (the
-        manifest's schema and digest, file sizes, the graph's I/O against the manifest
-        and a probe run are checked either way). trusted_keys: Ed25519 public keys (PEM
-        paths or bytes); only a bundle signed by one of them loads (SignatureError
-        otherwise). threads: ORT intra-op threads (0 = physical cores). session_options:
-        an onnxruntime.SessionOptions, or a dict of its attributes (plus "config":
-        entries). precision: "fp32" or "fp16" (the bundle's model.fp16.onnx).
-        cuda_graph_batch: CUDA EP only, capture a CUDA graph for this fixed batch size.
-        ef_search (hnsw) / nprobe (ivfpq): ANN bundles only, the index's search breadth instead of
-        the export's (higher: better recall, slower; the manifest's "ann.recall" holds the export's).
+        options: how to run it (BackendOptions: backend, strict, precision, threads, device,
+        CUDA graphs, TensorRT, ANN search breadth...); option_overrides: any of its fields by
+        keyword, applied over `options` (`Recommender.load(b, backend="cpu", threads=1)`); a
+        keyword that is no field raises TypeError, a bad value ValueError naming the field.
+        `recommender.backend` says what actually runs. verify: check every file's sha256 (the
+        manifest's schema and digest, file sizes, the graph's I/O against the manifest and a
+        probe run are checked either way). trusted_keys: Ed25519 public keys (PEM paths or
+        bytes); only a bundle signed by one of them loads (SignatureError otherwise).
         """
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if options is not None and not isinstance(options, BackendOptions):
+            raise TypeError(f"options must be a BackendOptions, got {type(options).__name__} {options!r:.40} "
+                            "(name a backend by keyword: backend=...)")
+        opts = (options if options is not None else BackendOptions()).with_overrides(**option_overrides)
         if unknown_items not in UNKNOWN_POLICIES:
             raise ValueError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {unknown_items!r}")
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
         if trusted_keys is not None:
             if isinstance(trusted_keys, (str, bytes, Path)):
                 trusted_keys = [trusted_keys]  # one key given bare, not a sequence of characters
@@ -169,22 +161,7 @@ class Recommender:
             signed_by = verify_signature(manifest, trusted_keys)
         (verify_files if verify else check_files)(manifest)
         items = cls._read_items(manifest)
-        if manifest.ann is None and (ef_search is not None or nprobe is not None):
-            raise ValueError("ef_search / nprobe apply to bundles exported with --ann; this one scores exactly")
-        if precision == "fp32":
-            model = manifest.file("model.onnx")
-        elif manifest.fp16_file:
-            model = manifest.file(manifest.fp16_file)
-        else:
-            raise BundleError(f"bundle {manifest.path} has no FP16 graph (export with --fp16)")
-        opts = BackendOptions(threads=threads, session_options=session_options, device_id=device_id,
-                              cuda_graph_batch=cuda_graph_batch, trt_cache_dir=trt_cache_dir,
-                              trt_fp16=trt_fp16, trt_max_batch=trt_max_batch,
-                              provider_options=provider_options or {})
-        if manifest.ann is not None:
-            be = cls._ann_backend(manifest, model, backend, opts, strict, ef_search, nprobe)
-        else:
-            be = create_backend(backend, manifest, model, opts, strict=strict)
+        be = create_backend(manifest, opts)
         try:
             rec = cls(manifest, items, be, unknown_items=unknown_items)
             rec.signed_by = signed_by
@@ -193,16 +170,6 @@ class Recommender:
             be.close()
             raise
         return rec
-
-    @staticmethod
-    def _ann_backend(manifest: Manifest, model: Path, backend: str, opts: BackendOptions, strict: bool,
-                     ef_search: int | None, nprobe: int | None) -> Backend:
-        from .ann import AnnBackend, AnnIndex
-
-        meta = manifest.ann
-        index = AnnIndex.load(manifest.file(meta["file"]), meta, manifest.n_items, meta["dim"],
-                              ef_search=ef_search, nprobe=nprobe)
-        return AnnBackend(manifest, model, index, backend, opts, strict=strict)
 
     @staticmethod
     def _read_items(manifest: Manifest) -> ItemTable:
@@ -229,13 +196,20 @@ class Recommender:
             feeds[INPUT_NOISE] = np.zeros((2, self.noise_size), dtype=np.float32)
         where = f"bundle {self.manifest.path}: the graph ({self.backend})"
         try:
-            items, scores = self._run_backend(feeds)
+            out = self._run_backend(feeds)
         except InferenceError as e:
             raise BundleError(f"{where} fails on valid input: {e}") from e
-        for name, a, dtype in (("top_items", items, np.int64), ("top_scores", scores, np.float32)):
-            if not isinstance(a, np.ndarray) or a.shape != (2, self.k_max) or a.dtype != dtype:
+        for name in (OUTPUT_ITEMS, OUTPUT_SCORES):
+            if name not in out:
+                raise BundleError(f"{where} returns no {name} (it returns {sorted(out)})")
+        for name, a in out.items():
+            if not isinstance(a, np.ndarray) or a.ndim != 2 or len(a) != 2:
                 got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-                raise BundleError(f"{where} returns {name} {got}, the manifest says {np.dtype(dtype)} "
+                raise BundleError(f"{where} returns {name} {got} for 2 rows")
+        items, scores = out[OUTPUT_ITEMS], out[OUTPUT_SCORES]
+        for name, a, dtype in ((OUTPUT_ITEMS, items, np.int64), (OUTPUT_SCORES, scores, np.float32)):
+            if a.shape != (2, self.k_max) or a.dtype != dtype:
+                raise BundleError(f"{where} returns {name} {a.dtype} {a.shape}, the manifest says {np.dtype(dtype)} "
                                   f"(batch, {self.k_max})")
         if items.size and (items.min() < 0 or items.max() > N):
             raise BundleError(f"{where} returns item indices {int(items.min())}..{int(items.max())}, outside "
@@ -272,20 +246,15 @@ class Recommender:
         if self._closed:
             raise RecommenderClosedError("this Recommender was closed; load the bundle again")
 
-    def _run_backend(self, feeds: dict[str, np.ndarray], need: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _run_backend(self, feeds: dict[str, np.ndarray], need: int | None = None) -> dict[str, np.ndarray]:
         """The one place the backend runs: counted for close(), failures typed. need: how many of the
-        K slots the caller will read (an ANN search fetches only those; an exact graph ignores it)."""
+        K slots the caller will read (an ANN search fetches only those; an exact graph ignores it).
+        Returns the backend's outputs by name (top_items int64, top_scores float32, and the rest)."""
         with self._lock:
             self._check_open()
             self._active += 1
         try:
-            if need is not None and self.manifest.ann is not None:
-                items, scores = self._backend.run(feeds, need=need)
-            else:
-                items, scores = self._backend.run(feeds)
-            if scores.dtype != np.float32:  # an FP16 graph's scores: float32 whatever the precision
-                scores = scores.astype(np.float32)
-            return items, scores
+            return self._backend.run(feeds, need)
         except GenattnRuntimeError:
             raise
         except Exception as e:  # ONNX Runtime / TensorRT raise their own types; inputs were validated before
@@ -520,7 +489,8 @@ class Recommender:
             return None
         # Slots read per row: k, plus the seen items older than the window that decoding drops.
         need = max(p.k + max((len(r.post_exclude or ()) for r in p.rows), default=0) for p in preps)
-        items, scores = self._run_backend(self._feeds(preps), min(need, self.k_max))
+        out = self._run_backend(self._feeds(preps), min(need, self.k_max))
+        items, scores = out[OUTPUT_ITEMS], out[OUTPUT_SCORES]
         if items.shape != (rows, self.k_max) or scores.shape != (rows, self.k_max):
             raise BundleError(f"bundle {self.manifest.path}: the graph returned {items.shape} / {scores.shape} "
                               f"for {rows} rows, the manifest says K = {self.k_max}")
@@ -597,7 +567,8 @@ class Recommender:
         if B == 0:
             self._check_open()
             return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
-        items, scores = self._run_backend(feeds, k)
+        out = self._run_backend(feeds, k)
+        items, scores = out[OUTPUT_ITEMS], out[OUTPUT_SCORES]
         if exclude is not None and not self.exclude_in_graph:
             hit = (items[:, :, None] == exclude[:, None, :]).any(-1) & (items > 0)
             scores = np.where(hit, -np.inf, scores).astype(np.float32)

@@ -106,12 +106,13 @@ class EngineConfig:
     ef_search: int | None = None
 
     def load(self):
+        from .backends import BackendOptions
         from .recommender import Recommender
 
-        return Recommender.load(self.bundle, backend=self.backend, strict=self.strict,
-                                unknown_items=self.unknown_items, threads=self.threads,
-                                trt_cache_dir=self.trt_cache_dir, trusted_keys=self.trusted_keys or None,
-                                nprobe=self.nprobe, ef_search=self.ef_search)
+        # The fields named like BackendOptions' (backend, strict, threads, trt_cache_dir, nprobe,
+        # ef_search) are the backend options; the rest are the engine's own.
+        return Recommender.load(self.bundle, BackendOptions.from_flags(asdict(self)),
+                                unknown_items=self.unknown_items, trusted_keys=self.trusted_keys or None)
 
 
 # ---------------------------------------------------------------- model repository

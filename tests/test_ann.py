@@ -89,7 +89,8 @@ def test_seen_items_excluded(bundle_root):
     assert sorted(items[0, :10].tolist()) == list(range(51, 61)) and (items[0, 10:] == 0).all()
     assert np.isneginf(scores[0, 10:]).all() and (np.diff(scores[0, :10]) <= 0).all()
     # a call that reads k slots searches for k (plus excluded), not the bundle's K; the rest is padding
-    items, scores = ann._backend.run({"item_seq": np.zeros((1, MAX_LEN), dtype=np.int64)}, need=3)
+    out = ann._backend.run({"item_seq": np.zeros((1, MAX_LEN), dtype=np.int64)}, need=3)
+    items, scores = out["top_items"], out["top_scores"]
     assert items.shape == (1, K) and (items[0, :3] > 0).all() and (items[0, 3:] == 0).all()
     assert np.isneginf(scores[0, 3:]).all()
     # beyond the window (max_len) seen items are dropped from the K returned, as in exact bundles

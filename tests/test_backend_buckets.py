@@ -10,8 +10,8 @@ import pytest
 from runtime_fixtures import K, MAX_LEN, N_ITEMS, bundle, bundle_root  # noqa: F401 (fixture)
 
 from genattn_runtime.backends import (CUDA_EP, DEFAULT_GRAPH_BUCKETS, BackendOptions, OrtBackend, RoutedBackend,
-                                      _CudaGraphRunner, _with_cpu_route, bucket_plan, check_buckets,
-                                      cpu_route_limit, graph_buckets)
+                                      bucket_plan, check_buckets, cpu_route_limit, graph_buckets)
+from genattn_runtime.backends.ort import _CudaGraphRunner, with_cpu_route
 
 BUCKETS = (1, 8, 64, 256)
 
@@ -111,12 +111,13 @@ def test_runner_replays_one_bound_graph_per_bucket(bundle_root):
     for n in (1, 2, 4, 5, 8, 9, 20):
         feeds = _feeds(n, seed=n, names=names)
         want_items, want_scores = be.session.run(be.output_names, feeds)
-        items, scores = runner.run(feeds)
-        assert items.shape == (n, K) and scores.shape == (n, K)
-        np.testing.assert_array_equal(items, want_items)
-        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
-    items, scores = runner.run(_feeds(0, seed=0, names=names))
-    assert items.shape == (0, K) and scores.dtype == np.float32
+        out = runner.run(feeds)
+        assert list(out) == ["top_items", "top_scores"]
+        assert out["top_items"].shape == (n, K) and out["top_scores"].shape == (n, K)
+        np.testing.assert_array_equal(out["top_items"], want_items)
+        np.testing.assert_allclose(out["top_scores"], want_scores, rtol=1e-5, atol=1e-6)
+    out = runner.run(_feeds(0, seed=0, names=names))
+    assert out["top_items"].shape == (0, K) and out["top_scores"].dtype == np.float32
 
 
 def _manifest(bundle_root):
@@ -148,9 +149,9 @@ class _Fake:
         self.name, self.providers, self.inner, self.rows = name, [name], inner, []
         self.session = inner.session
 
-    def run(self, feeds):
+    def run(self, feeds, need=None):
         self.rows.append(len(next(iter(feeds.values()))))
-        return self.inner.run(feeds)
+        return self.inner.run(feeds, need)
 
     def close(self):
         pass
@@ -166,8 +167,7 @@ def test_routed_backend_sends_small_batches_to_the_cpu(bundle_root):
     assert routed.name == "cuda" and routed.providers == ["cuda"]
     for n in (1, 8, 9, 64):
         feeds = _feeds(n, seed=n, names=names)
-        items, _ = routed.run(feeds)
-        np.testing.assert_array_equal(items, a.session.run(a.output_names, feeds)[0])
+        np.testing.assert_array_equal(routed.run(feeds)["top_items"], a.session.run(a.output_names, feeds)[0])
     assert cpu.rows == [1, 8] and gpu.rows == [9, 64]
     d = routed.describe()["cpu_route"]
     assert d["cpu_up_to_rows"] == 8 and d["calibration_ms"][1] == {"cpu": pytest.approx(0.1), "gpu": pytest.approx(0.3)}
@@ -194,7 +194,7 @@ def test_calibration_times_both_backends_and_stops_at_the_first_gpu_win(bundle_r
 def test_auto_keeps_a_cpu_backend_alone(bundle_root):
     m = _manifest(bundle_root)
     be = OrtBackend(bundle(bundle_root, "softmax") / "model.onnx", m, "cpu", BackendOptions(threads=1))
-    assert _with_cpu_route(be, bundle(bundle_root, "softmax") / "model.onnx", m, BackendOptions()) is be
+    assert with_cpu_route(be, bundle(bundle_root, "softmax") / "model.onnx", m, BackendOptions()) is be
 
 
 def test_cuda_graph_refusal_falls_back_to_plain_cuda(bundle_root, monkeypatch, caplog):
@@ -221,8 +221,7 @@ def test_cuda_graph_refusal_falls_back_to_plain_cuda(bundle_root, monkeypatch, c
                         BackendOptions(threads=1))
     assert asked == ["1", None] and graph_buckets(be.opts) == () and be._graph is None
     assert "CUDA graphs refused" in caplog.text
-    items, _ = be.run(_feeds(3, seed=1, names=be.input_names))
-    assert items.shape == (3, K)
+    assert be.run(_feeds(3, seed=1, names=be.input_names))["top_items"].shape == (3, K)
 
 
 def test_auto_skips_a_gpu_pick_that_would_fall_back(bundle_root, monkeypatch, tmp_path, caplog):
@@ -236,10 +235,8 @@ def test_auto_skips_a_gpu_pick_that_would_fall_back(bundle_root, monkeypatch, tm
     from genattn_runtime.backends import TRT_EP, create_backend
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT_EP, CUDA_EP, "CPUExecutionProvider"])
-    b = bundle(bundle_root, "softmax")
     with caplog.at_level(logging.INFO, logger="genattn_runtime"):
-        be = create_backend("auto", _manifest(bundle_root), b / "model.onnx",
-                            BackendOptions(threads=1, trt_cache_dir=tmp_path))
+        be = create_backend(_manifest(bundle_root), BackendOptions(threads=1, trt_cache_dir=tmp_path))
     assert be.name == "cpu"
     tried = [r.getMessage() for r in caplog.records if "trying the next backend" in r.getMessage()]
     assert len(tried) == 2 and "'tensorrt-ep'" in tried[0] and "'cuda'" in tried[1], tried

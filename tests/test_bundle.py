@@ -373,7 +373,7 @@ def test_backend_failure_at_call_time_is_typed(b, bundle_root):
     class Broken:
         name, providers = "cpu", ["CPUExecutionProvider"]
 
-        def run(self, feeds):
+        def run(self, feeds, need=None):
             raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
 
         def close(self):
@@ -595,7 +595,7 @@ def test_close_racing_running_calls(b):
     class Slow:  # the real ORT backend, slowed so close() lands while calls are inside run()
         name, providers = real.name, real.providers
 
-        def run(self, feeds):
+        def run(self, feeds, need=None):
             with lock:
                 if state["closes"]:
                     state["runs_after_close"] += 1
@@ -603,7 +603,7 @@ def test_close_racing_running_calls(b):
                 state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
             try:
                 time.sleep(0.01)
-                return real.run(feeds)
+                return real.run(feeds, need)
             finally:
                 with lock:
                     state["in_flight"] -= 1

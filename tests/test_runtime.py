@@ -373,7 +373,7 @@ def test_gpu_paths_host_logic_on_cpu(bundle_root, ids):
 
     Only the host-side logic is checked here; the GPU paths themselves are unverified on hardware.
     """
-    from genattn_runtime.backends import _CudaGraphRunner
+    from genattn_runtime.backends.ort import _CudaGraphRunner
 
     r = Recommender.load(bundle(bundle_root, "diffusion", stochastic=True), backend="cpu", threads=1)
     be = r._backend
@@ -382,7 +382,8 @@ def test_gpu_paths_host_logic_on_cpu(bundle_root, ids):
         feeds = r._feeds([r.prepare(_histories(ids, B, seed=B), k=5, seed=1)])
         assert len(feeds) == 3  # item_seq, exclude_items, noise
         want_items, want_scores = be.session.run(be.output_names, feeds)
-        for items, scores in (be.run_iobinding(feeds), fixed.run(feeds)):
+        for out in (be.run_iobinding(feeds), fixed.run(feeds)):
+            items, scores = out["top_items"], out["top_scores"]
             assert items.shape == (B, K)
             np.testing.assert_array_equal(items, want_items)
             np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)

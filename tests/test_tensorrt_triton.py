@@ -671,7 +671,7 @@ def test_triton_repo_refuses_another_bundles_model(tmp_path):
 
 
 def test_export_and_runtime_share_one_engine_compatibility_rule():
-    from genattn_runtime.tensorrt_backend import engine_mismatch
+    from genattn_runtime.backends.tensorrt import engine_mismatch
 
     # The same release, build number aside: compatible; another patch release is not.
     assert engine_mismatch("10.3.0.26", "9.0", "10.3.0", "9.0") is None

@@ -1,164 +1,30 @@
-"""Inference backends behind one interface: feeds in, (top_items, top_scores) out.
-
-    cpu          ONNX Runtime, CPUExecutionProvider
-    cuda         ONNX Runtime, CUDAExecutionProvider with IO binding; CUDA graphs on by default,
-                 one captured graph per padded batch bucket (1, 8, 64, 256)
-    tensorrt-ep  ONNX Runtime, TensorrtExecutionProvider (engine cache folder), CUDA/CPU behind it
-    tensorrt     the bundle's own serialized TensorRT engine (tensorrt_backend.py)
-    auto         the fastest that works here: tensorrt > tensorrt-ep > cuda > cpu; an ONNX Runtime
-                 GPU pick also opens a CPU session and sends the small batches where the CPU
-                 measured faster at load to it (cpu_route_limit)
+"""ONNX Runtime backends: one session on CPU, CUDA or the TensorRT EP (OrtBackend), the CUDA
+graph runner behind `cuda`, and auto's CPU route for small batches (RoutedBackend).
 
 ONNX Runtime does not fail when a GPU provider cannot start (onnxruntime-gpu without
 the CUDA libraries, no GPU): it logs an error and runs on CPU. Every session is
 therefore checked with `get_providers()` after creation; the backend's `name` is what
 actually runs, and `strict=True` turns a fallback into BackendUnavailableError.
-
-Torch-free: numpy, the standard library and (lazily) onnxruntime / tensorrt.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .bundle import INPUT_NOISE, ORT_DTYPES, OUTPUT_ITEMS, OUTPUT_SCORES, Manifest, check_graph_io
-from .errors import BackendUnavailableError, BundleError
+from ..bundle import ORT_DTYPES, Manifest, check_graph_io
+from ..errors import BackendUnavailableError, BundleError
+from .base import DEFAULT_GRAPH_BUCKETS, Backend, BackendOptions, check_buckets, physical_cores, run_outputs
 
 log = logging.getLogger("genattn_runtime")
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt-ep", "tensorrt")
-
 CPU_EP, CUDA_EP, TRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
-_EP_OF = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt-ep": TRT_EP}
-_NAME_OF = {v: k for k, v in _EP_OF.items()}
-
-# A request of n rows runs on the smallest bucket >= n; more rows than the largest bucket are
-# cut into chunks of it. 1 serves single users without padding; each step is 8x the last, so
-# a batch that fits is padded to less than 8x its rows.
-DEFAULT_GRAPH_BUCKETS = (1, 8, 64, 256)
-
-
-@dataclass
-class BackendOptions:
-    """Everything a backend may need besides the bundle. Defaults are tuned for latency."""
-    threads: int = 0                      # ORT intra-op threads; 0 = physical cores available to this process
-    session_options: Any = None           # ort.SessionOptions (as is) or {attribute: value, "config": {key: value}}
-    device_id: int = 0                    # GPU index (cuda, tensorrt-ep, tensorrt)
-    cuda_graph_buckets: tuple[int, ...] = DEFAULT_GRAPH_BUCKETS  # cuda: one CUDA graph per padded batch size; () = off
-    cuda_graph_batch: int | None = None   # cuda: one bucket of this size instead; 0 = CUDA graphs off
-    io_binding: bool = True               # cuda: run through IO binding
-    trt_cache_dir: str | Path | None = None  # tensorrt-ep: engine + timing cache folder (default <bundle>/.trt_cache)
-    trt_fp16: bool = False                # tensorrt-ep: allow FP16 kernels
-    trt_max_batch: int = 256              # tensorrt-ep: optimisation profile max batch (min 1, opt 8)
-    provider_options: dict = field(default_factory=dict)  # extra options per provider name, merged over ours
-    auto_cpu_route: bool = True           # auto on a GPU: small batches to a CPU session where it measured faster
-
-
-def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
-    """Sorted distinct batch sizes; ValueError naming the bad value (not a positive int)."""
-    out = set()
-    for b in buckets:
-        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
-            raise ValueError(f"CUDA graph buckets must be positive integers, got {b!r} in {tuple(buckets)!r}")
-        out.add(int(b))
-    return tuple(sorted(out))
-
-
-def bucket_plan(n_rows: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
-    """How n rows run on fixed-shape graphs: [(start, stop, bucket)], rows [start, stop) padded
-    to `bucket` rows. Rows beyond the largest bucket are chunked by it; the remainder (or a
-    request that fits) takes the smallest bucket that holds it."""
-    sizes = check_buckets(buckets)
-    if not sizes:
-        raise ValueError("no CUDA graph buckets")
-    if n_rows < 0:
-        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
-    big, plan, start = sizes[-1], [], 0
-    while n_rows - start > big:
-        plan.append((start, start + big, big))
-        start += big
-    if n_rows > start:
-        rest = n_rows - start
-        plan.append((start, n_rows, next(b for b in sizes if b >= rest)))
-    return plan
-
-
-def graph_buckets(opts: "BackendOptions") -> tuple[int, ...]:
-    """The CUDA graph buckets these options ask for; () = CUDA graphs off (cuda_graph_batch=0,
-    cuda_graph_buckets=(), or enable_cuda_graph=0 in the CUDA provider options)."""
-    flag = str(opts.provider_options.get(CUDA_EP, {}).get("enable_cuda_graph", "1")).strip().lower()
-    if flag in ("0", "false", "no", "off") or opts.cuda_graph_batch == 0:
-        return ()
-    if opts.cuda_graph_batch is not None:
-        return check_buckets([opts.cuda_graph_batch])
-    return check_buckets(opts.cuda_graph_buckets)
-
-
-def _without_graphs(opts: "BackendOptions") -> "BackendOptions":
-    return dataclasses.replace(opts, cuda_graph_buckets=(), cuda_graph_batch=0)
-
-
-def cpu_route_limit(timings: Mapping[int, tuple[float, float]], margin: float = 0.9) -> int:
-    """The auto rule. timings: {batch: (cpu_seconds, gpu_seconds)} measured at load. Returns the
-    largest batch b such that at b and at every smaller measured batch the CPU took less than
-    `margin` x the GPU's time; requests of up to b rows go to the CPU, larger ones to the GPU.
-    0 = the GPU serves every size. The margin leans to the GPU: it does not contend with the
-    application for CPU cores, so the CPU must be clearly faster to be chosen."""
-    limit = 0
-    for b in sorted(timings):
-        cpu_s, gpu_s = timings[b]
-        if not cpu_s < margin * gpu_s:
-            break
-        limit = b
-    return limit
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads and other cgroups' CPUs not counted)."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = os.cpu_count() or 1
-    cores: set[tuple[str, str]] = set()
-    try:
-        phys = core = None
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":", 1)[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":", 1)[1].strip()
-                elif not line.strip():
-                    if core is not None:
-                        cores.add((phys or "0", core))
-                    phys = core = None
-    except OSError:
-        pass
-    n = len(cores) or (os.cpu_count() or 1)
-    return max(1, min(n, allowed))
-
-
-class Backend:
-    """Runs the serving graph. `run` is thread-safe."""
-
-    name: str = "?"
-    providers: list[str] = []
-
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> dict:
-        return {"backend": self.name, "providers": list(self.providers)}
+EP_OF = {"cpu": CPU_EP, "cuda": CUDA_EP, "tensorrt-ep": TRT_EP}
+_NAME_OF = {v: k for k, v in EP_OF.items()}
 
 
 def _import_ort():
@@ -201,18 +67,75 @@ def make_session_options(opts: BackendOptions):
     return so
 
 
+def bucket_plan(n_rows: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+    """How n rows run on fixed-shape graphs: [(start, stop, bucket)], rows [start, stop) padded
+    to `bucket` rows. Rows beyond the largest bucket are chunked by it; the remainder (or a
+    request that fits) takes the smallest bucket that holds it."""
+    sizes = check_buckets(buckets)
+    if not sizes:
+        raise ValueError("no CUDA graph buckets")
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+    big, plan, start = sizes[-1], [], 0
+    while n_rows - start > big:
+        plan.append((start, start + big, big))
+        start += big
+    if n_rows > start:
+        rest = n_rows - start
+        plan.append((start, n_rows, next(b for b in sizes if b >= rest)))
+    return plan
+
+
+def graph_buckets(opts: BackendOptions) -> tuple[int, ...]:
+    """The CUDA graph buckets these options ask for; () = CUDA graphs off (cuda_graph_batch=0,
+    cuda_graph_buckets=(), or enable_cuda_graph=0 in the CUDA provider options)."""
+    flag = str(opts.provider_options.get(CUDA_EP, {}).get("enable_cuda_graph", "1")).strip().lower()
+    if flag in ("0", "false", "no", "off") or opts.cuda_graph_batch == 0:
+        return ()
+    if opts.cuda_graph_batch is not None:
+        return check_buckets([opts.cuda_graph_batch])
+    return check_buckets(opts.cuda_graph_buckets)
+
+
+def without_graphs(opts: BackendOptions) -> BackendOptions:
+    return dataclasses.replace(opts, cuda_graph_buckets=(), cuda_graph_batch=0)
+
+
+def cpu_route_limit(timings: Mapping[int, tuple[float, float]], margin: float = 0.9) -> int:
+    """The auto rule. timings: {batch: (cpu_seconds, gpu_seconds)} measured at load. Returns the
+    largest batch b such that at b and at every smaller measured batch the CPU took less than
+    `margin` x the GPU's time; requests of up to b rows go to the CPU, larger ones to the GPU.
+    0 = the GPU serves every size. The margin leans to the GPU: it does not contend with the
+    application for CPU cores, so the CPU must be clearly faster to be chosen."""
+    limit = 0
+    for b in sorted(timings):
+        cpu_s, gpu_s = timings[b]
+        if not cpu_s < margin * gpu_s:
+            break
+        limit = b
+    return limit
+
+
 def _shape_string(manifest: Manifest, batch: int) -> str:
     return ",".join(f"{t['name']}:{batch}x{t['shape'][1]}" for t in manifest.raw["graph"]["inputs"])
 
 
+def _empty_feeds(manifest: Manifest, rows: int) -> dict[str, np.ndarray]:
+    """All-padding inputs of `rows` rows, in the manifest's dtypes (no history, zero noise)."""
+    return {t["name"]: np.zeros((rows, t["shape"][1]), np.dtype(t["dtype"])) for t in manifest.inputs}
+
+
 class OrtBackend(Backend):
-    """ONNX Runtime session on one execution provider (with CPU behind GPU providers)."""
+    """ONNX Runtime session on one execution provider (with CPU behind GPU providers).
+
+    `requested` and `strict` are explicit (not read from opts.backend / opts.strict): auto
+    tries several providers strictly with one set of options."""
 
     def __init__(self, model_path: Path, manifest: Manifest, requested: str, opts: BackendOptions,
                  strict: bool = False):
         ort = _import_ort()
         self.manifest, self.opts, self.requested = manifest, opts, requested
-        want = _EP_OF[requested]
+        want = EP_OF[requested]
         avail = ort.get_available_providers()
         if want not in avail:
             msg = (f"backend {requested!r} needs ONNX Runtime's {want}, which this onnxruntime "
@@ -231,7 +154,7 @@ class OrtBackend(Backend):
             if graphs:  # e.g. a node ONNX Runtime places on the CPU: graph capture refused, CUDA still fine
                 log.warning("CUDA graphs refused by ONNX Runtime (%s: %s); running without them",
                             type(e).__name__, str(e)[:300])
-                self.__init__(model_path, manifest, requested, _without_graphs(opts), strict)
+                self.__init__(model_path, manifest, requested, without_graphs(opts), strict)
                 return
             if requested == "cpu":  # nothing to fall back to: the model itself does not load
                 raise BundleError(f"bundle {manifest.path}: ONNX Runtime cannot load {model_path.name} "
@@ -248,7 +171,8 @@ class OrtBackend(Backend):
             log.warning("%s; using %s", msg, self.name)
         check_graph_io(manifest, self._io(self.session.get_inputs()), self._io(self.session.get_outputs()),
                        model_path.name, half_scores=model_path.name == manifest.fp16_file)
-        self.output_names = [OUTPUT_ITEMS, OUTPUT_SCORES]
+        self.output_dtypes = self.declared_dtypes(manifest)
+        self.output_names = list(self.output_dtypes)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._graph = None
         if self.name == "cuda" and graphs:
@@ -258,7 +182,7 @@ class OrtBackend(Backend):
                 log.warning("CUDA graph capture failed (%s: %s); running without CUDA graphs",
                             type(e).__name__, str(e)[:300])
                 self.session = None
-                self.__init__(model_path, manifest, requested, _without_graphs(opts), strict)
+                self.__init__(model_path, manifest, requested, without_graphs(opts), strict)
 
     def describe(self) -> dict:
         return {**super().describe(), "cuda_graph_buckets": list(self._graph.buckets) if self._graph else []}
@@ -281,7 +205,7 @@ class OrtBackend(Backend):
             return [(CUDA_EP, cuda), (CPU_EP, cpu)]
         cache = Path(self.opts.trt_cache_dir or model_path.parent / ".trt_cache")
         cache.mkdir(parents=True, exist_ok=True)
-        mx = max(1, self.opts.trt_max_batch)
+        mx = self.opts.trt_max_batch
         trt = {"device_id": str(self.opts.device_id), "trt_engine_cache_enable": "True",
                "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": "True",
                "trt_timing_cache_path": str(cache), "trt_fp16_enable": str(bool(self.opts.trt_fp16)),
@@ -291,23 +215,21 @@ class OrtBackend(Backend):
         trt.update({k: str(v) for k, v in extra.get(TRT_EP, {}).items()})
         return [(TRT_EP, trt), (CUDA_EP, cuda), (CPU_EP, cpu)]
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], need: int | None = None) -> dict[str, np.ndarray]:
         if self._graph is not None:
             return self._graph.run(feeds)
         if self.name == "cuda" and self.opts.io_binding:
             return self.run_iobinding(feeds)
-        items, scores = self.session.run(self.output_names, feeds)
-        return items, scores
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
-    def run_iobinding(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def run_iobinding(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = self.session.io_binding()  # one per call: a binding is not shareable across threads
         for n, a in feeds.items():
             binding.bind_cpu_input(n, a)
         for n in self.output_names:
-            binding.bind_output(n, "cpu")  # top-K outputs are tiny: copy them straight to host
+            binding.bind_output(n, "cpu")  # the outputs we fetch are small (B x K): straight to host
         self.session.run_with_iobinding(binding)
-        items, scores = binding.copy_outputs_to_cpu()
-        return items, scores
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
     def close(self) -> None:
         self._graph = None
@@ -322,7 +244,9 @@ class _CudaGraphRunner:
     option (ONNX Runtime captures one graph per id; 0 is reserved, -1 disables capture).
     Each call copies its rows in place per `bucket_plan` (padded with empty histories up to
     the bucket, or chunked by the largest) and replays. The bindings are shared state:
-    replays are serialised by a lock.
+    replays are serialised by a lock. Any number of outputs: one OrtValue per output the
+    backend fetches, [bucket, the manifest's width] in the dtype the graph itself declares
+    (an FP16 graph's float16 scores; the backend casts them after the copy to host).
     """
 
     # ONNX Runtime runs a graph id uncaptured 1 or 2 times (by version; its allocations), then
@@ -336,20 +260,18 @@ class _CudaGraphRunner:
         self.buckets = check_buckets([buckets] if isinstance(buckets, (int, np.integer)) else buckets)
         if not self.buckets:
             raise ValueError("no CUDA graph buckets")
-        sess, dev, k = backend.session, backend.opts.device_id, backend.manifest.k
+        sess, dev, manifest = backend.session, backend.opts.device_id, backend.manifest
+        graph_dtype = {a.name: np.dtype(ORT_DTYPES[a.type]) for a in sess.get_outputs()}
+        self.out_spec = [(t["name"], t["shape"][1], graph_dtype[t["name"]]) for t in run_outputs(manifest)]
         self.lock = threading.Lock()
         self.slots: dict[int, tuple[dict, list, Any, Any]] = {}
         for graph_id, b in enumerate(self.buckets, start=1):
-            inputs = {}
-            for i in sess.get_inputs():
-                dtype = np.float32 if i.name == INPUT_NOISE else np.int64
-                inputs[i.name] = ort.OrtValue.ortvalue_from_numpy(np.zeros((b, i.shape[1]), dtype=dtype), device, dev)
-            outputs = [ort.OrtValue.ortvalue_from_shape_and_type((b, k), np.int64, device, dev),
-                       ort.OrtValue.ortvalue_from_shape_and_type((b, k), np.float32, device, dev)]
+            inputs = {n: ort.OrtValue.ortvalue_from_numpy(a, device, dev) for n, a in _empty_feeds(manifest, b).items()}
+            outputs = [ort.OrtValue.ortvalue_from_shape_and_type((b, w), dt, device, dev) for _, w, dt in self.out_spec]
             binding = sess.io_binding()
             for n, v in inputs.items():
                 binding.bind_ortvalue_input(n, v)
-            for n, v in zip(backend.output_names, outputs):
+            for (n, _, _), v in zip(self.out_spec, outputs):
                 binding.bind_ortvalue_output(n, v)
             run_options = ort.RunOptions()
             run_options.add_run_config_entry("gpu_graph_id", str(graph_id))
@@ -358,9 +280,9 @@ class _CudaGraphRunner:
                 for _ in range(self.WARMUP_RUNS):
                     sess.run_with_iobinding(binding, run_options)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(feeds.values())))
-        items, scores = [], []
+        parts: list[list[np.ndarray]] = [[] for _ in self.out_spec]
         for start, stop, b in bucket_plan(n, self.buckets):
             inputs, outputs, binding, run_options = self.slots[b]
             m = stop - start
@@ -373,12 +295,11 @@ class _CudaGraphRunner:
                         arr = pad
                     inputs[name].update_inplace(np.ascontiguousarray(arr))
                 self.backend.session.run_with_iobinding(binding, run_options)
-                items.append(outputs[0].numpy()[:m].copy())
-                scores.append(outputs[1].numpy()[:m].copy())
-        if not items:  # zero rows: empty (0, K) outputs, as a session run gives
-            k = self.backend.manifest.k
-            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        return np.concatenate(items), np.concatenate(scores)
+                for part, v in zip(parts, outputs):
+                    part.append(v.numpy()[:m].copy())
+        if n == 0:  # zero rows: empty (0, width) outputs, as a session run gives
+            return {name: np.zeros((0, w), dt) for name, w, dt in self.out_spec}
+        return {name: np.concatenate(part) for (name, _, _), part in zip(self.out_spec, parts)}
 
 
 class RoutedBackend(Backend):
@@ -392,6 +313,7 @@ class RoutedBackend(Backend):
         self.gpu, self.cpu, self.cpu_rows = gpu, cpu, int(cpu_rows)
         self.timings = dict(timings or {})
         self.name, self.providers = gpu.name, gpu.providers
+        self.output_dtypes = {}  # both sides return their outputs cast already
 
     @classmethod
     def calibrate(cls, gpu: OrtBackend, cpu: OrtBackend, batches: Sequence[int]) -> "RoutedBackend":
@@ -411,17 +333,16 @@ class RoutedBackend(Backend):
 
         timings: dict[int, tuple[float, float]] = {}
         for b in check_buckets(batches):
-            feeds = {i.name: np.zeros((b, i.shape[1]), np.float32 if i.name == INPUT_NOISE else np.int64)
-                     for i in cpu.session.get_inputs()}
+            feeds = {i.name: np.zeros((b, i.shape[1]), np.dtype(ORT_DTYPES[i.type])) for i in cpu.session.get_inputs()}
             cpu_s = median_s(cpu, feeds)
             timings[b] = (cpu_s, median_s(gpu, feeds))
             if cpu_route_limit(timings) < b or cpu_s > cls.CALIBRATION_MAX_S:
                 break
         return cls(gpu, cpu, cpu_route_limit(timings), timings)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], need: int | None = None) -> dict[str, np.ndarray]:
         n = len(next(iter(feeds.values())))
-        return (self.cpu if n <= self.cpu_rows else self.gpu).run(feeds)
+        return (self.cpu if n <= self.cpu_rows else self.gpu).run(feeds, need)
 
     def describe(self) -> dict:
         return {**super().describe(), "cpu_route": {
@@ -433,7 +354,7 @@ class RoutedBackend(Backend):
         self.cpu.close()
 
 
-def _with_cpu_route(gpu: OrtBackend, model_path: Path, manifest: Manifest, opts: BackendOptions) -> Backend:
+def with_cpu_route(gpu: OrtBackend, model_path: Path, manifest: Manifest, opts: BackendOptions) -> Backend:
     """auto's batch-size rule: keep the GPU backend alone unless a CPU session measured clearly
     faster on the smallest batches here (then those go to the CPU)."""
     if not opts.auto_cpu_route or gpu.name == "cpu":
@@ -451,45 +372,3 @@ def _with_cpu_route(gpu: OrtBackend, model_path: Path, manifest: Manifest, opts:
     log.info("auto: batches of up to %d rows on the CPU, larger on %s (%s)", routed.cpu_rows, gpu.name,
              routed.describe()["cpu_route"])
     return routed
-
-
-def _engine_path(manifest: Manifest) -> Path | None:
-    name = manifest.engine_file
-    return manifest.file(name) if name else None  # listed, inside the bundle, of the hashed size
-
-
-def create_backend(requested: str, manifest: Manifest, model_path: Path, opts: BackendOptions,
-                   strict: bool = False) -> Backend:
-    """Build the requested backend; `auto` picks the fastest that works and logs the choice."""
-    if requested not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
-    if requested == "tensorrt" or (requested == "auto" and _engine_path(manifest) is not None):
-        from .tensorrt_backend import TensorRTBackend
-
-        engine = _engine_path(manifest)
-        try:
-            if engine is None:
-                raise BackendUnavailableError(f"bundle {manifest.path} has no TensorRT engine "
-                                              "(export with --tensorrt on the serving GPU)")
-            backend = TensorRTBackend(engine, manifest, device_id=opts.device_id)
-            log.info("backend %s (native TensorRT engine %s)", backend.name, engine.name)
-            return backend
-        except BackendUnavailableError as e:
-            if requested == "tensorrt" and strict:
-                raise
-            log.log(logging.WARNING if requested == "tensorrt" else logging.INFO,
-                    "native TensorRT engine not usable (%s); trying ONNX Runtime", e)
-        requested = "auto"
-    if requested == "auto":
-        avail = available_providers()
-        for pick in [n for n in ("tensorrt-ep", "cuda") if _EP_OF[n] in avail] + ["cpu"]:
-            try:  # strict: a pick that would run on a fallback provider gives way to the next pick
-                backend = OrtBackend(model_path, manifest, pick, opts, strict=True)
-            except BackendUnavailableError as e:
-                log.info("%s; trying the next backend", e)
-                continue
-            log.info("backend auto -> %s (providers %s)", backend.name, backend.providers)
-            return _with_cpu_route(backend, model_path, manifest, opts)
-    backend = OrtBackend(model_path, manifest, requested, opts, strict=strict)
-    log.info("backend %s (providers %s)", backend.name, backend.providers)
-    return backend

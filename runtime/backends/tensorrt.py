@@ -9,7 +9,8 @@ imported lazily; anything missing raises BackendUnavailableError with what to in
 UNVERIFIED ON HARDWARE: this module was written against the TensorRT 10/11 and
 cuda-python documentation and has not run on a GPU in this project's CI (see
 docs/runtime.md). Engines are specific to a TensorRT version and a GPU architecture:
-the manifest's `tensorrt` entry records both and is checked before deserialising.
+the manifest's `tensorrt` entry records both and is checked before deserialising
+(`engine_mismatch`, the one rule export's engine check uses too).
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend
-from .bundle import OUTPUT_ITEMS, OUTPUT_SCORES, Manifest, check_graph_io
-from .errors import BackendUnavailableError, BundleError
+from ..bundle import Manifest, check_graph_io
+from ..errors import BackendUnavailableError, BundleError
+from .base import Backend
 
 log = logging.getLogger("genattn_runtime")
 
@@ -81,7 +82,8 @@ class TensorRTBackend(Backend):
     """One engine, one execution context and stream; device buffers sized for the profile's max batch.
 
     `run` is serialised by a lock (an execution context is not thread-safe); batches
-    larger than the engine's max batch are split.
+    larger than the engine's max batch are split. Every output the manifest lists (but the
+    full score matrix) is copied back; the base class casts them to the declared dtypes.
     """
 
     name = "tensorrt"
@@ -121,9 +123,11 @@ class TensorRTBackend(Backend):
                 self.max_batch = mx if self.max_batch is None else min(self.max_batch, mx)
             else:
                 self.outputs.append(name)
-        missing = {OUTPUT_ITEMS, OUTPUT_SCORES} - set(self.outputs)
+        self.output_dtypes = self.declared_dtypes(manifest)
+        self.output_names = list(self.output_dtypes)
+        missing = [n for n in self.output_names if n not in self.outputs]
         if missing:
-            raise BackendUnavailableError(f"engine lacks output(s) {sorted(missing)}")
+            raise BackendUnavailableError(f"engine lacks output(s) {missing}")
 
         def io(names):  # -1 is TensorRT's dynamic axis
             return [(n, self.dtypes[n].name,
@@ -149,17 +153,15 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError(f"CUDA {what} failed: {err}")
         return rest[0] if len(rest) == 1 else (rest or None)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray], need: int | None = None) -> dict[str, np.ndarray]:
         n = len(next(iter(feeds.values())))
-        items, scores = [], []
-        for start in range(0, n, self.max_batch):
-            chunk = {k: v[start:start + self.max_batch] for k, v in feeds.items()}
-            a, b = self._run_chunk(chunk)
-            items.append(a)
-            scores.append(b)
-        return np.concatenate(items), np.concatenate(scores).astype(np.float32, copy=False)
+        if n <= self.max_batch:
+            return self._run_chunk(feeds)
+        chunks = [self._run_chunk({k: v[s:s + self.max_batch] for k, v in feeds.items()})
+                  for s in range(0, n, self.max_batch)]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in self.output_names}
 
-    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart = self.cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -176,13 +178,13 @@ class TensorRTBackend(Backend):
             if not self.context.execute_async_v3(int(self.stream)):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             out = {}
-            for name in (OUTPUT_ITEMS, OUTPUT_SCORES):
+            for name in self.output_names:
                 host = np.empty((m, self.width[name]), dtype=self.dtypes[name])
                 self._check(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name], host.nbytes, d2h,
                                                    self.stream), f"copy {name} to host")
                 out[name] = host
             self._check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return out[OUTPUT_ITEMS].astype(np.int64, copy=False), out[OUTPUT_SCORES]
+        return out
 
     def close(self) -> None:
         if not hasattr(self, "cudart"):
