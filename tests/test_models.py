@@ -593,3 +593,36 @@ def test_seeds_are_paired_every_kind_shares_the_backbone_initialisation(blocks):
     own = [n for n in a if ".attn.weights." in n and "w_in" in n]
     assert own and all(not torch.equal(a[n], b[n]) for n in own)
     assert torch.equal(dict(build("vae", 0).named_parameters())[own[0]], a[own[0]])  # reproducible
+
+
+@pytest.mark.parametrize("posterior_ce", ["all", "generative"])
+@pytest.mark.parametrize("kind,blocks", GEN_LAYOUTS, ids=GEN_IDS)
+def test_packed_pair_mlps_give_the_loss_and_gradients_of_evaluating_every_pair(make_model, kind, blocks,
+                                                                                posterior_ce):
+    """Training evaluates the pair MLPs only on allowed keys of real query rows (PairPack): the
+    skipped entries are masked or left out of the bound, so nothing may change but the work."""
+    from genattn.models.attention import CausalSelfAttention
+
+    model = make_model(kind, blocks, posterior_ce=posterior_ce, train_sample_steps=2).train()
+    seq = random_batch(6, model.cfg.max_len, model.cfg.n_items, seed=3)
+    seq[0] = 0  # an empty window too
+    targets = torch.roll(seq, -1, 1)
+    targets[:, -1] = 1
+    targets[seq == 0] = 0
+    runs = []
+    for pack in (True, False):
+        CausalSelfAttention.pack_pairs = pack
+        try:
+            model.zero_grad()
+            torch.manual_seed(5)  # the same dropout masks in both runs
+            out = model(seq, targets, rng=torch.Generator().manual_seed(1))
+            out["loss"].backward()
+        finally:
+            CausalSelfAttention.pack_pairs = True
+        runs.append((out["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+    (loss_p, grads_p), (loss_f, grads_f) = runs
+    assert torch.allclose(loss_p, loss_f, atol=1e-6)
+    assert grads_p.keys() == grads_f.keys() and any(".attn.weights." in n for n in grads_p)
+    for name in grads_p:
+        assert torch.allclose(grads_p[name], grads_f[name], atol=1e-6), name

@@ -21,6 +21,32 @@ from .sampling import NoiseReader, Sampling
 NEG_INF = float("-inf")
 
 
+class PairPack:
+    """The (b, h, i, j) entries a pair MLP must evaluate in training: allowed keys of real
+    query rows. The rest are masked to -inf by the softmax or left out of the KL / bound,
+    so their MLP outputs never matter; evaluating only these rows (38% of the pairs at
+    max_len 50 on ML-100K, 15% at 200) gives the same values and gradients for less work.
+    Unpacked outputs hold `fill` at the skipped entries."""
+
+    def __init__(self, keep: Tensor, n_heads: int, rel: Tensor):
+        B, _, Lq, L = keep.shape
+        self.shape = (B, n_heads, Lq, L)
+        self.idx = keep.expand(self.shape).reshape(-1).nonzero().squeeze(1)
+        self.batch = self.idx // (n_heads * Lq * L)
+        self.head = (self.idx // (Lq * L)) % n_heads
+        self.rel = rel.reshape(-1)[self.idx % (Lq * L)]
+
+    def pack(self, t: Tensor) -> Tensor:
+        """(B, H, Lq, L) -> (P,)"""
+        return t.reshape(-1)[self.idx]
+
+    def unpack(self, p: Tensor, fill: float = 0.0) -> Tensor:
+        """(P, n) -> (B, H, Lq, L, n)"""
+        n = p.shape[-1]
+        out = p.new_full((math.prod(self.shape), n), fill)
+        return out.index_put((self.idx,), p).view(*self.shape, n)
+
+
 @dataclass
 class AttnInputs:
     """What a weights module may look at for one layer call."""
@@ -32,6 +58,7 @@ class AttnInputs:
     rng: torch.Generator | None = None  # training noise
     sampling: Sampling | None = None    # prior path settings
     noise: NoiseReader | None = None    # inference noise
+    pairs: PairPack | None = None       # training with every query: the pair MLPs see only these
 
 
 class AttentionWeights(nn.Module):
@@ -101,17 +128,24 @@ class PairMLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def const(self, scalars: list[Tensor], rel: Tensor, first: int = 0) -> Tensor:
-        """First-layer pre-activation from scalars[k] (B, H, Lq, L) using weights w_in[first + k]."""
+    def const(self, scalars: list[Tensor], rel: Tensor, first: int = 0, pairs: PairPack | None = None) -> Tensor:
+        """First-layer pre-activation from scalars[k] (B, H, Lq, L) using weights w_in[first + k]:
+        (B, H, Lq, L, hidden), or (P, hidden) for the packed pairs."""
+        w = self.w_in[first:first + len(scalars)]
+        if pairs is not None:
+            h = self.rel(pairs.rel) + self.head_bias[pairs.head]  # (P, hidden)
+            return h + torch.stack([pairs.pack(t) for t in scalars], dim=-1) @ w
         h = self.rel(rel) + self.head_bias[:, None, None, :]  # (H, Lq, L, hidden)
         # One small matmul over the stacked scalars instead of a multiply and an add per
         # scalar on the (B, H, Lq, L, hidden) tensor: ~3x faster with its backward on CPU.
-        return h + torch.stack(scalars, dim=-1) @ self.w_in[first:first + len(scalars)]
+        return h + torch.stack(scalars, dim=-1) @ w
 
-    def run(self, pre: Tensor) -> Tensor:
+    def run(self, pre: Tensor, pairs: PairPack | None = None) -> Tensor:
+        """(B, H, Lq, L, n_out); packed pre-activations are unpacked (zeros where skipped)."""
         h = F.silu(pre)
         h = F.silu(self.mid(h))
-        return self.out(h)  # (B, H, Lq, L, n_out)
+        out = self.out(h)
+        return out if pairs is None else pairs.unpack(out)
 
 
 class Posterior(nn.Module):
@@ -138,7 +172,7 @@ class Posterior(nn.Module):
     def forward(self, x: AttnInputs, s_rel: Tensor) -> tuple[Tensor, Tensor]:
         a = x.target_aff
         a_rel = row_context(a, x.allowed)
-        out = self.mlp.run(self.mlp.const([x.s, s_rel, a, a_rel], x.rel))
+        out = self.mlp.run(self.mlp.const([x.s, s_rel, a, a_rel], x.rel, pairs=x.pairs), x.pairs)
         mu = out[..., 0]
         if self.gain is not None:
             mu = mu + self.gain * a_rel.masked_fill(~x.allowed, 0.0)
@@ -146,6 +180,8 @@ class Posterior(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    pack_pairs = True  # False: the pair MLPs evaluate every entry (the reference PairPack is tested against)
+
     def __init__(self, cfg: ModelConfig, weights: AttentionWeights):
         super().__init__()
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
@@ -175,8 +211,11 @@ class CausalSelfAttention(nn.Module):
         aff = None
         if target_q is not None:
             aff = (self.split(target_q) @ k.transpose(-1, -2)) * scale  # (B, H, L, L)
+        pairs = None
+        if self.pack_pairs and self.training and not last_only and self.weights.kind != "softmax":
+            pairs = PairPack(allowed & valid_q, self.n_heads, rel)
         inputs = AttnInputs(s=s, allowed=allowed, valid_q=valid_q, rel=rel, target_aff=aff,
-                            rng=rng, sampling=sampling, noise=noise)
+                            rng=rng, sampling=sampling, noise=noise, pairs=pairs)
         a, aux = self.weights(inputs)  # (B, H, Lq, L)
         out = (a @ v).transpose(1, 2).reshape(h.shape[0], -1, self.n_heads * self.d_head)
         return self.proj(out), aux

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import (AttentionWeights, AttnInputs, PairMLP, Posterior, draw_noise, masked_mean, masked_softmax,
-                        row_context)
+from .attention import (AttentionWeights, AttnInputs, PairMLP, PairPack, Posterior, draw_noise, masked_mean,
+                        masked_softmax, row_context)
 from .sampling import Sampling
 from .scheduler import DDIMScheduler
 
@@ -29,19 +29,24 @@ class Denoiser(nn.Module):
         nn.init.normal_(self.temb.weight, std=0.1)
 
     def condition(self, x: AttnInputs, s_rel: Tensor) -> Tensor:
-        """Step-invariant part of the first layer, computed once per layer call."""
-        return self.mlp.const([x.s, s_rel], x.rel, first=1)  # (B, H, Lq, L, hidden)
+        """Step-invariant part of the first layer, computed once per layer call:
+        (B, H, Lq, L, hidden), or (P, hidden) for x.pairs."""
+        return self.mlp.const([x.s, s_rel], x.rel, first=1, pairs=x.pairs)
 
-    def forward(self, x_t: Tensor | None, t: int | Tensor, cond: Tensor) -> Tensor:
-        """x_t None = all zeros (the deterministic start): its term is skipped, not computed."""
+    def forward(self, x_t: Tensor | None, t: int | Tensor, cond: Tensor, pairs: PairPack | None = None) -> Tensor:
+        """x_t None = all zeros (the deterministic start): its term is skipped, not computed.
+        pairs: cond is packed (condition() with x.pairs); x_t stays (B, H, Lq, L)."""
         if isinstance(t, int):  # inference: a constant row, folded when traced
             te = self.temb.weight[t]
+        elif pairs is not None:  # training, packed: each pair's example's timestep
+            te = self.temb(t)[pairs.batch]
         else:  # training: one timestep per example (B,)
             te = self.temb(t)[:, None, None, None, :]
         pre = cond + te
         if x_t is not None:
-            pre = pre + x_t.unsqueeze(-1) * self.mlp.w_in[0]
-        return self.mlp.run(pre)[..., 0]  # (B, H, Lq, L)
+            xt = x_t if pairs is None else pairs.pack(x_t)
+            pre = pre + xt.unsqueeze(-1) * self.mlp.w_in[0]
+        return self.mlp.run(pre, pairs)[..., 0]  # (B, H, Lq, L)
 
 
 class DiffusionWeights(AttentionWeights):
@@ -62,7 +67,7 @@ class DiffusionWeights(AttentionWeights):
         ts = self.scheduler.timesteps(samp.n_steps) + [0]
         x_t = draw_noise(x, x.s) if samp.start == "noise" else None  # None: zeros, not materialised
         for t, t_prev in zip(ts[:-1], ts[1:]):
-            x0_hat = self.denoiser(x_t, t, cond)
+            x0_hat = self.denoiser(x_t, t, cond, x.pairs)
             noise = draw_noise(x, x.s) if (samp.eta > 0 and t_prev > 0) else None
             x_t = self.scheduler.step(x0_hat, t, t_prev, x_t, samp.eta, noise)
         return x_t
@@ -77,7 +82,7 @@ class DiffusionWeights(AttentionWeights):
             t = torch.randint(1, self.scheduler.num_train_steps + 1, (B,), generator=x.rng,
                               device=x0.device)
             x_t = self.scheduler.add_noise(x0, draw_noise(x, x0), t)
-            mse = (self.denoiser(x_t, t, cond) - x0) ** 2
+            mse = (self.denoiser(x_t, t, cond, x.pairs) - x0) ** 2
             bound = masked_mean(mse - ls_q, x.allowed & x.valid_q)  # -H(q) up to a constant
             return masked_softmax(x.s + x0, x.allowed), bound
         samp = x.sampling or (self.train_sampling if self.training else self.serve_sampling)

@@ -30,7 +30,7 @@ class VAEWeights(AttentionWeights):
         self.train_sampling = Sampling(mode="sample" if cfg.train_prior_noise else "mean")
 
     def prior_params(self, x: AttnInputs, s_rel: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.prior.run(self.prior.const([x.s, s_rel], x.rel))
+        out = self.prior.run(self.prior.const([x.s, s_rel], x.rel, pairs=x.pairs), x.pairs)
         return out[..., 0], out[..., 1].clamp(self.lo, self.hi)  # (B, H, Lq, L) each
 
     def forward(self, x: AttnInputs) -> tuple[Tensor, Tensor]:
