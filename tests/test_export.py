@@ -375,7 +375,8 @@ def test_real_warning_reaches_the_caller_of_export_bundle(checkpoints, tmp_path,
 
 
 def test_export_triton_names_id_map_fp16_and_overwrite_policy(checkpoints, tmp_path):
-    from genattn_export.triton import TritonError, TritonModelExists, parse_config
+    from genattn_export.triton import TritonError, TritonModelExists
+    from genattn_runtime.triton_config import read_config
 
     repo = tmp_path / "repo"
     quick = dict(k=5, verify_users=0, dynamo=False, triton=str(repo))
@@ -386,7 +387,7 @@ def test_export_triton_names_id_map_fp16_and_overwrite_policy(checkpoints, tmp_p
     assert sorted(p.name for p in repo.iterdir()) == ["rec-a", "rec-a_fp16", "rec_b"]
     assert read_manifest(tmp_path / "rec-a").raw["triton"]["model_name"] == "rec-a"
     for name, bundle in (("rec-a", "rec-a"), ("rec-a_fp16", "rec-a"), ("rec_b", "rec b")):
-        assert parse_config((repo / name / "config.pbtxt").read_text())["name"] == name
+        assert read_config(repo / name / "config.pbtxt").name == name
         assert (repo / name / "items.json").read_bytes() == (tmp_path / bundle / "items.json").read_bytes()
     assert (repo / "rec-a_fp16" / "1" / "model.onnx").read_bytes() == (tmp_path / "rec-a" / "model.fp16.onnx").read_bytes()
     # the id map is what a client needs: item_ids[i - 1] is the raw id of internal index i

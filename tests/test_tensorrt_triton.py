@@ -27,14 +27,13 @@ from genattn_export.triton import (
     TritonError,
     TritonModelExists,
     TritonOptions,
-    _model_config_pb2,
     check_model_name,
     check_triton_target,
-    parse_config,
     triton_config,
     triton_model_name,
     write_triton_repo,
 )
+from genattn_runtime.triton_config import TritonConfigError, parse_config, read_config, render_config
 
 # ---------------------------------------------------------------------------- small ONNX graphs
 
@@ -446,37 +445,39 @@ GRAPH = {
     "outputs": [{"name": "top_items", "dtype": "int64", "shape": ["batch", 100]},
                 {"name": "top_scores", "dtype": "float32", "shape": ["batch", 100]}],
 }
-STRICT = [False] + ([True] if _model_config_pb2() is not None else [])
 
 
-@pytest.mark.parametrize("strict", STRICT, ids=lambda s: "schema" if s else "builtin")
-def test_triton_config_parses(strict):
-    text = triton_config("genattn", "onnxruntime", GRAPH["inputs"], GRAPH["outputs"], TritonOptions())
-    cfg = parse_config(text, strict=strict)
-    assert cfg["name"] == "genattn" and cfg["backend"] == "onnxruntime"
-    assert cfg["default_model_filename"] == "model.onnx"
-    assert cfg["max_batch_size"] == 256
-    assert [(t["name"], t["data_type"], t["dims"]) for t in cfg["input"]] == [
-        ("item_seq", "TYPE_INT64", [50]), ("exclude_items", "TYPE_INT64", [50])]
-    assert [(t["name"], t["data_type"], t["dims"]) for t in cfg["output"]] == [
-        ("top_items", "TYPE_INT64", [100]), ("top_scores", "TYPE_FP32", [100])]
-    assert cfg["dynamic_batching"] == {"preferred_batch_size": [8, 32, 64], "max_queue_delay_microseconds": 500}
-    assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+def _dims(tensors) -> list[tuple[str, str, list[int]]]:
+    from tritonclient.grpc import model_config_pb2 as pb2
+
+    return [(t.name, pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors]
 
 
-@pytest.mark.parametrize("strict", STRICT, ids=lambda s: "schema" if s else "builtin")
-def test_triton_config_tensorrt_and_dtypes(strict):
+def test_triton_config_parses():
+    cfg = parse_config(render_config(triton_config("genattn", "onnxruntime", GRAPH["inputs"], GRAPH["outputs"],
+                                                   TritonOptions())))
+    assert cfg.name == "genattn" and cfg.backend == "onnxruntime" and not cfg.platform
+    assert cfg.default_model_filename == "model.onnx"
+    assert cfg.max_batch_size == 256
+    assert _dims(cfg.input) == [("item_seq", "TYPE_INT64", [50]), ("exclude_items", "TYPE_INT64", [50])]
+    assert _dims(cfg.output) == [("top_items", "TYPE_INT64", [100]), ("top_scores", "TYPE_FP32", [100])]
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 32, 64]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.count, g.KIND_CPU == g.kind) for g in cfg.instance_group] == [(1, True)]
+
+
+def test_triton_config_tensorrt_and_dtypes():
     outs = GRAPH["outputs"] + [{"name": "scores", "dtype": "float16", "shape": ["batch", 51]},
                                {"name": "flag", "dtype": "bool", "shape": ["batch"]}]
     ins = [{"name": "item_seq", "dtype": "int32", "shape": ["batch", 8]}]
     opts = TritonOptions(preferred_batch_sizes=[4], instance_count=2)
-    cfg = parse_config(triton_config("g_trt", "tensorrt", ins, outs, opts), strict=strict)
-    assert cfg["platform"] == "tensorrt_plan" and "backend" not in cfg
-    assert cfg["default_model_filename"] == "model.plan"
-    assert cfg["input"][0]["data_type"] == "TYPE_INT32"
-    assert cfg["output"][2]["data_type"] == "TYPE_FP16"
-    assert cfg["output"][3]["data_type"] == "TYPE_BOOL" and cfg["output"][3]["dims"] == [1]
-    assert cfg["instance_group"] == [{"count": 2, "kind": "KIND_GPU"}]
+    cfg = parse_config(render_config(triton_config("g_trt", "tensorrt", ins, outs, opts)))
+    assert cfg.platform == "tensorrt_plan" and not cfg.backend
+    assert cfg.default_model_filename == "model.plan"
+    assert _dims(cfg.input) == [("item_seq", "TYPE_INT32", [8])]
+    assert _dims(cfg.output)[2:] == [("scores", "TYPE_FP16", [51]), ("flag", "TYPE_BOOL", [1])]
+    assert cfg.output[3].HasField("reshape") and list(cfg.output[3].reshape.shape) == []  # [1] served as a scalar
+    assert [(g.count, g.KIND_GPU == g.kind) for g in cfg.instance_group] == [(2, True)]
 
 
 def test_triton_config_rejects_bad_input():
@@ -488,6 +489,8 @@ def test_triton_config_rejects_bad_input():
                       GRAPH["outputs"], TritonOptions())
     with pytest.raises(ValueError, match="backend"):
         triton_config("g", "tensorflow", GRAPH["inputs"], GRAPH["outputs"], TritonOptions())
+    with pytest.raises(TritonConfigError, match="model 'g'.*'item_seq' is used twice"):
+        triton_config("g", "onnxruntime", GRAPH["inputs"] + GRAPH["inputs"][:1], GRAPH["outputs"], TritonOptions())
     with pytest.raises(ValueError, match="preferred_batch_sizes"):
         TritonOptions(max_batch_size=16, preferred_batch_sizes=[8, 32])
     with pytest.raises(ValueError, match="instance_kind"):
@@ -496,24 +499,26 @@ def test_triton_config_rejects_bad_input():
         TritonOptions(model_name="../evil")
 
 
-@pytest.mark.parametrize("strict", STRICT, ids=lambda s: "schema" if s else "builtin")
-def test_parse_config_rejects(strict):
-    good = triton_config("genattn", "onnxruntime", GRAPH["inputs"], GRAPH["outputs"], TritonOptions())
-    with pytest.raises(ValueError, match="name"):
-        parse_config(good.replace('name: "genattn"\n', ""), strict=strict)
-    with pytest.raises(ValueError, match="TYPE_INT65"):
-        parse_config(good.replace("TYPE_INT64", "TYPE_INT65", 1), strict=strict)
-    with pytest.raises(ValueError, match="kind"):
-        parse_config(good.replace("KIND_CPU", "KIND_TPU"), strict=strict)
-    with pytest.raises(ValueError, match="max_batch_siz"):
-        parse_config(good.replace("max_batch_size", "max_batch_siz"), strict=strict)
-    with pytest.raises(ValueError, match="preferred_batch_size"):
-        parse_config(good.replace("max_batch_size: 256", "max_batch_size: 16"), strict=strict)
-    with pytest.raises(ValueError):
-        parse_config(good.replace("dims: [ 50 ]", "dims: [ 50"), strict=strict)
+def test_parse_config_rejects():
+    good = render_config(triton_config("genattn", "onnxruntime", GRAPH["inputs"], GRAPH["outputs"], TritonOptions()))
+    cases = [  # (edit, what the error names)
+        (lambda t: t.replace('name: "genattn"\n', ""), "name is missing"),
+        (lambda t: t.replace("TYPE_INT64", "TYPE_INT65", 1), "TYPE_INT65"),
+        (lambda t: t.replace("KIND_CPU", "KIND_TPU"), "KIND_TPU"),
+        (lambda t: t.replace("max_batch_size", "max_batch_siz"), "no field named \"max_batch_siz\""),
+        (lambda t: t.replace("max_batch_size: 256", "max_batch_size: 16"), "preferred_batch_size 32"),
+        (lambda t: t.replace("dims: 50", "dims: [ 50", 1), "line 8: .*Expected"),  # the list is unclosed
+        (lambda t: t.replace("dims: 50", "dims: 0", 1), r"dims \[0\]"),
+        (lambda t: t + 'name: "again"\n', "multiple \"name\""),
+    ]
+    for edit, what in cases:
+        with pytest.raises(TritonConfigError, match=what) as e:
+            parse_config(edit(good), source="repo/m/config.pbtxt")
+        assert str(e.value).startswith("repo/m/config.pbtxt"), str(e.value)  # names the file
+        assert isinstance(e.value, ValueError)
 
 
-def test_parse_config_builtin_reads_text_format_variants():
+def test_parse_config_reads_text_format_variants():
     text = """
     name: 'm'  # comment
     platform: "tensorrt_plan"
@@ -524,12 +529,10 @@ def test_parse_config_builtin_reads_text_format_variants():
     dynamic_batching { }
     parameters { key: "x" value: { string_value: "y" } }
     """
-    cfg = parse_config(text, strict=False)
-    assert [t["dims"] for t in cfg["input"]] == [[3, 4], [-1]]
-    assert cfg["dynamic_batching"] == {}
-    assert cfg["parameters"] == [{"key": "x", "value": {"string_value": "y"}}]
-    if _model_config_pb2() is not None:
-        assert parse_config(text, strict=True) == cfg
+    cfg = parse_config(text)
+    assert [list(t.dims) for t in cfg.input] == [[3, 4], [-1]]
+    assert cfg.HasField("dynamic_batching") and not cfg.dynamic_batching.preferred_batch_size
+    assert cfg.parameters["x"].string_value == "y"
 
 
 def _manifest(**trt):
@@ -552,18 +555,18 @@ def test_write_triton_repo(tmp_path):
     assert (repo / "genattn" / "1" / "model.onnx").read_bytes() == b"onnx-bytes"
     assert (repo / "genattn" / "items.json").read_text() == '{"item_ids": ["a", "b"]}'
     assert not (repo / "genattn_trt").exists()
-    assert parse_config(written[0].read_text())["name"] == "genattn"
+    assert read_config(written[0]).name == "genattn"
 
     opts = TritonOptions(model_name="rec", backends=("onnxruntime", "tensorrt"))
     written = write_triton_repo(repo, _manifest(min_batch=1, opt_batch=8, max_batch=32), onnx_path, engine, opts)
     assert written == [repo / "rec" / "config.pbtxt", repo / "rec_trt" / "config.pbtxt"]
     assert (repo / "rec_trt" / "1" / "model.plan").read_bytes() == b"plan-bytes"
     assert (repo / "rec_trt" / "items.json").is_file()
-    trt_cfg = parse_config(written[1].read_text())
-    assert trt_cfg["name"] == "rec_trt" and trt_cfg["platform"] == "tensorrt_plan"
-    assert trt_cfg["max_batch_size"] == 32  # capped to the engine's profile
-    assert trt_cfg["dynamic_batching"]["preferred_batch_size"] == [8, 32]
-    assert trt_cfg["instance_group"][0]["kind"] == "KIND_GPU"
+    trt_cfg = read_config(written[1])
+    assert trt_cfg.name == "rec_trt" and trt_cfg.platform == "tensorrt_plan"
+    assert trt_cfg.max_batch_size == 32  # capped to the engine's profile
+    assert list(trt_cfg.dynamic_batching.preferred_batch_size) == [8, 32]
+    assert trt_cfg.instance_group[0].kind == trt_cfg.instance_group[0].KIND_GPU
     assert sorted(p.name for p in repo.iterdir()) == ["genattn", "rec", "rec_trt"]  # no temp folders left
 
     # rewriting replaces the model folder whole
@@ -624,10 +627,10 @@ def test_write_triton_repo_fp16_variant_and_provenance(tmp_path, caplog):
     written = write_triton_repo(repo, _manifest(), b / "model.onnx", None, TritonOptions(model_name="rec"),
                                 fp16_path=b / "model.fp16.onnx")
     assert written == [repo / "rec" / "config.pbtxt", repo / "rec_fp16" / "config.pbtxt"]
-    fp16 = parse_config(written[1].read_text())
-    assert fp16["name"] == "rec_fp16" and fp16["backend"] == "onnxruntime"
+    fp16 = read_config(written[1])
+    assert fp16.name == "rec_fp16" and fp16.backend == "onnxruntime"
     # the fp16 graph keeps fp32 / int64 I/O, so the tensors are the fp32 model's
-    assert fp16["input"] == parse_config(written[0].read_text())["input"]
+    assert list(fp16.input) == list(read_config(written[0]).input)
     assert (repo / "rec_fp16" / "1" / "model.onnx").read_bytes() == b"onnx16"
     for folder in ("rec", "rec_fp16"):
         assert json.loads((repo / folder / "items.json").read_text()) == {"item_ids": ["b1"]}

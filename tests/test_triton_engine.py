@@ -1,5 +1,11 @@
 """The Triton engine: a real tritonserver (from nvidia-pytriton) started by `genattn serve --engine triton`,
-queried over HTTP and gRPC with tritonclient; the request logic also in process (no server)."""
+queried over HTTP and gRPC with tritonclient; the request logic also in process (no server).
+
+nvidia-pytriton pins numpy<2, so the engine has its own venv (`make triton-env`, .venv-triton) and the
+default one has numpy 2 and no pytriton. The live-server tests start the server with the interpreter
+GENATTN_TRITON_PYTHON names, else with .venv-triton's when it exists, else with this one; bundles,
+clients and the in-process tests stay in this environment. Without a usable engine the live-server
+tests skip, saying why."""
 from __future__ import annotations
 
 import json
@@ -12,6 +18,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,12 +40,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The interpreter that runs the server: GENATTN_TRITON_PYTHON, else the Triton venv's, else this one.
+_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-triton" / "bin" / "python"
+TRITON_PYTHON = os.environ.get("GENATTN_TRITON_PYTHON") or (str(_VENV_PYTHON) if _VENV_PYTHON.is_file()
+                                                            else sys.executable)
+
+
 def _engine_ready() -> str | None:
+    """None when TRITON_PYTHON can run the engine, else why not."""
+    if TRITON_PYTHON == sys.executable:
+        try:
+            check_available()
+        except TritonEngineError as e:
+            return f"{e} (the engine has its own venv: make triton-env, then these tests use it)"
+        return None
+    probe = "from genattn_runtime.triton_engine import check_available; check_available()"
     try:
-        check_available()
-    except TritonEngineError as e:
-        return str(e)
-    return None
+        out = subprocess.run([TRITON_PYTHON, "-c", probe], capture_output=True, text=True, timeout=120)
+    except OSError as e:
+        return f"the server interpreter {TRITON_PYTHON} cannot run: {e}"
+    lines = out.stderr.strip().splitlines()
+    return f"the server interpreter {TRITON_PYTHON}: {lines[-1] if lines else 'failed'}" if out.returncode else None
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +72,7 @@ def server(bundle_root):
     import tritonclient.http as httpclient
 
     ports = [_free_port() for _ in range(3)]
-    cmd = [sys.executable, "-m", "genattn_runtime.cli", "serve", str(bundle(bundle_root, "softmax")),
+    cmd = [TRITON_PYTHON, "-m", "genattn_runtime.cli", "serve", str(bundle(bundle_root, "softmax")),
            "--engine", "triton", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
            "--metrics-port", str(ports[2]), "--backend", "cpu", "--threads", "1", "--max-users", str(MAX_USERS),
            "--max-wait-ms", str(MAX_WAIT_MS), "--max-body-bytes", str(MAX_BODY)]
@@ -310,12 +332,14 @@ def test_clean_shutdown(server):
 
 # ---------------------------------------------------------------- in process (no server)
 
-def test_model_config_text_parses(rec):
+def test_model_config_text_parses():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
+    from genattn_runtime.triton_config import render_config
+
     cfg = EngineConfig(bundle="/b", max_users=32, max_wait_ms=1.5, max_queue=7, request_timeout_s=2.0, instances=2)
-    msg = text_format.Parse(model_config(cfg, string_ids=True), model_config_pb2.ModelConfig())
+    msg = text_format.Parse(render_config(model_config(cfg, string_ids=True)), model_config_pb2.ModelConfig())
     assert msg.max_batch_size == 32 and msg.backend == "python"
     assert msg.dynamic_batching.max_queue_delay_microseconds == 1500
     assert msg.dynamic_batching.default_queue_policy.max_queue_size == 7
@@ -390,6 +414,11 @@ def test_handler_isolates_backend_failure(rec, ids):
 def test_engine_refuses_numpy2_or_missing_pytriton(monkeypatch):
     import genattn_runtime.triton_engine as te
 
+    import types
+
+    # a stand-in pytriton: the numpy check is tested where pytriton is not installed (the default venv)
+    monkeypatch.setitem(sys.modules, "pytriton", types.ModuleType("pytriton"))
+    monkeypatch.setitem(sys.modules, "pytriton.triton", types.ModuleType("pytriton.triton"))
     monkeypatch.setattr(te.np, "__version__", "2.1.0")
     with pytest.raises(TritonEngineError, match=r"needs numpy<2 \(found 2\.1\.0\)"):
         te.check_available()
