@@ -18,7 +18,8 @@ from genattn.checkpoint import CheckpointError, checkpoint_data, load_checkpoint
 from genattn.data import DataError, leave_one_out, pad_left
 from genattn.fileio import atomic_dir
 from genattn.models import Sampling
-from genattn_runtime.bundle import ANN_FORMAT_VERSION, FORMAT, FORMAT_VERSION, MANIFEST_FILE, file_entry, manifest_text
+from genattn_runtime.bundle import (ANN_FORMAT_VERSION, FORMAT, FORMAT_VERSION, MANIFEST_FILE, SAMPLES_FORMAT_VERSION,
+                                    file_entry, manifest_text)
 
 from .ann import AnnOptions
 from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, StateGraph, finalize_onnx, to_onnx
@@ -36,6 +37,7 @@ class ExportOptions:
     start: str = "zeros"            # diffusion: "zeros" (deterministic) | "noise"
     vae_mode: str = "mean"          # vae: "mean" (deterministic) | "sample"
     samples: int = 1                # S sampled maps, scores averaged in one graph (stochastic samplings)
+    sample_outputs: bool = True     # S >= 2: also the interleave / vote lists and the confidence (graph.py)
     k: int = 100                    # top-K computed in the graph (the runtime serves any k <= K)
     full_scores: bool = False       # also output full-catalog scores
     exclude_in_graph: bool = True   # exclude_items input masks history items before top-K
@@ -161,9 +163,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         spec = GraphSpec.build_state(model, noise_size=noise_size)
         graph = StateGraph(model, sampling, bool(noise_size))
     else:
+        sample_outputs = opts.sample_outputs and noise_size > 0 and sampling.samples(cfg.attention) >= 2
         spec = GraphSpec.build(model, k=k, noise_size=noise_size, exclude=opts.exclude_in_graph,
-                               full_scores=opts.full_scores)
-        graph = ServingGraph(model, sampling, k, opts.exclude_in_graph, bool(noise_size), opts.full_scores)
+                               full_scores=opts.full_scores, sample_outputs=sample_outputs)
+        graph = ServingGraph(model, sampling, k, opts.exclude_in_graph, bool(noise_size), opts.full_scores,
+                             sample_outputs=sample_outputs)
 
     with atomic_dir(out) as tmp:
         onnx_path = tmp / "model.onnx"
@@ -227,7 +231,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
 
         manifest = {
             "format": FORMAT,
-            "format_version": ANN_FORMAT_VERSION if ann_entry else FORMAT_VERSION,
+            "format_version": (ANN_FORMAT_VERSION if ann_entry else
+                               SAMPLES_FORMAT_VERSION if getattr(graph, "sample_outputs", False) else FORMAT_VERSION),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "attention": cfg.attention,
             "model": asdict(cfg),
@@ -237,6 +242,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
                 "noise_size": noise_size,
                 "scheduler": (model.blocks[-1].attn.weights.scheduler.to_dict()
                               if cfg.attention == "diffusion" else None),
+                **({"aggregate": graph.agg} if getattr(graph, "sample_outputs", False) else {}),
             },
             "max_len": cfg.max_len,
             "n_items": cfg.n_items,

@@ -3,7 +3,9 @@
 Inputs  item_seq int64 [batch, max_len] (left-padded internal indices)
         exclude_items int64 [batch, max_len] (optional; indices scored -inf)
         noise float32 [batch, noise_size] (stochastic samplers only)
-Outputs top_items int64 [batch, K], top_scores float32 [batch, K], scores (optional)
+Outputs top_items int64 [batch, K], top_scores float32 [batch, K] (the mean of the S samples' scores),
+        with S >= 2 stochastic samples also interleave_items/_scores, vote_items/_scores [batch, K]
+        and confidence float32 [batch, 1] (genattn/models/aggregate.py), then scores (optional);
         or, with an ANN index (StateGraph): user_state float32 [batch, d_model] only
 Only the newest position is scored; the sampler is unrolled to its fixed step count.
 """
@@ -20,12 +22,21 @@ import torch
 from torch import Tensor, nn
 
 from genattn.models import SASRec, Sampling
-from genattn_runtime.bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_ITEMS, OUTPUT_SCORES,
-                                    OUTPUT_STATE)
+from genattn.models.aggregate import confidence, interleave, vote
+from genattn_runtime.bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
+                                    OUTPUT_SCORES, OUTPUT_STATE, SAMPLE_OUTPUTS)
 
 log = logging.getLogger(__name__)
 
 MAX_K = 1024
+# The sample outputs' list lengths, as measured (benchmarks/frontier.py, benchmarks/confidence.py):
+# the vote counts each sample's top 20, the confidence is the overlap of the samples' top 10.
+VOTE_DEPTH, CONFIDENCE_K = 20, 10
+
+
+def aggregate_meta(k: int, samples: int) -> dict:
+    """The manifest's "sampler.aggregate" for a graph of top-K `k` over `samples` samples."""
+    return {"samples": samples, "vote_depth": min(VOTE_DEPTH, k), "confidence_k": min(CONFIDENCE_K, k)}
 
 
 class ExportError(RuntimeError):
@@ -50,7 +61,7 @@ class GraphSpec:
 
     @classmethod
     def build(cls, model: SASRec, *, k: int, noise_size: int, exclude: bool, full_scores: bool,
-              score_dtype: str = "float32") -> "GraphSpec":
+              sample_outputs: bool = False, score_dtype: str = "float32") -> "GraphSpec":
         L, N = model.cfg.max_len, model.cfg.n_items
         ins = [TensorSpec(INPUT_SEQ, "int64", ["batch", L])]
         if exclude:
@@ -58,6 +69,9 @@ class GraphSpec:
         if noise_size:
             ins.append(TensorSpec(INPUT_NOISE, "float32", ["batch", noise_size]))
         outs = [TensorSpec(OUTPUT_ITEMS, "int64", ["batch", k]), TensorSpec(OUTPUT_SCORES, score_dtype, ["batch", k])]
+        if sample_outputs:
+            outs += [TensorSpec(name, score_dtype if dtype == "float32" and name != OUTPUT_CONFIDENCE else dtype,
+                                ["batch", 1 if name == OUTPUT_CONFIDENCE else k]) for name, dtype in SAMPLE_OUTPUTS]
         if full_scores:
             outs.append(TensorSpec(OUTPUT_ALL, score_dtype, ["batch", N + 1]))
         return cls(ins, outs)
@@ -81,19 +95,37 @@ class ServingGraph(nn.Module):
     """What is exported: the model's serving path + in-graph exclusion + top-K."""
 
     def __init__(self, model: SASRec, sampling: Sampling | None, k: int, exclude: bool, noise: bool,
-                 full_scores: bool):
+                 full_scores: bool, sample_outputs: bool = False):
         super().__init__()
         if not 1 <= k <= min(MAX_K, model.cfg.n_items):
             raise ExportError(f"K must be in 1..{min(MAX_K, model.cfg.n_items)}, got {k}")
+        self.samples = sampling.samples(model.cfg.attention) if sampling is not None and noise else 1
+        if sample_outputs and self.samples < 2:
+            raise ExportError("the sample outputs (interleave, vote, confidence) need a stochastic sampling with "
+                              f"--samples >= 2; this one draws {self.samples}")
         self.model, self.sampling, self.k = model, sampling, k
         self.exclude, self.noise, self.full_scores = exclude, noise, full_scores
+        self.sample_outputs = sample_outputs
+        self.agg = aggregate_meta(k, self.samples)
         # A serving graph never trains: the wrapper and the model start in eval mode (the wrapper's
         # own flag matters, as exporters restore it recursively over the model).
         self.eval()
 
+    def sample_scores(self, item_seq: Tensor, exclude_items: Tensor | None = None,
+                      noise: Tensor | None = None) -> Tensor:
+        """Each sample's full-catalog scores (B, S, N + 1), the excluded items at -inf."""
+        h = self.model.sample_states(item_seq, self.sampling, noise if self.noise else None)
+        scores = self.model.logits(h)
+        if self.exclude and exclude_items is not None:
+            idx = exclude_items[:, None, :].expand(-1, scores.shape[1], -1)
+            scores = scores.scatter(2, idx, float("-inf"))
+        return scores
+
     def masked_scores(self, item_seq: Tensor, exclude_items: Tensor | None = None,
                       noise: Tensor | None = None) -> Tensor:
         """Full-catalog scores (B, N + 1) with the excluded items at -inf: what top-K ranks."""
+        if self.sample_outputs:  # the same per-sample scores the other outputs read
+            return self.sample_scores(item_seq, exclude_items, noise).mean(1)
         scores = self.model.scores(item_seq, self.sampling, noise if self.noise else None)
         if self.exclude and exclude_items is not None:
             scores = scores.scatter(1, exclude_items, float("-inf"))
@@ -101,9 +133,19 @@ class ServingGraph(nn.Module):
 
     def forward(self, item_seq: Tensor, exclude_items: Tensor | None = None,
                 noise: Tensor | None = None) -> tuple[Tensor, ...]:
-        scores = self.masked_scores(item_seq, exclude_items, noise)
+        if not self.sample_outputs:
+            scores = self.masked_scores(item_seq, exclude_items, noise)
+            top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
+            return (top_items, top_scores, scores) if self.full_scores else (top_items, top_scores)
+        per = self.sample_scores(item_seq, exclude_items, noise)
+        scores = per.mean(1)
         top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
-        return (top_items, top_scores, scores) if self.full_scores else (top_items, top_scores)
+        top = per.topk(self.k, dim=-1, sorted=True).indices  # each sample's list, shared by the three
+        inter_items, inter_scores = interleave(per, self.k, top)
+        vote_items, vote_scores = vote(per, self.k, depth=self.agg["vote_depth"], top=top)
+        conf = confidence(per, self.agg["confidence_k"], top)[:, None]
+        out = (top_items, top_scores, inter_items, inter_scores, vote_items, vote_scores, conf)
+        return out + (scores,) if self.full_scores else out
 
 
 class StateGraph(nn.Module):

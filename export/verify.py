@@ -4,6 +4,9 @@ Fixed order (as in optimum's validation): output names, then shapes, then values
 fp32: top-K scores within `atol + rtol·|x|` and top-K items identical up to ties
 (an item may differ from torch's only where torch scores the two within tolerance).
 fp16: drift and top-K overlap are measured and reported, not enforced.
+Sample outputs (S >= 2): each interleave / vote item's score is torch's mean score of that
+item, the lists overlap torch's by at least SAMPLE_LIST_OVERLAP, and the confidence is
+within SAMPLE_CONFIDENCE_ATOL (a near-tie inside one sample's list may swap an item).
 """
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genattn_runtime.bundle import INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ITEMS, OUTPUT_SCORES
+from genattn_runtime.bundle import (AGGREGATE_OUTPUTS, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_CONFIDENCE,
+                                    OUTPUT_ITEMS, OUTPUT_SCORES)
 
 from .graph import ExportError, GraphSpec, ServingGraph, eval_mode, example_inputs
 
 ATOL, RTOL = 1e-4, 1e-4
+SAMPLE_LIST_OVERLAP, SAMPLE_CONFIDENCE_ATOL = 0.9, 0.02
 
 
 class ParityError(ExportError):
@@ -97,9 +102,38 @@ def check_parity(graph: ServingGraph, spec: GraphSpec, onnx_path: str, cases_: l
         if not ok and not fp16:
             raise ParityError(f"{case.name}: ONNX Runtime vs torch max |diff| {max_diff:.3g} "
                               f"(tolerance {atol} + {rtol}·|x|), top-K equal up to ties: {tie_ok}")
+        if getattr(graph, "sample_outputs", False):
+            report["cases"][case.name]["samples"] = _sample_parity(graph, spec, case, outs, full, fp16, atol, rtol)
     report["max_abs_diff"] = max(c["max_abs_diff"] for c in report["cases"].values())
     report["min_topk_overlap"] = min(c["topk_overlap"] for c in report["cases"].values())
     return report
+
+
+def _sample_parity(graph: ServingGraph, spec: GraphSpec, case: ParityCase, outs: dict, mean: torch.Tensor,
+                   fp16: bool, atol: float, rtol: float) -> dict:
+    """The interleave / vote lists and the confidence against torch's (see the module docstring)."""
+    with torch.no_grad(), eval_mode(graph):
+        ref = dict(zip(spec.output_names, graph(**{n: torch.from_numpy(case.feeds[n]) for n in spec.input_names})))
+    out: dict = {}
+    for how in ("interleave", "vote"):
+        items_name, scores_name = AGGREGATE_OUTPUTS[how]
+        items, scores = outs[items_name], outs[scores_name].astype(np.float32)
+        want = mean.gather(1, torch.from_numpy(items)).numpy()
+        fin = np.isfinite(want)
+        score_ok = bool(np.array_equal(fin, np.isfinite(scores))
+                        and (np.abs(scores - want)[fin] <= atol + rtol * np.abs(want[fin])).all())
+        ref_items = ref[items_name].numpy()
+        overlap = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(items, ref_items)]))
+        out[how] = {"list_overlap": overlap, "scores_match": score_ok}
+        if not fp16 and (not score_ok or overlap < SAMPLE_LIST_OVERLAP):
+            raise ParityError(f"{case.name}: the {how} list differs from torch's (overlap {overlap:.3f}, "
+                              f"needs {SAMPLE_LIST_OVERLAP}; its scores match torch's mean scores: {score_ok})")
+    conf_diff = float(np.abs(outs[OUTPUT_CONFIDENCE] - ref[OUTPUT_CONFIDENCE].numpy()).max()) if len(mean) else 0.0
+    out["confidence_max_abs_diff"] = conf_diff
+    if not fp16 and conf_diff > SAMPLE_CONFIDENCE_ATOL:
+        raise ParityError(f"{case.name}: confidence differs from torch's by {conf_diff:.3g} "
+                          f"(tolerance {SAMPLE_CONFIDENCE_ATOL})")
+    return out
 
 
 def check_deterministic(onnx_path: str, feeds: dict[str, np.ndarray]) -> bool:

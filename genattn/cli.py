@@ -134,6 +134,8 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
 @click.option("--vae-mode", type=click.Choice(["mean", "sample"]), default="mean", show_default=True)
 @click.option("--samples", type=int, default=1, show_default=True,
               help="Stochastic samplings: S sampled maps, scores averaged in one graph.")
+@click.option("--no-sample-outputs", is_flag=True,
+              help="With --samples >= 2: leave out the interleave / vote lists and the confidence output.")
 @click.option("-k", type=int, default=100, show_default=True, help="Top-K computed in the graph.")
 @click.option("--full-scores", is_flag=True, help="Also output full-catalog scores.")
 @click.option("--no-exclude-in-graph", is_flag=True, help="No exclude_items input (filter seen items outside).")
@@ -165,7 +167,7 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
               help="Refuse the export when the index's recall@10 against exact scoring is lower.")
 @click.option("--ann-recall-users", type=int, default=1000, show_default=True,
               help="Users (real when the checkpoint's data is here) the recall is measured on.")
-def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_scores, no_exclude_in_graph, opset,
+def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, no_sample_outputs, k, full_scores, no_exclude_in_graph, opset,
                fp16, slim, torchscript, tensorrt, triton, triton_name, triton_force, verify_users,
                sign_key, ann, ann_m, ann_ef_construction, ann_ef_search, ann_nlist, ann_nprobe, ann_pq_m,
                ann_k_factor, ann_min_recall, ann_recall_users) -> None:
@@ -174,7 +176,7 @@ def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, k, full_sc
     from genattn_export.ann import AnnOptions
 
     opts = ExportOptions(steps=steps, eta=eta, start=start, vae_mode=vae_mode, samples=samples, k=k,
-                         full_scores=full_scores, exclude_in_graph=not no_exclude_in_graph, opset=opset,
+                         sample_outputs=not no_sample_outputs, full_scores=full_scores, exclude_in_graph=not no_exclude_in_graph, opset=opset,
                          fp16=fp16, slim=slim, dynamo=not torchscript, tensorrt=tensorrt, triton=triton,
                          triton_name=triton_name, triton_force=triton_force,
                          verify_users=verify_users, sign_key=sign_key,

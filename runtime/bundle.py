@@ -35,7 +35,9 @@ FORMAT = "genattn-bundle"
 FORMAT_VERSION = 2  # 2: manifest_digest required, every needed file must be listed
 ANN_FORMAT_VERSION = 3  # 3: version 2 + an "ann" section; the graph outputs the user state (written only
                         # for ANN bundles, so a runtime without ANN support refuses them by version)
-SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION, ANN_FORMAT_VERSION)
+SAMPLES_FORMAT_VERSION = 4  # 4: version 2 + the sample outputs below and "sampler.aggregate" (written only
+                            # for stochastic bundles of S >= 2 samples; older runtimes refuse them by version)
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION, ANN_FORMAT_VERSION, SAMPLES_FORMAT_VERSION)
 
 MANIFEST_FILE = "manifest.json"
 DIGEST_FIELD = "manifest_digest"
@@ -49,6 +51,18 @@ OUTPUT_ITEMS = "top_items"        # int64 [batch, K], internal indices, best fir
 OUTPUT_SCORES = "top_scores"      # float32 [batch, K]
 OUTPUT_ALL = "scores"             # float32 [batch, n_items + 1]; optional
 OUTPUT_STATE = "user_state"       # float32 [batch, d_model]; ANN bundles' only output (scores = state . item)
+# What S sampled attention maps give besides their mean (format version 4; models/aggregate.py):
+OUTPUT_INTERLEAVE_ITEMS = "interleave_items"    # int64 [batch, K]: the samples' top lists merged round-robin
+OUTPUT_INTERLEAVE_SCORES = "interleave_scores"  # float32 [batch, K]: their mean scores, in list order
+OUTPUT_VOTE_ITEMS = "vote_items"                # int64 [batch, K]: ranked by how many samples list them
+OUTPUT_VOTE_SCORES = "vote_scores"              # float32 [batch, K]
+OUTPUT_CONFIDENCE = "confidence"                # float32 [batch, 1]: the samples' top-list overlap, in [0, 1]
+SAMPLE_OUTPUTS = ((OUTPUT_INTERLEAVE_ITEMS, "int64"), (OUTPUT_INTERLEAVE_SCORES, "float32"),
+                  (OUTPUT_VOTE_ITEMS, "int64"), (OUTPUT_VOTE_SCORES, "float32"), (OUTPUT_CONFIDENCE, "float32"))
+# aggregate -> the (items, scores) outputs that hold its list
+AGGREGATE_OUTPUTS = {"mean": (OUTPUT_ITEMS, OUTPUT_SCORES),
+                     "interleave": (OUTPUT_INTERLEAVE_ITEMS, OUTPUT_INTERLEAVE_SCORES),
+                     "vote": (OUTPUT_VOTE_ITEMS, OUTPUT_VOTE_SCORES)}
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -126,6 +140,11 @@ class Manifest:
     @property
     def output_names(self) -> list[str]:
         return [t["name"] for t in self.outputs]
+
+    @property
+    def aggregate(self) -> dict | None:
+        """{"samples", "vote_depth", "confidence_k"} when the graph has the sample outputs, else None."""
+        return self.raw["sampler"].get("aggregate")
 
     @property
     def exclude_in_graph(self) -> bool:
@@ -326,6 +345,8 @@ def validate_manifest(raw: Any, f: Path) -> dict:
         want_out = [(OUTPUT_STATE, "float32", ann["dim"])]
     else:
         want_out = [(OUTPUT_ITEMS, "int64", k), (OUTPUT_SCORES, "float32", k)]
+    if _aggregate_section(s, sampler, version, k, noise_size) is not None:
+        want_out += [(name, dtype, 1 if name == OUTPUT_CONFIDENCE else k) for name, dtype in SAMPLE_OUTPUTS]
     if OUTPUT_ALL in [t["name"] for t in tensors["outputs"]] and ann is None:
         want_out.append((OUTPUT_ALL, "float32", n_items + 1))
     _expect_tensors(s, tensors["outputs"], want_out, "graph.outputs")
@@ -385,6 +406,23 @@ def validate_manifest(raw: Any, f: Path) -> dict:
 ANN_KINDS = ("hnsw", "ivfpq", "flat-fp16")
 ANN_PARAMS = {"hnsw": ("m", "ef_construction", "ef_search"), "ivfpq": ("nlist", "nprobe", "pq_m", "pq_bits"),
               "flat-fp16": ()}
+
+
+def _aggregate_section(s: _Schema, sampler: dict, version: int, k: int, noise_size: int) -> dict | None:
+    """"sampler.aggregate": present exactly in version 4, on a stochastic graph; its sample count (>= 2),
+    the depth of the lists the vote counts and the k of the confidence's overlap (both <= K)."""
+    if version != SAMPLES_FORMAT_VERSION:
+        if "aggregate" in sampler:
+            raise s.fail("sampler.aggregate", f"needs format_version {SAMPLES_FORMAT_VERSION}, the manifest "
+                                              f"says {version}")
+        return None
+    agg = s.obj(sampler, "aggregate", "sampler.aggregate")
+    if noise_size == 0:
+        raise s.fail("sampler.aggregate", "is set but the sampler is deterministic (one sample has nothing to merge)")
+    s.integer(agg, "samples", "sampler.aggregate.samples", lo=2)
+    s.integer(agg, "vote_depth", "sampler.aggregate.vote_depth", lo=1, hi=k)
+    s.integer(agg, "confidence_k", "sampler.aggregate.confidence_k", lo=1, hi=k)
+    return agg
 
 
 def _ann_section(s: _Schema, raw: dict, version: int, n_items: int, model: dict) -> dict | None:

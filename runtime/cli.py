@@ -24,7 +24,7 @@ import click
 from .backends import BACKENDS, BackendOptions
 from .errors import GenattnRuntimeError, InputError
 
-LINE_FIELDS = {"history", "k", "exclude_seen", "seed", "diversity"}
+LINE_FIELDS = {"history", "k", "exclude_seen", "seed", "diversity", "aggregate"}
 ID_FIELDS = ("id", "user", "user_id")
 
 log = logging.getLogger("genattn_runtime.cli")
@@ -213,6 +213,9 @@ def _parse_history(text: str) -> list:
 @click.option("--diversity", type=click.FloatRange(min=0.0),
               help="stochastic bundle: the prior's sampling temperature (0 deterministic, 1 the trained prior, "
                    "more = more varied lists; a line's own field wins)")
+@click.option("--aggregate", type=click.Choice(["mean", "interleave", "vote"]),
+              help="bundle exported with --samples >= 2: build each list from the samples' mean scores (the "
+                   "default), their lists in turn (interleave) or by agreement (vote); a line's own field wins")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="batch mode: lines per session run")
 @click.option("--no-progress", is_flag=True, help="batch mode: no progress bar")
@@ -223,7 +226,7 @@ def _parse_history(text: str) -> list:
 @_threads_opt
 @_ann_opts
 @click.option("-v", "--verbose", is_flag=True, help="log the backend choice and timings to stderr")
-def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, diversity, batch_size,
+def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, diversity, aggregate, batch_size,
                   no_progress, backend, strict, unknown, threads, verbose, trusted_keys, nprobe, ef_search):
     """Top-k items for one history (--history) or a JSON-lines file (--input)."""
     _logging(verbose)
@@ -233,24 +236,25 @@ def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, see
     out = ctx.with_resource(_Output(output_path))  # before the work: fail now, not after it
     src = ctx.with_resource(_open_input(input_path)) if input_path is not None else None
     rec = _load(bundle, ctx.params, unknown, trusted_keys)
+    defaults = {"k": k, "exclude_seen": not include_seen, "diversity": diversity, "aggregate": aggregate}
     if history is not None:
         ids = _parse_history(history)
         try:
-            result = rec.recommend(ids, k=k, exclude_seen=not include_seen, seed=seed, diversity=diversity)
+            result = rec.recommend(ids, seed=seed, **defaults)
         except InputError as e:
             raise click.ClickException(str(e)) from None
         out.write(json.dumps(result.to_dict()) + "\n")
         out.commit()
         return
-    failed, total = _batch(rec, src, input_path == "-", out, k, not include_seen, seed, batch_size, no_progress,
-                           diversity)
+    failed, total = _batch(rec, src, input_path == "-", out, defaults, seed, batch_size, no_progress)
     out.commit()  # bad lines are answered in the output too: it is complete
     if failed:
         raise click.ClickException(f"{failed} of {total} line(s) failed (see their \"error\" field in the output)")
 
 
-def _batch(rec, src, is_stdin: bool, dst: _Output, k: int, exclude_seen: bool, seed: int | None,
-           batch_size: int, no_progress: bool, diversity: float | None = None) -> tuple[int, int]:
+def _batch(rec, src, is_stdin: bool, dst: _Output, defaults: dict, seed: int | None,
+           batch_size: int, no_progress: bool) -> tuple[int, int]:
+    """Answer a JSON-lines file; `defaults`: the flags' k, exclude_seen, diversity and aggregate."""
     from tqdm import tqdm
 
     from .errors import UnknownItemError
@@ -296,8 +300,7 @@ def _batch(rec, src, is_stdin: bool, dst: _Output, k: int, exclude_seen: bool, s
                 pending.append((line_no, extra, {"error": f"not valid JSON: {e or 'nested too deeply'}"}))
             else:
                 try:
-                    params = _line_params(item, extra, k, exclude_seen,
-                                          None if seed is None else seed + line_no - 1, diversity)
+                    params = _line_params(item, extra, defaults, None if seed is None else seed + line_no - 1)
                     pending.append((line_no, extra, rec.prepare(**params)))
                 except UnknownItemError as e:
                     pending.append((line_no, extra, {"error": str(e), "unknown_items": e.unknown}))
@@ -311,12 +314,12 @@ def _batch(rec, src, is_stdin: bool, dst: _Output, k: int, exclude_seen: bool, s
     return failed, n
 
 
-def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None,
-                 diversity: float | None = None) -> dict:
+def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
+    """prepare()'s arguments for one line: its own fields over the flags' defaults."""
     if isinstance(item, list):
         if any(isinstance(x, list) for x in item):
             raise InputError("a bare-list line is one user's history: a list of ids, not of lists")
-        return {"histories": item, "k": k, "exclude_seen": exclude_seen, "seed": seed, "diversity": diversity}
+        return {"histories": item, "seed": seed, **defaults}
     if not isinstance(item, dict):
         raise InputError(f"a line must be a JSON object or a list of ids, got {type(item).__name__}")
     for key in ID_FIELDS:
@@ -330,8 +333,8 @@ def _line_params(item, extra: dict, k: int, exclude_seen: bool, seed: int | None
     h = item["history"]
     if isinstance(h, list) and h and all(isinstance(x, list) for x in h):
         raise InputError("'history' is one user's list of ids, not a list of lists")
-    return {"histories": h, "k": item.get("k", k), "exclude_seen": item.get("exclude_seen", exclude_seen),
-            "seed": item.get("seed", seed), "diversity": item.get("diversity", diversity)}
+    return {"histories": h, "seed": item.get("seed", seed),
+            **{key: item.get(key, value) for key, value in defaults.items()}}
 
 
 @click.command("serve", cls=OneLineErrors)

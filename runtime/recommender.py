@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, BackendOptions, create_backend
-from .bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ITEMS, OUTPUT_SCORES, ItemTable, Manifest,
+from .bundle import (AGGREGATE_OUTPUTS, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
+                     OUTPUT_SCORES, ItemTable, Manifest,
                      check_files, read_manifest, verify_files)
 from .errors import (BundleError, GenattnRuntimeError, InferenceError, InputError, RecommenderClosedError,
                      UnknownItemError)
@@ -37,6 +38,7 @@ from .errors import (BundleError, GenattnRuntimeError, InferenceError, InputErro
 log = logging.getLogger("genattn_runtime")
 
 UNKNOWN_POLICIES = ("skip", "error")
+AGGREGATES = tuple(AGGREGATE_OUTPUTS)  # "mean", "interleave", "vote"
 MAX_DIVERSITY = 10.0   # prior temperature cap: far past where lists stop being relevant
 MAX_ERROR_IDS = 10
 
@@ -50,10 +52,14 @@ class Recommendation:
     unknown_items: list = field(default_factory=list)  # ids skipped because the catalog does not know them
     truncated: bool = False                            # history longer than max_len: only the newest were used
     partial: bool = False                              # fewer than k items: the rest were seen or masked
+    confidence: float | None = None                    # S >= 2 sample bundles: how much the samples agree
 
     def to_dict(self) -> dict:
-        return {"items": list(self.items), "scores": list(self.scores), "fallback": self.fallback,
-                "unknown_items": list(self.unknown_items), "truncated": self.truncated, "partial": self.partial}
+        out = {"items": list(self.items), "scores": list(self.scores), "fallback": self.fallback,
+               "unknown_items": list(self.unknown_items), "truncated": self.truncated, "partial": self.partial}
+        if self.confidence is not None:  # absent, not null, where the bundle has no samples to compare
+            out["confidence"] = self.confidence
+        return out
 
 
 @dataclass
@@ -73,6 +79,7 @@ class PreparedRequest:
     seq: np.ndarray                  # (m, max_len) int64: rows that go through the model
     exclude: np.ndarray | None       # (m, max_len) int64 when the graph has exclude_items
     noise: np.ndarray | None         # (m, noise_size) float32 when the graph has noise
+    aggregate: str = "mean"          # which of the graph's lists to read (AGGREGATE_OUTPUTS)
 
     @property
     def n_model_rows(self) -> int:
@@ -287,7 +294,7 @@ class Recommender:
 
     # ------------------------------------------------------------------ high level
     def recommend(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
-                  unknown_items: str | None = None, diversity: float | None = None):
+                  unknown_items: str | None = None, diversity: float | None = None, aggregate: str | None = None):
         """Top-k raw item ids with scores.
 
         histories: one history (a list of ids, oldest first) -> Recommendation, or a
@@ -298,13 +305,18 @@ class Recommender:
         is drawn from N(0, tau^2)): 0 = the deterministic mode (vae: prior mean; diffusion:
         zero start), 1 = the trained prior (the default), larger = more varied lists at
         some cost in accuracy (measured in benchmarks/results/frontier_*.md).
+        aggregate: how a bundle exported with S >= 2 samples builds the list from them —
+        "mean" (None: the top of the mean scores), "interleave" (each sample's best in turn:
+        more of the user's interests) or "vote" (items most samples list first). Such a
+        bundle also sets `Recommendation.confidence`: the samples' top-10 overlap in [0, 1].
         """
         prep = self.prepare(histories, k=k, exclude_seen=exclude_seen, seed=seed, unknown_items=unknown_items,
-                            diversity=diversity)
+                            diversity=diversity, aggregate=aggregate)
         return self.run_prepared([prep])[0]
 
     def recommend_batch(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
-                        unknown_items: str | None = None, diversity: float | None = None) -> list[Recommendation]:
+                        unknown_items: str | None = None, diversity: float | None = None,
+                        aggregate: str | None = None) -> list[Recommendation]:
         """Like `recommend` but `histories` is always a batch (so `[]` is zero users)."""
         if isinstance(histories, (list, tuple)) and len(histories) == 0:
             self._check_open()
@@ -312,7 +324,7 @@ class Recommender:
             return []
         if not isinstance(histories, (list, tuple)) or not all(isinstance(h, (list, tuple)) for h in histories):
             raise InputError("histories: expected a list of histories (lists of item ids)")
-        return self.recommend(histories, k, exclude_seen, seed, unknown_items, diversity)
+        return self.recommend(histories, k, exclude_seen, seed, unknown_items, diversity, aggregate)
 
     # ------------------------------------------------------------------ stages
     def check_diversity(self, diversity) -> float:
@@ -328,6 +340,20 @@ class Recommender:
             raise InputError("diversity: this bundle is deterministic (it takes no noise); export it with a "
                              "stochastic sampling (e.g. --vae-mode sample, or --start noise) to use diversity")
         return float(diversity)
+
+    def check_aggregate(self, aggregate) -> str:
+        """`aggregate` (None = "mean"), or InputError: one of AGGREGATES, and anything but "mean" only
+        for a bundle whose graph has the sample outputs (exported with S >= 2 stochastic samples)."""
+        if aggregate is None:
+            return "mean"
+        if not isinstance(aggregate, str) or aggregate not in AGGREGATES:
+            raise InputError(f"aggregate must be one of {list(AGGREGATES)} or null, got {_describe(aggregate)}")
+        if aggregate != "mean" and self.manifest.aggregate is None:
+            why = ("it is deterministic" if not self.noise_size else
+                   "it was exported without them (--samples 1, or --no-sample-outputs)")
+            raise InputError(f"aggregate {aggregate!r}: this bundle has no per-sample lists ({why}); export it with "
+                             "a stochastic sampling and --samples >= 2 (e.g. --vae-mode sample --samples 16)")
+        return aggregate
 
     def check_k(self, k) -> int:
         """k as an int, or InputError unless 1 <= k <= the bundle's K."""
@@ -409,7 +435,8 @@ class Recommender:
         return idx, unknown
 
     def prepare(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
-                unknown_items: str | None = None, diversity: float | None = None) -> PreparedRequest:
+                unknown_items: str | None = None, diversity: float | None = None,
+                aggregate: str | None = None) -> PreparedRequest:
         """Validate and encode one call (raises InputError / UnknownItemError)."""
         self._check_open()
         k = self.check_k(k)
@@ -418,6 +445,7 @@ class Recommender:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise InputError(f"seed must be a non-negative integer or null, got {_describe(seed)}")
         scale = self.check_diversity(diversity)
+        aggregate = self.check_aggregate(aggregate)
         policy = unknown_items or self.unknown_items
         if policy not in UNKNOWN_POLICIES:
             raise InputError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {policy!r}")
@@ -463,7 +491,8 @@ class Recommender:
             noise = rng.standard_normal((len(hists), self.noise_size), dtype=np.float32)[model_rows]
             if scale != 1.0:
                 noise *= np.float32(scale)
-        return PreparedRequest(rows=rows, k=k, single=single, seq=seq, exclude=exclude, noise=noise)
+        return PreparedRequest(rows=rows, k=k, single=single, seq=seq, exclude=exclude, noise=noise,
+                               aggregate=aggregate)
 
     def _feeds(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray]:
         parts = [p for p in preps if p.n_model_rows]
@@ -482,7 +511,7 @@ class Recommender:
             feeds[INPUT_NOISE] = np.concatenate([p.noise for p in parts])
         return feeds
 
-    def _infer(self, preps: list[PreparedRequest]) -> tuple[np.ndarray, np.ndarray] | None:
+    def _infer(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray] | None:
         rows = sum(p.n_model_rows for p in preps)
         if not rows:
             self._check_open()  # fallback-only calls never touch the backend, but a closed Recommender is closed
@@ -490,26 +519,36 @@ class Recommender:
         # Slots read per row: k, plus the seen items older than the window that decoding drops.
         need = max(p.k + max((len(r.post_exclude or ()) for r in p.rows), default=0) for p in preps)
         out = self._run_backend(self._feeds(preps), min(need, self.k_max))
-        items, scores = out[OUTPUT_ITEMS], out[OUTPUT_SCORES]
-        if items.shape != (rows, self.k_max) or scores.shape != (rows, self.k_max):
-            raise BundleError(f"bundle {self.manifest.path}: the graph returned {items.shape} / {scores.shape} "
-                              f"for {rows} rows, the manifest says K = {self.k_max}")
-        return items, scores
+        for how in {p.aggregate for p in preps}:
+            items, scores = (out[n] for n in AGGREGATE_OUTPUTS[how])
+            if items.shape != (rows, self.k_max) or scores.shape != (rows, self.k_max):
+                raise BundleError(f"bundle {self.manifest.path}: the graph returned {items.shape} / {scores.shape} "
+                                  f"for {rows} rows, the manifest says K = {self.k_max}")
+        return out
 
     def run_prepared(self, preps: list[PreparedRequest]) -> list:
         """Run any number of prepared calls in ONE session run; one result per call."""
         out = self._infer(preps)
         results, offset = [], 0
         for p in preps:
-            m = p.n_model_rows
-            part = (out[0][offset:offset + m], out[1][offset:offset + m]) if m else None
-            offset += m
+            part = self._rows_of(p, out, offset)
+            offset += p.n_model_rows
             try:
                 results.append(self._decode(p, part))
             except IndexError:  # only a graph that breaks its contract returns indices past the catalog
                 raise BundleError(f"bundle {self.manifest.path}: the graph returned item indices outside "
                                   f"0..{self.n_items}") from None
         return results
+
+    @staticmethod
+    def _rows_of(p: PreparedRequest, out: dict | None, offset: int) -> tuple | None:
+        """The call's rows of a joint run: (items, scores) of its aggregate, and the confidence or None."""
+        m = p.n_model_rows
+        if not m:
+            return None
+        items, scores = (out[n][offset:offset + m] for n in AGGREGATE_OUTPUTS[p.aggregate])
+        conf = out.get(OUTPUT_CONFIDENCE)
+        return items, scores, None if conf is None else conf[offset:offset + m, 0]
 
     def _decode(self, p: PreparedRequest, out) -> Recommendation | list[Recommendation]:
         k, raw, recs, r = p.k, self._raw, [], 0
@@ -520,10 +559,12 @@ class Recommender:
                                            unknown_items=row.unknown, truncated=row.truncated))
                 continue
             items, scores = out[0][r], out[1][r]
+            confidence = None if out[2] is None else float(out[2][r])
             r += 1
             if row.post_exclude is None and np.isfinite(scores[:k]).all():
                 recs.append(Recommendation(items=raw[items[:k]].tolist(), scores=scores[:k].tolist(),
-                                           unknown_items=row.unknown, truncated=row.truncated))
+                                           unknown_items=row.unknown, truncated=row.truncated,
+                                           confidence=confidence))
                 continue
             # Drop masked (-inf) entries, padding and seen items older than the window.
             post = row.post_exclude or ()
@@ -531,7 +572,7 @@ class Recommender:
                     if i > 0 and math.isfinite(s) and i not in post][:k]
             idx, sc = [i for i, _ in kept], [s for _, s in kept]
             recs.append(Recommendation(items=raw[idx].tolist(), scores=sc, unknown_items=row.unknown,
-                                       truncated=row.truncated, partial=len(idx) < k))
+                                       truncated=row.truncated, partial=len(idx) < k, confidence=confidence))
         return recs[0] if p.single else recs
 
     # ------------------------------------------------------------------ low level
@@ -605,7 +646,7 @@ class Recommender:
             t1 = time.perf_counter()
             out = self._infer([p])
             t2 = time.perf_counter()
-            self._decode(p, out)
+            self._decode(p, self._rows_of(p, out, 0))
             t3 = time.perf_counter()
             if n >= warmup:
                 for key, v in (("prepare", t1 - t0), ("session", t2 - t1), ("decode", t3 - t2), ("total", t3 - t0)):

@@ -1,6 +1,7 @@
 """HTTP service: FastAPI app around one Recommender, with a micro-batching queue.
 
-    POST /recommend   {"history": [...], "k": 10, "exclude_seen": true, "seed": null, "diversity": null}
+    POST /recommend   {"history": [...], "k": 10, "exclude_seen": true, "seed": null, "diversity": null,
+                       "aggregate": null}
                       {"histories": [[...], ...], "k": 10, ...}
     GET  /healthz     {"status": "ok"} (503 while shutting down)
     GET  /metadata    bundle summary, backend and the service's limits
@@ -44,7 +45,7 @@ from .recommender import PreparedRequest, Recommender
 log = logging.getLogger("genattn_runtime.service")
 
 ENDPOINTS = ("/recommend", "/healthz", "/metadata", "/metrics")
-REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed", "diversity"}
+REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed", "diversity", "aggregate"}
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -372,6 +373,10 @@ _REQUEST_SCHEMA = {
             "diversity": {"type": ["number", "null"], "minimum": 0, "default": None,
                           "description": "stochastic bundles: the prior's sampling temperature "
                                          "(0 deterministic, 1 the trained prior, more = more varied)"},
+            "aggregate": {"type": ["string", "null"], "enum": ["mean", "interleave", "vote", None], "default": None,
+                          "description": "bundles exported with S >= 2 samples: the top of the mean scores "
+                                         "(mean), each sample's best in turn (interleave) or the items most "
+                                         "samples list (vote); such bundles also answer `confidence`"},
         }}}}},
 }
 
@@ -432,7 +437,7 @@ def create_app(recommender: Recommender, max_batch: int = MAX_BATCH, max_wait_ms
                 return {"results": []}
             prep = recommender.prepare(histories, k=payload.get("k", 10),
                                        exclude_seen=payload.get("exclude_seen", True), seed=payload.get("seed"),
-                                       diversity=payload.get("diversity"))
+                                       diversity=payload.get("diversity"), aggregate=payload.get("aggregate"))
         except UnknownItemError as e:
             raise HTTPError(400, "unknown_items", str(e), unknown_items=e.unknown) from None
         except InputError as e:

@@ -33,6 +33,34 @@ def test_interleave_takes_each_samples_next_best_and_drops_duplicates():
     assert torch.allclose(scores, s.mean(1).gather(1, items))
 
 
+def test_interleave_equals_the_round_robin_definition_and_its_prefixes_are_shorter_interleaves():
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(4, 6, 30, generator=g)
+    s[:, :, 0] = NEG
+    for k in (1, 4, 9):
+        items, _ = aggregate(s, k, "interleave")
+        top = s.topk(k, dim=-1).indices
+        for b in range(len(s)):
+            want = []
+            for r in range(k):  # rank r of every sample in order, each new item once
+                for j in range(s.shape[1]):
+                    i = int(top[b, j, r])
+                    if i not in want:
+                        want.append(i)
+            assert items[b].tolist() == want[:k]
+    long_items, _ = aggregate(s, 9, "interleave")
+    assert torch.equal(long_items[:, :4], aggregate(s, 4, "interleave")[0])
+
+
+def test_vote_counts_lists_of_its_own_depth_whatever_the_output_length():
+    from genattn.models.aggregate import vote
+
+    s = _scores([[1, 2, 3], [2, 4, 5], [2, 1, 6]])
+    items, _ = vote(s, 6, depth=1)  # counts only each sample's first item: 2 twice, 1 once
+    assert items[0, :2].tolist() == [2, 1]
+    assert torch.equal(vote(s, 3, depth=3)[0], aggregate(s, 3, "vote")[0])
+
+
 def test_vote_puts_consensus_first_then_mean_score():
     s = _scores([[1, 2, 3], [2, 4, 5], [2, 1, 6]])
     items, _ = aggregate(s, 3, "vote")

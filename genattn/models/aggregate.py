@@ -40,26 +40,34 @@ def list_counts(top: Tensor, n: int) -> Tensor:
         1, flat, torch.ones(flat.shape, dtype=torch.float32, device=top.device))
 
 
-def interleave(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def interleave(scores: Tensor, k: int, top: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Round-robin merge of the samples' top-k lists, duplicates removed -> (B, k) items and
-    their mean scores (in list order, not sorted)."""
-    B, S, _ = scores.shape
-    top, _ = per_sample_top(scores, k)
+    their mean scores (in list order, not sorted).
+
+    Each item's first position in the rank-major order (rank 1 of every sample, then rank 2,
+    ...) comes from one scatter-min over the catalog: O(kS + N) per user, where comparing
+    every listed pair would be O((kS)^2). The k earliest first positions are the list; any
+    prefix of it is the interleave of shorter lists (sample 1's own k items all appear by rank k).
+    top: the samples' sorted lists of at least k items when already computed (one TopK serves
+    every aggregate in the serving graph).
+    """
+    B, S, n = scores.shape
+    top = per_sample_top(scores, k)[0] if top is None else top[..., :k]
     order = top.transpose(1, 2).reshape(B, k * S)               # rank-major: rank 1 of each sample, ...
-    same = order[:, :, None] == order[:, None, :]               # (B, kS, kS)
-    earlier = torch.ones(k * S, k * S, dtype=torch.bool, device=scores.device).tril(-1)
-    dup = (same & earlier).any(-1)                              # already listed at an earlier position
-    pos = torch.arange(k * S, device=scores.device, dtype=torch.float32).expand(B, -1)
-    key = torch.where(dup, torch.full_like(pos, float(k * S)), pos)
-    first = (-key).topk(k, dim=1).indices                       # the k earliest distinct positions, in order
-    items = order.gather(1, first)
+    pos = torch.arange(k * S, device=scores.device).expand(B, -1)
+    first = torch.full((B, n), k * S, dtype=torch.long, device=scores.device).scatter_reduce(
+        1, order, pos, reduce="amin")                           # unlisted items keep k*S: never chosen
+    items = (-first).topk(k, dim=1).indices                     # distinct first positions: no ties
     return items, scores.mean(1).gather(1, items)
 
 
-def vote(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The union of the samples' top-k lists ranked by how many list each item, ties by mean
-    score -> (B, k) items and their mean scores."""
-    top, _ = per_sample_top(scores, k)
+def vote(scores: Tensor, k: int, depth: int | None = None, top: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The union of the samples' top-`depth` lists (depth defaults to k) ranked by how many
+    list each item, ties by mean score -> (B, k) items and their mean scores. The serving
+    graph fixes depth and outputs K items, so a shorter request reads a prefix of the
+    same ranking."""
+    depth = k if depth is None else depth
+    top = per_sample_top(scores, depth)[0] if top is None else top[..., :depth]
     counts = list_counts(top, scores.shape[-1])
     mean = scores.mean(1)
     finite = torch.isfinite(mean)
@@ -81,12 +89,12 @@ def aggregate(scores: Tensor, k: int, how: str) -> tuple[Tensor, Tensor]:
     raise ValueError(f"aggregate must be one of {AGGREGATES}, got {how!r}")
 
 
-def confidence(scores: Tensor, k: int) -> Tensor:
+def confidence(scores: Tensor, k: int, top: Tensor | None = None) -> Tensor:
     """(B, S, N + 1) -> (B,) mean pairwise overlap of the samples' top-k lists in [0, 1]
     (1: every sample ranks the same k items first). Needs S >= 2."""
     S = scores.shape[1]
     if S < 2:
         raise ValueError("confidence needs at least 2 samples")
-    top, _ = per_sample_top(scores, k)
+    top = per_sample_top(scores, k)[0] if top is None else top[..., :k]
     c = list_counts(top, scores.shape[-1])
     return ((c * c).sum(1) - S * k) / (S * (S - 1) * k)
