@@ -58,6 +58,11 @@ MAX_QUEUE = 256             # requests waiting for the micro-batcher
 REQUEST_TIMEOUT_S = 10.0    # from queueing to the answer
 BODY_TIMEOUT_S = 10.0       # to receive the whole body once the headers are in
 RETRY_AFTER_S = 1           # Retry-After of a 503
+# An idle kept-alive connection is closed by uvicorn after this long. It must outlast the
+# idle expiry of the clients' pools (httpx 5 s, aiohttp 15 s, nginx upstream and AWS ALB
+# 60 s): at uvicorn's default of 5 s, equal to httpx's, a client could send on a connection
+# in the instant the server closed it, and the request failed with a reset (ReadError).
+KEEP_ALIVE_S = 75.0
 
 
 class HTTPError(Exception):
@@ -473,15 +478,16 @@ def serve(recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, m
           max_wait_ms: float = MAX_WAIT_MS, max_body_bytes: int = MAX_BODY_BYTES, log_level: str = "info",
           access_log: bool = False, graceful_timeout_s: float = 30.0, max_users: int = MAX_USERS,
           max_queue: int = MAX_QUEUE, request_timeout_s: float = REQUEST_TIMEOUT_S,
-          body_timeout_s: float = BODY_TIMEOUT_S) -> None:
-    """Run the app under uvicorn (one process, one event loop; blocks until SIGINT / SIGTERM)."""
+          body_timeout_s: float = BODY_TIMEOUT_S, keep_alive_s: float = KEEP_ALIVE_S) -> None:
+    """Run the app under uvicorn (one process, one event loop; blocks until SIGINT / SIGTERM).
+    keep_alive_s: how long an idle connection is kept open between requests (KEEP_ALIVE_S)."""
     import uvicorn
 
     app = create_app(recommender, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
                      max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
                      body_timeout_s=body_timeout_s)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
-                timeout_graceful_shutdown=graceful_timeout_s, lifespan="on")
+                timeout_graceful_shutdown=graceful_timeout_s, timeout_keep_alive=keep_alive_s, lifespan="on")
 
 
 if __name__ == "__main__":  # python -m genattn_runtime.service BUNDLE --port 8000

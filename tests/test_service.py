@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -67,6 +68,15 @@ def test_live_server_concurrent_load(bundle_root, rec, ids):
             assert time.monotonic() < deadline, "server did not become healthy in 30 s"
             time.sleep(0.1)
 
+        # A kept-alive connection idle longer than httpx's pool expiry (5 s, uvicorn's default keep-alive
+        # before) must still be open: a server that closes idle connections as soon as clients may reuse
+        # them drops requests under load (ReadError). Raw http.client: it never reconnects on its own.
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        idle.request("GET", "/healthz")
+        r = idle.getresponse()
+        assert r.status == 200 and r.read()
+        idle_since = time.monotonic()
+
         rng = np.random.default_rng(0)
         hists = [[ids[j] for j in rng.integers(0, len(ids), size=int(rng.integers(0, 20)))] for _ in range(100)]
         hists[0] = ["not-an-item", ids[1]]
@@ -95,11 +105,18 @@ def test_live_server_concurrent_load(bundle_root, rec, ids):
             assert body["fallback"] == want.fallback and body["unknown_items"] == want.unknown_items
         assert results[0][1]["unknown_items"] == ["not-an-item"]
 
+        time.sleep(max(0.0, idle_since + 5.5 - time.monotonic()))
+        idle.request("POST", "/recommend", body=json.dumps({"history": hists[1], "k": 10}),
+                     headers={"content-type": "application/json"})
+        r = idle.getresponse()
+        assert r.status == 200 and json.loads(r.read())["items"] == expected[1].items
+        idle.close()
+
         metrics = httpx.get(f"{base}/metrics").text
         n_batches = _metric(metrics, "genattn_batch_size_count")
         single_row = _metric(metrics, 'genattn_batch_size_bucket{le="1.0"}')
         assert n_batches - single_row > 0, "no micro-batch grouped more than one request"
-        assert _metric(metrics, 'genattn_http_requests_total{endpoint="/recommend",status="200"}') == N_REQUESTS
+        assert _metric(metrics, 'genattn_http_requests_total{endpoint="/recommend",status="200"}') == N_REQUESTS + 1
         print(f"\n{N_REQUESTS} requests in {elapsed:.2f} s ({N_REQUESTS / elapsed:.0f} req/s), "
               f"{n_batches:.0f} session runs, mean batch {_metric(metrics, 'genattn_batch_size_sum') / n_batches:.1f}")
     finally:
@@ -112,6 +129,20 @@ def test_live_server_concurrent_load(bundle_root, rec, ids):
     # uvicorn exits 0, or re-raises the signal it handled gracefully (recent versions)
     assert proc.returncode in (0, -signal.SIGTERM), out
     assert "queue drained" in out and "Application shutdown complete" in out
+
+
+def test_serve_keeps_idle_connections_longer_than_client_pools(rec, monkeypatch):
+    import uvicorn
+
+    from genattn_runtime import service
+
+    got = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: got.update(kw))
+    service.serve(rec, port=0)
+    # longer than httpx's (5 s), aiohttp's (15 s), nginx's and AWS ALB's (60 s) idle expiry
+    assert got["timeout_keep_alive"] == service.KEEP_ALIVE_S > 60
+    service.serve(rec, port=0, keep_alive_s=2.5)
+    assert got["timeout_keep_alive"] == 2.5
 
 
 def test_shutdown_drains_queue(rec, ids):
