@@ -217,7 +217,13 @@ def render(doc: dict) -> str:
         lines.append(f"| {r['kind']} | {r['loss']} | {r['trial']}{star} | {knobs} | "
                      f"{b['patience']} / {b['epochs']} / {b['max_minutes'] or 'none'} | {r['valid_ndcg@10']:.4f} | "
                      f"{r['best_epoch']} / {r.get('epochs_run')} | {r.get('stopped_by')} | {r['seconds']:.0f} |")
-    lines += ["", "Trials per kind: " + ", ".join(f"{k} {v}" for k, v in doc.get("trial_counts", {}).items()), "",
+    done: dict[str, int] = {}
+    for r in doc.get("trials", []):
+        name = r["kind"] if r["loss"] == "full" else f"{r['kind']}_{r['loss']}"
+        done[name] = done.get(name, 0) + 1
+    counted = ", ".join(f"{k} {v}" for k, v in doc.get("trial_counts", {}).items()) or "none yet"
+    lines += ["", "Finished trials per kind: " + ", ".join(f"{k} {v}" for k, v in sorted(done.items())) + ".",
+              f"Selected among the trial numbers every kind of a loss has finished (equal counts): {counted}.", "",
               "Commands, machines, commits:", ""]
     seen = set()
     for r in doc.get("trials", []):

@@ -22,8 +22,11 @@ Model `genattn` (the batch dimension, first, is the users of one request; at mos
              scores        FP32  [B, k]  their scores (padding: -inf)
              count         INT32 [B, 1]  valid entries per row (< k when the row is partial)
              info          BYTES [B, 1]  JSON per row: fallback, unknown_items, truncated, partial
+             confidence    FP32  [B, 1]  only for bundles of S >= 2 samples: the samples' top-10
+                                         overlap in [0, 1] (NaN for popularity-fallback rows)
     request parameters (all optional): k (int, default 10), exclude_seen (bool, default true),
-             seed (int >= 0), diversity (number; stochastic bundles only)
+             seed (int >= 0), diversity (number; stochastic bundles only),
+             aggregate ("mean" | "interleave" | "vote"; bundles of S >= 2 samples)
 
 Bad input is answered as a Triton error (HTTP 400 / gRPC INVALID_ARGUMENT) whose message
 names what was wrong: a missing or doubled history input, a shape or length out of range,
@@ -60,8 +63,8 @@ log = logging.getLogger("genattn_runtime.triton")
 
 MODEL_NAME = "genattn"
 IN_IDS, IN_KEYS, IN_LEN = "history", "history_keys", "history_len"
-OUT_ITEMS, OUT_SCORES, OUT_COUNT, OUT_INFO = "items", "scores", "count", "info"
-PARAMETERS = ("k", "exclude_seen", "seed", "diversity")
+OUT_ITEMS, OUT_SCORES, OUT_COUNT, OUT_INFO, OUT_CONFIDENCE = "items", "scores", "count", "info", "confidence"
+PARAMETERS = ("k", "exclude_seen", "seed", "diversity", "aggregate")
 DEFAULT_K = 10
 # Ports of a stock tritonserver.
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
@@ -118,8 +121,9 @@ class EngineConfig:
 
 # ---------------------------------------------------------------- model repository
 
-def model_config(cfg: EngineConfig, string_ids: bool):
-    """The Python-backend model's ModelConfig message (triton_config renders and writes it)."""
+def model_config(cfg: EngineConfig, string_ids: bool, confidence: bool = False):
+    """The Python-backend model's ModelConfig message (triton_config renders and writes it).
+    confidence: the bundle has sample outputs, so the model declares the `confidence` output."""
     def tensor(name: str, dtype: str, dims: list[int], **flags) -> dict:
         return {"name": name, "data_type": dtype, "dims": dims, **flags}
 
@@ -132,7 +136,8 @@ def model_config(cfg: EngineConfig, string_ids: bool):
                   tensor(IN_LEN, "TYPE_INT32", [1], **ragged)],
         "output": [tensor(OUT_ITEMS, "TYPE_STRING" if string_ids else "TYPE_INT64", [-1]),
                    tensor(OUT_SCORES, "TYPE_FP32", [-1]), tensor(OUT_COUNT, "TYPE_INT32", [1]),
-                   tensor(OUT_INFO, "TYPE_STRING", [1])],
+                   tensor(OUT_INFO, "TYPE_STRING", [1])]
+                  + ([tensor(OUT_CONFIDENCE, "TYPE_FP32", [1])] if confidence else []),
         "dynamic_batching": {
             "max_queue_delay_microseconds": int(round(cfg.max_wait_ms * 1000)),
             "default_queue_policy": {"timeout_action": "REJECT",
@@ -149,12 +154,12 @@ def model_config(cfg: EngineConfig, string_ids: bool):
 MODEL_PY = "from genattn_runtime.triton_engine import TritonPythonModel  # noqa: F401\n"
 
 
-def write_repository(cfg: EngineConfig, root: Path, string_ids: bool) -> Path:
+def write_repository(cfg: EngineConfig, root: Path, string_ids: bool, confidence: bool = False) -> Path:
     """`root/genattn/config.pbtxt` and `root/genattn/1/model.py`, each written under a temporary name
     and renamed; returns root."""
     model = Path(root) / MODEL_NAME
     (model / "1").mkdir(parents=True, exist_ok=True)
-    pbtxt.write_config(model / "config.pbtxt", model_config(cfg, string_ids))
+    pbtxt.write_config(model / "config.pbtxt", model_config(cfg, string_ids, confidence))
     tmp = model / "1" / ".model.py.tmp"
     tmp.write_text(MODEL_PY)
     os.replace(tmp, model / "1" / "model.py")
@@ -185,7 +190,7 @@ def parse_parameters(raw: str | dict) -> dict:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         seed = int(seed)
     return {"k": _param(params, "k", DEFAULT_K), "exclude_seen": _param(params, "exclude_seen", True),
-            "seed": seed, "diversity": diversity}
+            "seed": seed, "diversity": diversity, "aggregate": params.get("aggregate")}
 
 
 def parse_histories(ids: np.ndarray | None, keys: np.ndarray | None, lengths: np.ndarray | None,
@@ -222,8 +227,9 @@ def parse_histories(ids: np.ndarray | None, keys: np.ndarray | None, lengths: np
     return out
 
 
-def encode_outputs(recs: list, k: int, string_ids: bool) -> dict[str, np.ndarray]:
-    """Recommendations of one request -> the model's output arrays."""
+def encode_outputs(recs: list, k: int, string_ids: bool, confidence: bool = False) -> dict[str, np.ndarray]:
+    """Recommendations of one request -> the model's output arrays (with `confidence` when the model
+    declares it)."""
     B = len(recs)
     scores = np.full((B, k), -np.inf, dtype=np.float32)
     count = np.zeros((B, 1), dtype=np.int32)
@@ -240,7 +246,17 @@ def encode_outputs(recs: list, k: int, string_ids: bool) -> dict[str, np.ndarray
             scores[b, :m] = r.scores
         info[b, 0] = json.dumps({"fallback": r.fallback, "unknown_items": list(r.unknown_items),
                                  "truncated": r.truncated, "partial": r.partial}).encode()
-    return {OUT_ITEMS: items, OUT_SCORES: scores, OUT_COUNT: count, OUT_INFO: info}
+    out = {OUT_ITEMS: items, OUT_SCORES: scores, OUT_COUNT: count, OUT_INFO: info}
+    if confidence:
+        out[OUT_CONFIDENCE] = np.array([[np.nan if r.confidence is None else r.confidence] for r in recs],
+                                       dtype=np.float32).reshape(B, 1)
+    return out
+
+
+def model_shape(rec) -> tuple[bool, bool]:
+    """(string_ids, confidence) of a loaded bundle: BYTES item ids unless every id is an int; a
+    confidence output when the graph has sample outputs."""
+    return not all(type(x) is int for x in rec.items.item_ids), rec.manifest.aggregate is not None
 
 
 class RequestHandler:
@@ -250,7 +266,7 @@ class RequestHandler:
 
     def __init__(self, rec, cfg: EngineConfig):
         self.rec, self.cfg = rec, cfg
-        self.string_ids = not all(type(x) is int for x in rec.items.item_ids)
+        self.string_ids, self.confidence = model_shape(rec)
 
     def handle(self, requests: list[tuple]) -> list:
         """requests: (ids, keys, lengths, parameters) per request."""
@@ -280,7 +296,7 @@ class RequestHandler:
                 if isinstance(res, Exception):
                     out[i] = InferenceError("the model failed on this request; the server log has the details")
                 else:
-                    out[i] = encode_outputs(res, p.k, self.string_ids)
+                    out[i] = encode_outputs(res, p.k, self.string_ids, self.confidence)
         return out
 
     def _run_alone(self, prep):
@@ -362,12 +378,12 @@ class TritonEngine:
         # Load once here: a bad bundle, key or backend fails now in one line, not inside the server.
         rec = self.cfg.load()
         try:
-            string_ids = not all(type(x) is int for x in rec.items.item_ids)
+            string_ids, confidence = model_shape(rec)
             log.info("genattn serve --engine triton: %s bundle, backend %s", rec.manifest.attention, rec.backend)
         finally:
             rec.close()
         self._dir = tempfile.mkdtemp(prefix="genattn-triton-")
-        repo = write_repository(self.cfg, Path(self._dir) / "models", string_ids)
+        repo = write_repository(self.cfg, Path(self._dir) / "models", string_ids, confidence)
         config = TritonConfig(model_repository=repo, http_address=self.host, http_port=self.http_port,
                               grpc_address=self.host, grpc_port=self.grpc_port, metrics_address=self.host,
                               metrics_port=self.metrics_port, allow_gpu_metrics=False,
@@ -468,7 +484,9 @@ def serve(cfg: EngineConfig, host: str = "127.0.0.1", http_port: int = HTTP_PORT
 
 
 if __name__ == "__main__":  # python -m genattn_runtime.triton_engine BUNDLE --http-port 8000
-    from genattn_runtime.cli import serve_cmd
+    # The same as `python -m genattn_runtime serve --engine triton BUNDLE ...`: the package's entry
+    # point holds the command line, so this module never imports the CLI (which imports it).
+    import runpy
 
-    sys.argv.insert(1, "--engine=triton")
-    serve_cmd(prog_name="python -m genattn_runtime.triton_engine")
+    sys.argv[1:1] = ["serve", "--engine=triton"]
+    runpy.run_module("genattn_runtime", run_name="__main__")

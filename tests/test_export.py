@@ -92,11 +92,13 @@ def test_export_graph_contract_and_parity(bundles, case):
     stochastic = opts.get("start") == "noise" or opts.get("vae_mode") == "sample"
     assert (INPUT_NOISE in manifest.input_names) == stochastic
     assert m["sampler"]["deterministic"] == (not stochastic)
+    # S >= 2 stochastic samples: the samples' own lists and their agreement are outputs too.
+    assert (manifest.aggregate is not None) == (stochastic and opts.get("samples", 1) >= 2)
     # Parity recorded and passing; top-K sorted.
     assert all(c["passed"] and c["topk_equal_up_to_ties"] for c in m["parity"]["fp32"]["cases"].values())
     sess = _session(bundle / "model.onnx")
     for batch in (1, 33):  # dynamic batch, neither equal to the traced batch (2)
-        items, scores = sess.run(None, _feeds(manifest, batch))
+        items, scores = sess.run(["top_items", "top_scores"], _feeds(manifest, batch))
         assert items.shape == (batch, 15) and scores.shape == (batch, 15)
         assert np.all(np.diff(scores, axis=1) <= 0), "top-K must be sorted best first"
 
@@ -109,7 +111,7 @@ def test_onnx_matches_torch_for_real_noise(checkpoints, bundles, case):
     manifest = read_manifest(bundle)
     ck = load_checkpoint(checkpoints[kind])
     feeds = _feeds(manifest, 5, seed=3)
-    items, scores = _session(bundle / "model.onnx").run(None, feeds)
+    items, scores = _session(bundle / "model.onnx").run(["top_items", "top_scores"], feeds)
     with torch.no_grad():
         full = ck.model.scores(torch.from_numpy(feeds[INPUT_SEQ]), ExportOptions(**opts).sampling(kind),
                                torch.from_numpy(feeds[INPUT_NOISE]))
@@ -118,7 +120,7 @@ def test_onnx_matches_torch_for_real_noise(checkpoints, bundles, case):
     np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-4, rtol=1e-4)
     # Different noise changes the answer (the noise input is really used).
     feeds2 = dict(feeds, **{INPUT_NOISE: feeds[INPUT_NOISE] + 1.0})
-    _, scores2 = _session(bundle / "model.onnx").run(None, feeds2)
+    _, scores2 = _session(bundle / "model.onnx").run(["top_items", "top_scores"], feeds2)
     assert not np.allclose(scores, scores2)
 
 

@@ -166,3 +166,25 @@ def test_no_sample_outputs_flag_exports_the_plain_graph(bundle_root, tmp_path):
                       ExportOptions(k=K, vae_mode="sample", samples=S, verify_users=0, sample_outputs=False))
     assert m["format_version"] == 2 and "aggregate" not in m["sampler"]
     assert [o["name"] for o in m["graph"]["outputs"]] == ["top_items", "top_scores"]
+
+
+def test_triton_engine_takes_the_aggregate_parameter_and_answers_confidence(srec, bundle_root):
+    """In process (the server's own test needs tritonserver): the Python-backend model's request
+    logic and the model config it declares."""
+    from genattn_runtime.triton_engine import OUT_CONFIDENCE, EngineConfig, RequestHandler, model_config
+
+    hists = [list(srec.items.item_ids[:4]), []]
+    arr = np.zeros((2, 4), dtype=np.int64)
+    arr[0] = hists[0]
+    req = (arr, None, np.array([[4], [0]], dtype=np.int32), json.dumps({"k": 3, "seed": 5, "aggregate": "vote"}))
+    out = RequestHandler(srec, EngineConfig(bundle="unused")).handle([req])[0]
+    want = srec.recommend_batch(hists, k=3, seed=5, aggregate="vote")
+    assert out["items"][0].tolist() == want[0].items
+    assert out[OUT_CONFIDENCE][0, 0] == pytest.approx(want[0].confidence) and np.isnan(out[OUT_CONFIDENCE][1, 0])
+    bad = RequestHandler(srec, EngineConfig(bundle="unused")).handle([req[:3] + ('{"aggregate": "x"}',)])[0]
+    assert isinstance(bad, InputError)
+    declared = [o.name for o in model_config(EngineConfig(bundle="b"), string_ids=False, confidence=True).output]
+    assert OUT_CONFIDENCE in declared
+    plain = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
+    assert OUT_CONFIDENCE not in RequestHandler(plain, EngineConfig(bundle="unused")).handle(
+        [(arr[:1], None, np.array([[4]], dtype=np.int32), "{}")])[0]

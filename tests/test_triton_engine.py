@@ -390,7 +390,7 @@ class _Poisoned:
 
     def __init__(self, rec, poison_index):
         self.rec, self.poison, self.calls = rec, poison_index, []
-        self.items, self.prepare = rec.items, rec.prepare
+        self.items, self.prepare, self.manifest = rec.items, rec.prepare, rec.manifest
 
     def run_prepared(self, preps):
         self.calls.append(len(preps))
