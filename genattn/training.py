@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoint, load_train_state, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
 from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, training_windows
 from .distributed import World
@@ -99,25 +99,102 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
 
 def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: bool, progress: bool,
            dataset: SequenceDataset | None) -> TrainResult:
+    # Keep the stages in this order: it is the order the random streams are consumed in (seeds,
+    # data, model initialisation, training steps), so another order trains other weights.
     torch.manual_seed(tc.seed + world.rank)  # dropout differs per rank, like different batches
     np.random.seed(tc.seed)
     torch.set_num_threads(tc.threads or max(1, (os.cpu_count() or 1) // world.size))
     device = world.device(pick_device(tc.device))
+    data = _prepare_data(run, tc, device, dataset)
+    # The catalog size comes from the data: a copy of the config carries it (the caller's stays as given).
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, n_items=data.ds.n_items))
+    t = _set_up(run, out, world, device, data)
+    state, best_weights = _start(t, resume)
+    best_weights = _epoch_loop(t, state, best_weights, progress)
+    final = _final_evaluation(t, state, best_weights)
+    return TrainResult(checkpoint=load_checkpoint(out, device=device), metrics=final)
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The prepared data; later stages read it, never change it."""
+    ds: SequenceDataset
+    popularity: np.ndarray     # users who had each item in training
+    sets: dict                 # evaluation users per split (eval_sets)
+    x: torch.Tensor            # training windows, int32 (on the device when small next to the card)
+    y: torch.Tensor
+    n_targets: torch.Tensor    # predicted positions per window
+    seconds: float             # time to load and prepare it
+
+
+def _prepare_data(run: RunConfig, tc: TrainConfig, device: torch.device, dataset: SequenceDataset | None) -> _Data:
+    """Load the interactions, split them leave-one-out, and build the training windows and the
+    evaluation users."""
     t_data = time.perf_counter()
     ds = dataset if dataset is not None else load_source(run.data)
     split: Split = leave_one_out(ds)
-    # The catalog size comes from the data: a copy of the config carries it (the caller's stays as given).
-    run = dataclasses.replace(run, model=dataclasses.replace(run.model, n_items=ds.n_items))
     # Users who had each item in training (distinct, so novelty's p(i) <= 1); also the cold-start ranking.
     pop = item_popularity([np.unique(s) for s in split.train], ds.n_items)
     sets = eval_sets(split, tc.eval_users, seed=tc.seed)
-    eval_kw = dict(popularity=pop, n_users=ds.n_users, genres=ds.item_genres, device=device, world=world)
-    x_all_np, y_all_np = training_windows(split.train, run.model.max_len)
-    data_seconds = time.perf_counter() - t_data
+    x_np, y_np = training_windows(split.train, run.model.max_len)
+    seconds = time.perf_counter() - t_data
     log.info("data: %d users, %d items, %d training windows in %.1f s (peak RSS %.0f MB)",
-             ds.n_users, ds.n_items, len(x_all_np), data_seconds, peak_rss_mb())
+             ds.n_users, ds.n_items, len(x_np), seconds, peak_rss_mb())
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    n_targets = (y != 0).sum(1)
+    if device.type == "cuda" and 2 * x.nbytes < 0.1 * torch.cuda.get_device_properties(device).total_memory:
+        x, y = x.to(device), y.to(device)  # small next to the card: no copies per step
+    return _Data(ds=ds, popularity=pop, sets=sets, x=x, y=y, n_targets=n_targets, seconds=seconds)
 
-    check_full_ce_fits(tc, ds.n_items, run.model.max_len, device, world.size)
+
+@dataclass
+class _Trainer:
+    """What the epoch loop and the final evaluation share: the run (with the data's catalog
+    size), the model and its wrappers, the optimizer, the loss and the random streams."""
+    run: RunConfig
+    out: Path
+    world: World
+    device: torch.device
+    data: _Data
+    model: SASRec
+    net: torch.nn.Module       # the model, under DDP and / or torch.compile when asked
+    opt: torch.optim.Optimizer
+    autocast: object           # () -> context manager
+    loss_fn: object            # None = full CE, else the sampled loss (make_loss)
+    rng: torch.Generator       # the model's sampling stream, per rank
+    shuffle: torch.Generator   # the batch order, the same on every rank
+    sampling: object           # the model's default sampling at evaluation
+    eval_kw: dict
+
+    def evaluate(self, users) -> dict:
+        return evaluate(self.model, users, sampling=self.sampling, **self.eval_kw)
+
+    def publish(self, state: dict, best_weights: dict | None, final_metrics: dict | None = None,
+                last_state: dict | None = None) -> None:
+        """Write the checkpoint (rank 0) with the progress so far; every rank must call it."""
+        world, ds = self.world, self.data.ds
+        rng_states = world.gather({"torch": torch.get_rng_state(), "rng": self.rng.get_state(),
+                                   "loss": self.loss_fn.generator.get_state() if self.loss_fn else None,
+                                   "shuffle": self.shuffle.get_state()})  # a collective: every rank
+        if world.main:
+            metrics = {"best_epoch": state["best_epoch"], "best_valid_ndcg@10": state["best"],
+                       "epochs_run": state["epoch"], "stopped_by": state.get("stopped_by"),
+                       "history": state["history"], "train_seconds": state["seconds"],
+                       "data_seconds": self.data.seconds, "peak_rss_mb": peak_rss_mb(), "world_size": world.size,
+                       "events_per_s": state.get("events_per_s", []),
+                       "n_users": ds.n_users, "n_items": ds.n_items, "data": ds.source}
+            if final_metrics:
+                metrics.update(final_metrics)
+            save_checkpoint(self.out, self.model, self.run, item_ids=ds.item_ids, popularity=self.data.popularity,
+                            n_users=ds.n_users, metrics=metrics, best_state=best_weights, optimizer=self.opt,
+                            progress=state, last_state=last_state, rng_states=_flat_rng(rng_states))
+        world.barrier()
+
+
+def _set_up(run: RunConfig, out: Path, world: World, device: torch.device, data: _Data) -> _Trainer:
+    """The model (under DDP / torch.compile when asked), AdamW, the loss and the random streams."""
+    tc = run.train
+    check_full_ce_fits(tc, data.ds.n_items, run.model.max_len, device, world.size)
     model = SASRec(run.model).to(device)
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
@@ -131,102 +208,54 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
         net = torch.compile(net)
     amp = autocast_dtype(tc, device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
-    x_all, y_all = torch.from_numpy(x_all_np), torch.from_numpy(y_all_np)
-    n_targets_all = (y_all != 0).sum(1)
-    if cuda and 2 * x_all.nbytes < 0.1 * torch.cuda.get_device_properties(device).total_memory:
-        x_all, y_all = x_all.to(device), y_all.to(device)  # small next to the card: no copies per step
-    sampling = default_sampling(run.model)
     rank_seed = tc.seed + 7919 * world.rank
     rng = torch.Generator(device=device).manual_seed(rank_seed)
     shuffle = torch.Generator().manual_seed(tc.seed + 1)  # the same on every rank: one global order
-    loss_fn = make_loss(tc, ds.n_items, pop, device, rank_seed + 1)
+    loss_fn = make_loss(tc, data.ds.n_items, data.popularity, device, rank_seed + 1)
+    eval_kw = {"popularity": data.popularity, "n_users": data.ds.n_users, "genres": data.ds.item_genres,
+               "device": device, "world": world}
+    return _Trainer(run=run, out=out, world=world, device=device, data=data, model=model, net=net, opt=opt,
+                    autocast=autocast, loss_fn=loss_fn, rng=rng, shuffle=shuffle,
+                    sampling=default_sampling(run.model), eval_kw=eval_kw)
 
+
+def _start(t: _Trainer, resume: bool) -> tuple[dict, dict | None]:
+    """The progress (saved as is in state.json) and the best weights so far: fresh, or the
+    checkpoint's, with the model, the optimizer and the random streams where they stopped."""
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad": 0, "history": [], "seconds": 0.0}
     best_weights = None
     if resume:
-        state.update(load_train_state(out, model, opt))
+        state.update(load_train_state(t.out, t.model, t.opt))
         from safetensors.torch import load_file
-        best_weights = load_file(out / "model.safetensors", device=str(device))
-        _restore_rng(state.pop("rng_states", {}), world, rng, shuffle, loss_fn)
-        log.info("resumed from %s at epoch %d", out, state["epoch"])
+        best_weights = load_file(t.out / "model.safetensors", device=str(t.device))
+        _restore_rng(state.pop("rng_states", {}), t.world, t.rng, t.shuffle, t.loss_fn)
+        log.info("resumed from %s at epoch %d", t.out, state["epoch"])
+    return state, best_weights
 
+
+def _epoch_loop(t: _Trainer, state: dict, best_weights: dict | None, progress: bool) -> dict | None:
+    """Train, validate and publish a checkpoint every epoch until the epochs, the patience or
+    the wall-time budget run out; returns the best weights."""
+    tc, world = t.run.train, t.world
     t0 = time.perf_counter() - state["seconds"]
-    B = tc.batch_size  # global: each rank takes every size-th row of each batch
-    steps_per_epoch = (len(x_all) + B - 1) // B
-    bar = tqdm(total=tc.epochs, initial=state["epoch"], desc=f"train {run.model.attention}",
+    bar = tqdm(total=tc.epochs, initial=state["epoch"], desc=f"train {t.run.model.attention}",
                disable=not progress or not world.main, unit="ep")
-
-    def publish(final_metrics: dict | None = None, last_state: dict | None = None) -> None:
-        rng_states = world.gather({"torch": torch.get_rng_state(), "rng": rng.get_state(),
-                                   "loss": loss_fn.generator.get_state() if loss_fn else None,
-                                   "shuffle": shuffle.get_state()})  # a collective: every rank
-        if world.main:
-            metrics = {"best_epoch": state["best_epoch"], "best_valid_ndcg@10": state["best"],
-                       "epochs_run": state["epoch"], "stopped_by": state.get("stopped_by"),
-                       "history": state["history"], "train_seconds": state["seconds"],
-                       "data_seconds": data_seconds, "peak_rss_mb": peak_rss_mb(), "world_size": world.size,
-                       "events_per_s": state.get("events_per_s", []),
-                       "n_users": ds.n_users, "n_items": ds.n_items, "data": ds.source}
-            if final_metrics:
-                metrics.update(final_metrics)
-            save_checkpoint(out, model, run, item_ids=ds.item_ids, popularity=pop, n_users=ds.n_users,
-                            metrics=metrics, best_state=best_weights, optimizer=opt, progress=state,
-                            last_state=last_state,
-                            rng_states=_flat_rng(rng_states))
-        world.barrier()
-
     state.pop("stopped_by", None)  # a resumed run decides again, under this run's budget
     while state["epoch"] < tc.epochs and state["bad"] < tc.patience and "stopped_by" not in state:
-        net.train()
-        order = torch.randperm(len(x_all), generator=shuffle)
-        sums, n_steps, n_events, t_epoch = {}, 0, 0, time.perf_counter()
-        for b in range(steps_per_epoch):
-            batch = order[b * B:(b + 1) * B]
-            if len(batch) < world.size:
-                continue  # too few rows for every rank (all ranks skip alike)
-            idx = batch[world.rank::world.size]
-            batch_targets = int(n_targets_all[batch].sum())  # predicted positions, all ranks
-            xb, yb = (_rows(t, idx, device) for t in (x_all, y_all))
-            beta = run.model.beta * min(1.0, (state["step"] + 1) / max(run.model.beta_warmup_steps, 1))
-            with autocast():
-                out_d = net(xb, yb, rng=rng, beta=beta, loss=loss_fn,
-                            n_targets=batch_targets / world.size)
-            opt.zero_grad(set_to_none=True)
-            out_d["loss"].backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            if state["step"] == 0:
-                state["first_step_ce"] = world.mean([float(out_d["ce"])])[0]
-            state["step"] += 1
-            n_steps += 1
-            n_events += batch_targets
-            for key in ("ce", "ce_posterior", "bound"):
-                if key in out_d:
-                    sums[key] = sums.get(key, 0.0) + out_d[key].detach().float()  # no sync per step
-        state["epoch"] += 1
-        state["seconds"] = time.perf_counter() - t0
-        keys = sorted(sums)
-        # A rank's CE is its sum over the global count / world size: the ranks' mean is the
-        # single-process value (the aux terms are per-rank means, averaged alike).
-        means = world.mean([float(sums[k]) / max(n_steps, 1) for k in keys])
-        entry = {"epoch": state["epoch"], **dict(zip(keys, means))}
-        # Throughput of the training steps alone (no evaluation), kept beside the history
-        # so that histories stay comparable between runs.
-        state.setdefault("events_per_s", []).append(n_events / max(time.perf_counter() - t_epoch, 1e-9))
+        entry = _train_epoch(t, state, t0)
         if state["epoch"] % tc.eval_every == 0 or state["epoch"] == tc.epochs:
-            v = evaluate(model, sets["valid"], sampling=sampling, **eval_kw)
+            v = t.evaluate(t.data.sets["valid"])
             entry["valid_ndcg@10"] = v["ndcg@10"]
             entry["valid_coverage@10"] = v["coverage@10"]
             if v["ndcg@10"] > state["best"]:
                 state.update(best=v["ndcg@10"], best_epoch=state["epoch"], bad=0)
-                best_weights = copy.deepcopy({k: t.detach() for k, t in model.state_dict().items()})
+                best_weights = _weights(t.model)
             else:
                 state["bad"] += 1
         state["history"].append(entry)
         bar.update(1)
         bar.set_postfix(ce=f"{entry['ce']:.3f}", val=f"{state['best']:.4f}")
-        publish()
+        t.publish(state, best_weights)
         # Every rank holds the same metrics; the wall-time budget is rank 0's clock.
         if state["bad"] >= tc.patience:
             log.info("early stop at epoch %d (best %d)", state["epoch"], state["best_epoch"])
@@ -237,16 +266,68 @@ def _train(run: RunConfig, tc: TrainConfig, out: Path, world: World, *, resume: 
             state["stopped_by"] = "wall_time"
     state.setdefault("stopped_by", "patience" if state["bad"] >= tc.patience else "epochs")
     bar.close()
+    return best_weights
 
-    last_weights = copy.deepcopy({k: t.detach() for k, t in model.state_dict().items()})
+
+def _train_epoch(t: _Trainer, state: dict, t0: float) -> dict:
+    """One pass over the training windows; returns the epoch's history entry (mean losses)."""
+    run, world, device, data = t.run, t.world, t.device, t.data
+    B = run.train.batch_size  # global: each rank takes every size-th row of each batch
+    t.net.train()
+    order = torch.randperm(len(data.x), generator=t.shuffle)
+    sums, n_steps, n_events, t_epoch = {}, 0, 0, time.perf_counter()
+    for b in range((len(data.x) + B - 1) // B):
+        batch = order[b * B:(b + 1) * B]
+        if len(batch) < world.size:
+            continue  # too few rows for every rank (all ranks skip alike)
+        idx = batch[world.rank::world.size]
+        batch_targets = int(data.n_targets[batch].sum())  # predicted positions, all ranks
+        xb, yb = (_rows(table, idx, device) for table in (data.x, data.y))
+        beta = run.model.beta * min(1.0, (state["step"] + 1) / max(run.model.beta_warmup_steps, 1))
+        with t.autocast():
+            out_d = t.net(xb, yb, rng=t.rng, beta=beta, loss=t.loss_fn, n_targets=batch_targets / world.size)
+        t.opt.zero_grad(set_to_none=True)
+        out_d["loss"].backward()
+        if run.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(t.model.parameters(), run.train.grad_clip)
+        t.opt.step()
+        if state["step"] == 0:
+            state["first_step_ce"] = world.mean([float(out_d["ce"])])[0]
+        state["step"] += 1
+        n_steps += 1
+        n_events += batch_targets
+        for key in ("ce", "ce_posterior", "bound"):
+            if key in out_d:
+                sums[key] = sums.get(key, 0.0) + out_d[key].detach().float()  # no sync per step
+    state["epoch"] += 1
+    state["seconds"] = time.perf_counter() - t0
+    keys = sorted(sums)
+    # A rank's CE is its sum over the global count / world size: the ranks' mean is the
+    # single-process value (the aux terms are per-rank means, averaged alike).
+    means = world.mean([float(sums[k]) / max(n_steps, 1) for k in keys])
+    # Throughput of the training steps alone (no evaluation), kept beside the history
+    # so that histories stay comparable between runs.
+    state.setdefault("events_per_s", []).append(n_events / max(time.perf_counter() - t_epoch, 1e-9))
+    return {"epoch": state["epoch"], **dict(zip(keys, means))}
+
+
+def _final_evaluation(t: _Trainer, state: dict, best_weights: dict | None) -> dict:
+    """Validation and test metrics of the best weights; the final checkpoint keeps the last
+    weights beside them for a resume."""
+    last_weights = _weights(t.model)
     if best_weights is not None:
-        model.load_state_dict(best_weights)
-    final = {split_name: evaluate(model, es, sampling=sampling, **eval_kw) for split_name, es in sets.items()}
-    publish({"valid": final["valid"], "test": final["test"], "sampling": None if sampling is None else sampling.__dict__},
-            last_state=last_weights)
-    from .checkpoint import load_checkpoint
-    ck = load_checkpoint(out, device=device)
-    return TrainResult(checkpoint=ck, metrics=final)
+        t.model.load_state_dict(best_weights)
+    final = {split_name: t.evaluate(users) for split_name, users in t.data.sets.items()}
+    sampling = t.sampling
+    t.publish(state, best_weights,
+              {"valid": final["valid"], "test": final["test"],
+               "sampling": None if sampling is None else sampling.__dict__},
+              last_state=last_weights)
+    return final
+
+
+def _weights(model: torch.nn.Module) -> dict:
+    return copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
 
 
 def _rows(table: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Click commands of the runtime; genattn/cli.py registers them as `genattn recommend`,
-`genattn serve` (and `genattn runtime-timings`). `python -m genattn_runtime.cli` runs
-them without the training stack installed.
+`genattn serve` (and `genattn runtime-timings`). `python -m genattn_runtime` (or
+`python -m genattn_runtime.cli`) runs them without the training stack installed. This module
+imports the engines (service, triton_engine), never the reverse.
 
     genattn recommend BUNDLE --history 12,7,33 -k 10
     genattn recommend BUNDLE --input users.jsonl --output recs.jsonl
@@ -463,13 +464,13 @@ def timings_cmd(bundle, backend, threads, repeats, k):
 
 
 @click.group()
-def _main():
+def main():
     """genattn runtime commands (no training stack needed)."""
 
 
-_main.add_command(recommend_cmd)
-_main.add_command(serve_cmd)
-_main.add_command(timings_cmd)
+main.add_command(recommend_cmd)
+main.add_command(serve_cmd)
+main.add_command(timings_cmd)
 
 if __name__ == "__main__":
-    _main(prog_name="python -m genattn_runtime.cli")
+    main(prog_name="python -m genattn_runtime.cli")

@@ -491,6 +491,10 @@ def serve(recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, m
 
 
 if __name__ == "__main__":  # python -m genattn_runtime.service BUNDLE --port 8000
-    from genattn_runtime.cli import serve_cmd
+    # The same as `python -m genattn_runtime serve BUNDLE ...`: the package's entry point holds the
+    # command line, so this module never imports the CLI (which imports it).
+    import runpy
+    import sys
 
-    serve_cmd(prog_name="python -m genattn_runtime.service")
+    sys.argv[1:1] = ["serve"]
+    runpy.run_module("genattn_runtime", run_name="__main__")

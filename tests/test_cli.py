@@ -129,6 +129,40 @@ def test_serve_port_in_use(b):
         assert_one_error_line(run("serve", b, "--port", port), f"cannot listen on 127.0.0.1:{port}")
 
 
+def test_engines_never_import_the_cli():
+    """One way: the runtime's CLI imports the engines; an engine's `python -m` entry reaches the
+    CLI through the package's entry point (genattn_runtime/__main__.py), never by an import."""
+    import ast
+
+    import genattn_runtime
+
+    root = Path(genattn_runtime.__file__).parent
+    for f in sorted(root.rglob("*.py")):
+        if f.relative_to(root).as_posix() in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            else:
+                continue
+            assert not any(m.split(".")[-1] == "cli" for m in mods), f"{f.name}:{node.lineno} imports the CLI"
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("genattn_runtime.service", ["{tmp}/missing", "--port", "0"], "Invalid value for 'BUNDLE'"),
+    ("genattn_runtime.triton_engine", ["{tmp}", "--http-port", "8000", "--grpc-port", "8000"],
+     "the Triton engine needs three different ports"),  # so --engine triton was applied
+])
+def test_engine_entry_points_are_serve(tmp_path, module, args, needle):
+    r = subprocess.run([sys.executable, "-m", module, *(a.format(tmp=tmp_path) for a in args)],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], r.stderr
+
+
 # ---------------------------------------------------------------- output: checked first, written atomically
 
 @pytest.mark.parametrize("where", ["missing-folder", "file-as-folder", "directory"])
