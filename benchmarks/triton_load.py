@@ -151,10 +151,20 @@ def client_main(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- servers and the run
 
+_OPEN_STATS_LAUNCH = """import json, sys
+from genattn_runtime.triton_engine import EngineConfig, TritonEngine
+a = json.loads(sys.argv[1])
+cfg = EngineConfig(bundle=a["bundle"], backend="cpu", threads=a["threads"], max_wait_ms=a["max_wait_ms"])
+h, g, m = a["ports"]
+TritonEngine(cfg, http_port=h, grpc_port=g, metrics_port=m, open_statistics=True).start().wait()
+"""
+
+
 class Server:
     """`python -m genattn_runtime.cli serve BUNDLE --engine E` on free loopback ports."""
 
-    def __init__(self, engine: str, bundle: Path, threads: int, max_wait_ms: float):
+    def __init__(self, engine: str, bundle: Path, threads: int, max_wait_ms: float, open_statistics: bool = False):
+        """open_statistics (triton): the engine's API with its statistics endpoint open (perf_analyzer reads it)."""
         self.engine = engine
         self.http_port, self.grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
         python = TRITON_PYTHON if engine == "triton" and Path(TRITON_PYTHON).is_file() else sys.executable
@@ -163,6 +173,10 @@ class Server:
                "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"]
         if engine == "triton":
             cmd += ["--grpc-port", str(self.grpc_port), "--metrics-port", str(metrics_port)]
+        if engine == "triton" and open_statistics:
+            args = {"bundle": str(bundle), "threads": threads, "max_wait_ms": max_wait_ms,
+                    "ports": [self.http_port, self.grpc_port, metrics_port]}
+            cmd = [python, "-c", _OPEN_STATS_LAUNCH, json.dumps(args)]
         self.log = open(f"/tmp/genattn-triton-load-{engine}-{os.getpid()}.log", "w")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,

@@ -33,9 +33,9 @@ names what was wrong: a missing or doubled history input, a shape or length out 
 a request over `max_body_bytes` of history, unknown parameters, k / seed / diversity out
 of range, ids that are not UTF-8, unknown ids under `--unknown error`. Triton itself refuses
 more than `max_users` users, wrong dtypes and undeclared inputs, per request, before
-batching; its queue refuses requests past `max_queue` waiting and drops those not started
-within `request_timeout_s`. A backend failure fails only the requests it concerns: a failed
-batch is retried request by request (as the FastAPI engine does).
+batching. `max_queue` and `request_timeout_s` become Triton's queue policy only with
+`queue_policy=True` (off by default: see `model_config`). A backend failure fails only the
+requests it concerns: a failed batch is retried request by request (as the FastAPI engine does).
 """
 from __future__ import annotations
 
@@ -102,8 +102,9 @@ class EngineConfig:
     trt_cache_dir: str | None = None
     max_users: int = 256          # Triton max_batch_size: users per request and per batch
     max_wait_ms: float = 2.0      # dynamic batcher: max_queue_delay
-    max_queue: int = 256          # requests waiting; more are refused
-    request_timeout_s: float = 10.0  # queued longer than this: dropped with an error
+    max_queue: int = 256          # requests waiting; more are refused   } only with
+    request_timeout_s: float = 10.0  # queued longer: dropped with an error } queue_policy
+    queue_policy: bool = False    # Triton enforces the two above (costs ~0.5 s stalls: model_config)
     max_body_bytes: int = 1 << 20    # history tensor bytes per request
     instances: int = 1            # model instances (processes, each with its own Recommender)
     nprobe: int | None = None     # ANN bundles: search breadth instead of the export's
@@ -128,6 +129,19 @@ def model_config(cfg: EngineConfig, string_ids: bool, confidence: bool = False):
         return {"name": name, "data_type": dtype, "dims": dims, **flags}
 
     ragged = {"optional": True, "allow_ragged_batch": True}  # requests of any history width share a batch
+    batching = {"max_queue_delay_microseconds": int(round(cfg.max_wait_ms * 1000))}
+    if cfg.queue_policy:
+        # Any queue policy (a max_queue_size or a default timeout) turns off the dynamic batcher's
+        # prefetching (core PriorityQueue: support_prefetching_). Without it the batcher only forms
+        # a batch while the model instance waits for one, and nothing wakes it when the instance
+        # comes back: a request that arrives while the instance is finishing is not signalled
+        # (Enqueue wakes the batcher only if a consumer waits) and sits until the batcher's fixed
+        # 500 ms timed wait (dynamic_batch_scheduler.cc, default_wait_microseconds) ends. On
+        # contended cores every closed-loop client then stalls ~505 ms at the same instants
+        # (Triton 2.51; unchanged in core's main). With prefetching the enqueue always wakes it.
+        batching["default_queue_policy"] = {
+            "timeout_action": "REJECT", "default_timeout_microseconds": int(round(cfg.request_timeout_s * 1e6)),
+            "max_queue_size": cfg.max_queue}
     return pbtxt.config_message({
         "name": MODEL_NAME,
         "backend": "python",
@@ -138,12 +152,7 @@ def model_config(cfg: EngineConfig, string_ids: bool, confidence: bool = False):
                    tensor(OUT_SCORES, "TYPE_FP32", [-1]), tensor(OUT_COUNT, "TYPE_INT32", [1]),
                    tensor(OUT_INFO, "TYPE_STRING", [1])]
                   + ([tensor(OUT_CONFIDENCE, "TYPE_FP32", [1])] if confidence else []),
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": int(round(cfg.max_wait_ms * 1000)),
-            "default_queue_policy": {"timeout_action": "REJECT",
-                                     "default_timeout_microseconds": int(round(cfg.request_timeout_s * 1e6)),
-                                     "max_queue_size": cfg.max_queue},
-        },
+        "dynamic_batching": batching,
         "instance_group": [{"kind": "KIND_CPU", "count": cfg.instances}],
         # the model reads its EngineConfig back from here (TritonPythonModel.initialize)
         "parameters": {"genattn": {"string_value": json.dumps(asdict(cfg))}},
@@ -355,9 +364,13 @@ class TritonEngine:
     """
 
     def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1", http_port: int = HTTP_PORT,
-                 grpc_port: int = GRPC_PORT, metrics_port: int = METRICS_PORT, log_verbose: int = 0):
+                 grpc_port: int = GRPC_PORT, metrics_port: int = METRICS_PORT, log_verbose: int = 0,
+                 open_statistics: bool = False):
+        """open_statistics: clients may read the statistics endpoint (read-only; perf_analyzer needs it),
+        which is closed with the other admin endpoints by default."""
         check_available()
         self.cfg = cfg
+        self.open_statistics = open_statistics
         self.host, self.http_port, self.grpc_port, self.metrics_port = host, http_port, grpc_port, metrics_port
         self.log_verbose = log_verbose
         self._triton = None
@@ -373,13 +386,17 @@ class TritonEngine:
         return f"{self.host}:{self.grpc_port}"
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> "TritonEngine":
-        from pytriton.triton import Triton, TritonConfig
+        from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
         # Load once here: a bad bundle, key or backend fails now in one line, not inside the server.
         rec = self.cfg.load()
         try:
             string_ids, confidence = model_shape(rec)
             log.info("genattn serve --engine triton: %s bundle, backend %s", rec.manifest.attention, rec.backend)
+            if not self.cfg.queue_policy:
+                log.info("genattn serve --engine triton: Triton's queue is unbounded and has no timeout "
+                         "(max_queue / request_timeout_s apply with queue_policy=True, which costs ~0.5 s "
+                         "stalls under load: docs/runtime.md, Triton engine)")
         finally:
             rec.close()
         self._dir = tempfile.mkdtemp(prefix="genattn-triton-")
@@ -388,7 +405,10 @@ class TritonEngine:
                               grpc_address=self.host, grpc_port=self.grpc_port, metrics_address=self.host,
                               metrics_port=self.metrics_port, allow_gpu_metrics=False,
                               log_verbose=self.log_verbose, exit_timeout_secs=EXIT_TIMEOUT_S)
-        self._triton = Triton(config=config, workspace=Path(self._dir) / "workspace")
+        security = (TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS
+                                                               if e != "statistics"])
+                    if self.open_statistics else None)  # None: pytriton's defaults, all admin endpoints closed
+        self._triton = Triton(config=config, workspace=Path(self._dir) / "workspace", security_config=security)
         # Triton.run() waits for readiness without noticing a server that exited: run it aside and watch.
         # That thread lives until stop(): pytriton starts tritonserver with PR_SET_PDEATHSIG, which
         # sends SIGTERM to the server when the *thread* that started it ends.

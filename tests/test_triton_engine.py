@@ -8,6 +8,7 @@ clients and the in-process tests stay in this environment. Without a usable engi
 tests skip, saying why."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -202,6 +203,7 @@ def test_model_config_served(http):
     assert cfg["max_batch_size"] == MAX_USERS
     assert cfg["backend"] == "python"
     assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == MAX_WAIT_MS * 1000
+    assert not cfg["dynamic_batching"].get("default_queue_policy")  # keeps the batcher's prefetching
     assert {i["name"] for i in cfg["input"]} == {IN_IDS, IN_KEYS, IN_LEN}
     assert {o["name"] for o in cfg["output"]} == {"items", "scores", "count", "info"}
 
@@ -314,6 +316,44 @@ def test_bad_request_does_not_fail_its_batch(server, rec, ids):
     assert execs < n  # requests were grouped: fewer model executions than requests
 
 
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_no_half_second_stalls_on_busy_cores(server, ids):
+    """4 closed-loop clients while 2 processes spin on the cores: with a queue policy Triton's batcher
+    missed wake-ups and every client stalled ~505 ms, dozens of times in a few seconds."""
+    import http.client
+    from concurrent.futures import ProcessPoolExecutor
+
+    host, port = server["http"].split(":")
+    body = json.dumps({"inputs": [{"name": IN_IDS, "shape": [1, 6], "datatype": "INT64",
+                                   "data": [int(x) for x in ids[:6]]}], "parameters": {"k": 10}})
+    seconds = 4.0
+
+    def client() -> list[float]:
+        c, lat = http.client.HTTPConnection(host, int(port), timeout=30), []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            a = time.monotonic()
+            c.request("POST", f"/v2/models/{MODEL_NAME}/infer", body, {"Content-Type": "application/json"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200
+            lat.append(time.monotonic() - a)
+        c.close()
+        return lat
+
+    with ProcessPoolExecutor(2) as hogs, ThreadPoolExecutor(4) as pool:
+        spinning = [hogs.submit(_spin, seconds + 1) for _ in range(2)]
+        lat = [x for f in [pool.submit(client) for _ in range(4)] for x in f.result()]
+        [f.result() for f in spinning]
+    slow = sorted(x for x in lat if x > 0.45)
+    assert len(lat) > 40 and not slow, f"{len(slow)} of {len(lat)} requests took {slow[:5]} s"
+
+
 def test_clean_shutdown(server):
     """SIGTERM: the server stops, exits 0, frees its ports and removes its model repository."""
     proc = server["proc"]
@@ -342,8 +382,12 @@ def test_model_config_text_parses():
     msg = text_format.Parse(render_config(model_config(cfg, string_ids=True)), model_config_pb2.ModelConfig())
     assert msg.max_batch_size == 32 and msg.backend == "python"
     assert msg.dynamic_batching.max_queue_delay_microseconds == 1500
-    assert msg.dynamic_batching.default_queue_policy.max_queue_size == 7
-    assert msg.dynamic_batching.default_queue_policy.default_timeout_microseconds == 2_000_000
+    # no queue policy by default: any policy turns off the batcher's prefetching (~0.5 s stalls)
+    assert not msg.dynamic_batching.HasField("default_queue_policy")
+    bounded = dataclasses.replace(cfg, queue_policy=True)
+    q = text_format.Parse(render_config(model_config(bounded, string_ids=True)), model_config_pb2.ModelConfig())
+    assert q.dynamic_batching.default_queue_policy.max_queue_size == 7
+    assert q.dynamic_batching.default_queue_policy.default_timeout_microseconds == 2_000_000
     assert msg.instance_group[0].count == 2
     assert {o.name: o.data_type for o in msg.output}["items"] == model_config_pb2.TYPE_STRING
     assert all(i.optional and i.allow_ragged_batch for i in msg.input)
