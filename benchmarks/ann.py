@@ -338,12 +338,114 @@ def _other_libraries(r: Runner, items: np.ndarray, args) -> None:
                   lambda q: u.search(q[0], K, threads=1).keys[None], build_s, truth=truth, dest=r.library_rows)
 
 
+E2E_NAME = "ann_end_to_end"
+# Runtime internals timed per request by wrapping them (the same wrappers in every runtime
+# compared): id encoding, the state graph, the index search with seen items removed.
+PARTS = ("encode", "state", "search")
+
+
+def _worker() -> int:
+    """One Recommender in its own process, driven by JSON lines on stdin (--worker). The runtime is
+    whichever `genattn_runtime` this interpreter imports: PYTHONPATH decides (--before)."""
+    import json
+
+    import genattn_runtime.backends.ann as ann_backend
+    from genattn_runtime import Recommender
+
+    clock = dict.fromkeys(PARTS, 0.0)
+
+    def timed(part, fn):
+        def call(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                clock[part] += time.perf_counter() - t
+        return call
+
+    ann_backend.top_k_excluding = timed("search", ann_backend.top_k_excluding)
+    rec = None
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "load":
+            if rec is not None:
+                rec.close()
+            rec = Recommender.load(cmd["bundle"], backend="cpu", threads=cmd["threads"], **cmd.get("load", {}))
+            if hasattr(rec._backend, "state"):
+                rec._backend.state.run = timed("state", rec._backend.state.run)
+            rec._encode = timed("encode", rec._encode)
+            out = {"ann": rec.metadata().get("ann")}
+        else:
+            hists = json.loads(Path(cmd["histories"]).read_text())
+            for h in hists[:cmd["warmup"]]:
+                rec.recommend(h, k=cmd["k"])
+            rows, items = [], []
+            for h in hists:
+                for part in PARTS:
+                    clock[part] = 0.0
+                t = time.perf_counter()
+                r = rec.recommend(h, k=cmd["k"])
+                rows.append([time.perf_counter() - t, *(clock[p] for p in PARTS)])
+                items.append(r.items)
+            out = {"rows": rows, "items": items}
+        print(json.dumps(out), flush=True)
+    return 0
+
+
+class _Worker:
+    def __init__(self, name: str, pythonpath: str | None, threads: int):
+        import subprocess
+
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.ann", "--worker"], cwd=REPO, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, **cmd) -> dict:
+        import json
+
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker {self.name!r} exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _runtime_at(rev: str, into: Path) -> str:
+    """A PYTHONPATH entry whose `genattn_runtime` is the repository's runtime/ at git revision `rev`."""
+    import subprocess
+    import tarfile
+
+    tar = into / "runtime.tar"
+    subprocess.run(["git", "archive", "-o", str(tar), rev, "runtime"], cwd=REPO, check=True)
+    with tarfile.open(tar) as t:
+        t.extractall(into / "tree", filter="data")
+    (into / "path").mkdir()
+    (into / "path" / "genattn_runtime").symlink_to(into / "tree" / "runtime")
+    return str(into / "path")
+
+
+def _stats(ms: np.ndarray) -> dict:
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p90_ms": round(float(np.percentile(ms, 90)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4)}
+
+
 def end_to_end(args) -> dict:
     """`Recommender.recommend` at batch 1 on real bundles over the expanded catalog: the checkpoint's
     model with its item table replaced by the --n-items expanded one, exported exact and with
-    `--ann ivfpq` (export defaults; the recall gate runs on synthetic users, since the checkpoint's
-    data no longer matches the catalog), timed on real users' raw-id histories. Merged into the
-    "ann" section as "end_to_end"."""
+    `--ann ivfpq` at the export defaults (the recall gate runs on synthetic users, since the
+    checkpoint's data no longer matches the catalog; export widens the search if they miss it),
+    timed on real users' raw-id histories. With --before REV the same ANN bundle is also served
+    by the runtime of git revision REV: the two run in separate processes, one round of every
+    history each, alternating (before, after, before, ...), so both see the same machine load.
+    Results: benchmarks/results/ann_end_to_end.{json,md}."""
     import dataclasses
     import json
 
@@ -354,79 +456,140 @@ def end_to_end(args) -> dict:
     from genattn.models import SASRec
     from genattn_export import ExportOptions, export_bundle
     from genattn_export.ann import AnnOptions, AnnRecallError
-    from genattn_runtime import Recommender
 
+    from .machine import git_commit
+    from .record import update_results
     from .serving_scale import RESULTS
 
     torch.set_num_threads(args.threads)
     src = Path(args.checkpoint) if args.checkpoint else (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists()
                                                         and not args.quick else _small_checkpoint())
     ck = load_checkpoint(src)
-    base = ck.model.item_emb.weight.detach()[1:].float().numpy()
-    items = expand_items(base, args.n_items)
-    cfg = dataclasses.replace(ck.run.model, n_items=args.n_items)
-    model = SASRec(cfg)
-    state = {k: v for k, v in ck.model.state_dict().items() if k != "item_emb.weight"}
-    model.load_state_dict(state, strict=False)
-    with torch.no_grad():
-        model.item_emb.weight.copy_(torch.from_numpy(np.concatenate([np.zeros((1, cfg.d_model), np.float32), items])))
-    ids = list(ck.item_ids) + [f"expanded-{i}" for i in range(args.n_items - len(ck.item_ids))]
-    pop = np.concatenate([ck.popularity, np.zeros(args.n_items - len(ck.item_ids), dtype=np.int64)])
+    trained = list(ck.item_ids)
     users = leave_one_out(checkpoint_data(ck)).test_inputs
-    hists = [[ck.item_ids[i - 1] for i in u] for u in users[:args.queries]]
-    rows = []
-    with tempfile.TemporaryDirectory(dir=CACHE.parent if CACHE.parent.exists() else None) as tmp:
-        tmp = Path(tmp)
-        save_checkpoint(tmp / "ck", model, dataclasses.replace(ck.run, model=cfg), item_ids=ids, popularity=pop,
+    hists = [[(str if args.string_ids else lambda x: x)(trained[i - 1]) for i in u] for u in users[:args.queries]]
+    cache = Path(args.cache_dir or CACHE) / f"e2e-{Path(src).name}-{args.n_items}"
+    bundles = {"exact": cache / "exact", "ivfpq": cache / "ivfpq"}
+    exports: dict = {}
+    if not (args.reuse_bundles and all((b / "manifest.json").exists() for b in bundles.values())):
+        base = ck.model.item_emb.weight.detach()[1:].float().numpy()
+        items = expand_items(base, args.n_items)
+        cfg = dataclasses.replace(ck.run.model, n_items=args.n_items)
+        model = SASRec(cfg)
+        model.load_state_dict({k: v for k, v in ck.model.state_dict().items() if k != "item_emb.weight"}, strict=False)
+        with torch.no_grad():
+            model.item_emb.weight.copy_(torch.from_numpy(np.concatenate([np.zeros((1, cfg.d_model), np.float32),
+                                                                         items])))
+        del items
+        ids = trained + [f"expanded-{i}" for i in range(args.n_items - len(trained))]
+        pop = np.concatenate([ck.popularity, np.zeros(args.n_items - len(trained), dtype=np.int64)])
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        save_checkpoint(cache / "ck", model, dataclasses.replace(ck.run, model=cfg), item_ids=ids, popularity=pop,
                         n_users=ck.n_users)
-        configs = [("exact fp32 (ONNX graph, K=100)", None),
-                   ("ivfpq (export defaults)", AnnOptions(kind="ivfpq", threads=args.threads))]
-        while configs:
-            name, ann = configs.pop(0)
-            out = tmp / ("ann" if ann else "exact")
+        del model
+        for name, ann in (("exact", None), ("ivfpq", AnnOptions(kind="ivfpq", threads=args.threads))):
             t = time.perf_counter()
             try:
-                m = export_bundle(tmp / "ck", out, ExportOptions(k=100, verify_users=0, ann=ann))
-            except AnnRecallError as e:  # the gate refused the index: recorded, then once with 4x nprobe
-                rows.append({"bundle": name, "refused": str(e)[:300]})
-                if ann.nprobe == AnnOptions.nprobe:
-                    configs.append((f"ivfpq (nprobe {4 * ann.nprobe})",
-                                    dataclasses.replace(ann, nprobe=4 * ann.nprobe)))
+                export_bundle(cache / "ck", bundles[name], ExportOptions(k=100, verify_users=0, ann=ann))
+            except AnnRecallError as e:
+                exports[name] = {"refused": str(e)[:400]}
                 continue
-            export_s = time.perf_counter() - t
-            # an ANN bundle also at the default nprobe set at load (real users' recall at it: the main rows)
-            loads = [({}, "")] + ([({"nprobe": AnnOptions.nprobe}, f", loaded with nprobe={AnnOptions.nprobe}")]
-                                  if ann and ann.nprobe != AnnOptions.nprobe else [])
-            for load_kw, suffix in loads:
-                rec = Recommender.load(out, backend="cpu", threads=args.threads, **load_kw)
-                for h in hists[:20]:
-                    rec.recommend(h, k=10)
-                ts = []
-                for h in hists:
-                    t = time.perf_counter()
-                    rec.recommend(h, k=10)
-                    ts.append(time.perf_counter() - t)
-                ms = np.asarray(ts) * 1e3
-                row = {"bundle": name + suffix, "p50_ms": float(np.percentile(ms, 50)),
-                       "p90_ms": float(np.percentile(ms, 90)), "export_s": round(export_s, 1)}
-                if ann:
-                    row["export_recall@10"] = m["ann"]["recall"]["recall_at_10"]
-                    row["recall_users"] = m["ann"]["recall"]["source"]
-                    row["params"] = json.dumps(m["ann"]["params"])
-                rows.append(row)
-                log.info("%s", row)
-                rec.close()
-    results = Path(args.results_dir) if args.results_dir else RESULTS
-    path = results / "serving_scale.json"
-    doc = json.loads(path.read_text()).get("ann", {}) if path.exists() else {}
-    doc["end_to_end"] = rows
-    doc["end_to_end_setup"] = (f"Recommender.recommend(history, k=10), batch 1, {len(hists)} real users' raw-id "
-                               f"histories of {repo_path(src)}'s data (newest max_len used, seen items excluded), "
-                               f"{args.threads} thread(s), catalog {args.n_items} items; command: python -m "
-                               f"benchmarks.ann {' '.join(sys.argv[1:])}; 1-minute load average "
-                               f"{os.getloadavg()[0]:.2f} at the end")
-    write_section("ann", doc, results_dir=args.results_dir)
+            exports[name] = {"export_s": round(time.perf_counter() - t, 1)}
+            log.info("exported %s in %.0f s", name, exports[name]["export_s"])
+    manifest = json.loads((bundles["ivfpq"] / "manifest.json").read_text())["ann"]
+
+    out_dir = Path(args.results_dir) if args.results_dir else RESULTS
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "hists.json").write_text(json.dumps(hists))
+        workers = [("after", None)]
+        if args.before:
+            (tmp / "before").mkdir()
+            workers.insert(0, (f"before ({args.before})", _runtime_at(args.before, tmp / "before")))
+        procs = [_Worker(name, path, args.threads) for name, path in workers]
+        try:
+            # the exact bundle once, in the current runtime (context, and the reference lists)
+            procs[-1].ask(cmd="load", bundle=str(bundles["exact"]), threads=args.threads)
+            exact = procs[-1].ask(cmd="time", histories=str(tmp / "hists.json"), k=K, warmup=20)
+            for w in procs:
+                w.ask(cmd="load", bundle=str(bundles["ivfpq"]), threads=args.threads)
+            runs = {w.name: [] for w in procs}
+            items = {}
+            for _ in range(args.rounds):  # alternating, so both see the same load
+                for w in procs:
+                    got = w.ask(cmd="time", histories=str(tmp / "hists.json"), k=K, warmup=20)
+                    runs[w.name] += got["rows"]
+                    items[w.name] = got["items"]
+        finally:
+            for w in procs:
+                w.close()
+
+    def overlap(lists) -> float:
+        return round(float(np.mean([len(set(a) & set(b)) / K for a, b in zip(lists, exact["items"])])), 4)
+
+    rows = [{"bundle": "exact fp32 (ONNX graph scores all items, K=100)", "runtime": "after", "requests": len(hists),
+             **_stats(np.asarray(exact["rows"])[:, 0] * 1e3),
+             "encode_p50_ms": round(float(np.median(np.asarray(exact["rows"])[:, 1])) * 1e3, 4)}]
+    for name, r in runs.items():
+        a = np.asarray(r) * 1e3
+        row = {"bundle": "ivfpq (export defaults)", "runtime": name, "requests": len(a), **_stats(a[:, 0])}
+        for j, part in enumerate(PARTS, 1):
+            row[f"{part}_p50_ms"] = round(float(np.median(a[:, j])), 4)
+        row["search_p99_ms"] = round(float(np.percentile(a[:, 3], 99)), 4)
+        row["rest_p50_ms"] = round(float(np.median(a[:, 0] - a[:, 1:].sum(1))), 4)
+        row["top10_overlap_with_exact"] = overlap(items[name])
+        rows.append(row)
+        log.info("%s", row)
+    seen = [len(set(h)) for h in hists]
+    doc = {"n_items": args.n_items, "k": K, "threads": args.threads, "rounds": args.rounds,
+           "histories": f"{len(hists)} real users' raw-id histories of {repo_path(src)}'s data "
+                        f"({'as strings' if args.string_ids else 'as the catalog has them'}; distinct items per "
+                        "history: median "
+                        f"{int(np.median(seen))}, mean {np.mean(seen):.0f}, max {max(seen)}), newest max_len "
+                        "used, seen items excluded",
+           "timed": "Recommender.recommend(history, k=10) at batch 1, wall clock per call; encode / state / "
+                    "search: the runtime's id encoding, state graph and index search (seen items removed) "
+                    "inside it; rest: validation, inputs, decoding",
+           "catalog": "the checkpoint's items followed by expanded ones (expand_items), ids 'expanded-<n>'",
+           "ann_params": manifest["params"], "export_recall": manifest["recall"],
+           "tuning": manifest.get("tuning"), "exports": exports or "reused from an earlier run (--reuse-bundles)",
+           "rows": rows, "command": "python -m benchmarks.ann " + " ".join(sys.argv[1:]),
+           "commit": git_commit(), "machine": machine_info(),
+           "faiss": __import__("faiss").__version__, "load_average_1m_end": round(os.getloadavg()[0], 2)}
+    key = f"n{args.n_items}" + ("-string-ids" if args.string_ids else "")
+    update_results(out_dir / f"{E2E_NAME}.json", lambda d: d.__setitem__(key, doc), _render_e2e)
     return {"rows": rows}
+
+
+def _render_e2e(doc: dict) -> str:
+    lines = ["# ANN bundles end to end", "",
+             "Written by `python -m benchmarks.ann --end-to-end` (benchmarks/ann.py, `end_to_end`).", ""]
+    for key, d in sorted(doc.items()):
+        lines += [f"## {d['n_items']:,} items{', string ids' if key.endswith('string-ids') else ''}", "",
+                  f"Command: `{d['command']}`  ", f"Commit: {d['commit']}  ",
+                  f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores; faiss {d['faiss']}, "
+                  f"onnxruntime {d['machine']['versions'].get('onnxruntime')}; {d['threads']} thread(s)  ",
+                  f"Timed: {d['timed']}  ", f"Histories: {d['histories']}  ", f"Catalog: {d['catalog']}  ",
+                  f"Index: {d['ann_params']}; export recall@10 {d['export_recall']['recall_at_10']:.4f} on "
+                  f"{d['export_recall']['queries']} {d['export_recall']['source']} users", ""]
+        if d.get("tuning"):
+            t = d["tuning"]
+            lines += [f"Export tuning: start {t['start']}, chosen {t['chosen']}, {len(t['trials'])} trial(s) in "
+                      f"{t['seconds']} s", ""]
+        if isinstance(d.get("exports"), dict):
+            lines += ["Exports: " + ", ".join(f"{k} {v}" for k, v in d["exports"].items()), ""]
+        cols = ["bundle", "runtime", "p50_ms", "p90_ms", "p99_ms", "encode_p50_ms", "state_p50_ms", "search_p50_ms",
+                "search_p99_ms", "rest_p50_ms", "top10_overlap_with_exact", "requests"]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in d["rows"]:
+            lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+        lines.append("")
+        if d.get("notes"):
+            lines += [d["notes"], ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,8 +611,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=None, help="Where serving_scale.{json,md} go.")
     ap.add_argument("--end-to-end", action="store_true",
                     help="Instead: export exact and ivfpq bundles over the expanded catalog and time "
-                         "Recommender.recommend at batch 1 (merged into the section as end_to_end).")
+                         "Recommender.recommend at batch 1 (benchmarks/results/ann_end_to_end.{json,md}).")
+    ap.add_argument("--before", metavar="REV",
+                    help="--end-to-end: also serve the ANN bundle with the runtime of git revision REV, "
+                         "interleaved with the current one.")
+    ap.add_argument("--rounds", type=int, default=5, help="--end-to-end: rounds over the histories [5].")
+    ap.add_argument("--string-ids", action="store_true",
+                    help="--end-to-end: histories send the item ids as strings (\"12\" for 12).")
+    ap.add_argument("--reuse-bundles", action="store_true",
+                    help="--end-to-end: reuse the bundles an earlier run exported (runs/ann_cache).")
+    ap.add_argument("--cache-dir", type=Path, default=None,
+                    help="--end-to-end: where the exported bundles are kept [runs/ann_cache].")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return _worker()
     args.n_items = args.n_items or (5000 if args.quick else 1_000_000)
     args.queries = args.queries or (50 if args.quick else 1000)
     args.ef_search = args.ef_search or ([64] if args.quick else [32, 64, 128, 256])
@@ -458,7 +634,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(var, str(args.threads))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.end_to_end:
-        args.queries = min(args.queries, 300)
         end_to_end(args)
         return 0
     out = run(args)

@@ -4,7 +4,9 @@ The bundle then carries a faiss index over items 1..N (row r = internal item r +
 padding item 0 is never indexed), ranked by inner product, the model's own score. Before
 anything is written, export measures the index's recall@10 against exact scoring on user
 states of the checkpoint's real users (synthetic histories when its data is not usable
-here) and refuses an index below `min_recall`, as parity refuses a graph.
+here). Below `min_recall` it first widens the search (`tune_search`: hnsw efSearch, ivfpq
+nprobe or k_factor, doubling, within `tune_seconds`) and records what it chose in the
+manifest; an index still below the floor is refused, as parity refuses a graph.
 
 faiss was chosen by measurement over hnswlib and usearch (docs/export.md,
 benchmarks/results/serving_scale.md); the runtime searches with the same code
@@ -49,6 +51,8 @@ class AnnOptions:
     pq_bits: int = 8                # ivfpq: bits per code (lowered for catalogs too small to train 2^bits centroids)
     k_factor: float = 16.0          # ivfpq: re-rank k·k_factor PQ candidates with the exact item vectors
     min_recall: float = 0.95        # refuse the export below this recall@10 against exact scoring
+    tune: bool = True               # hnsw / ivfpq below min_recall: widen the search (tune_search) before refusing
+    tune_seconds: float = 300.0     # budget of that widening (recall measurements; the build is not counted)
     recall_users: int = 1000        # user states the recall is measured on
     threads: int = 0                # faiss threads while building (0 = faiss's default: all cores)
 
@@ -69,6 +73,8 @@ class AnnOptions:
             raise ExportError(f"--ann-k-factor must be at least 1, got {self.k_factor}")
         if not 0.0 <= self.min_recall <= 1.0:
             raise ExportError(f"--ann-min-recall must be in [0, 1], got {self.min_recall}")
+        if not self.tune_seconds >= 0.0:
+            raise ExportError(f"tune_seconds must be at least 0, got {self.tune_seconds}")
 
 
     def params_for(self, n: int, d: int) -> dict:
@@ -154,12 +160,64 @@ def exact_top(states: np.ndarray, vectors: np.ndarray, k: int, block: int = 256)
     return np.concatenate(out)
 
 
-def recall_at_k(index: AnnIndex, states: np.ndarray, vectors: np.ndarray, k: int = RECALL_K) -> float:
-    """Mean |ANN top-k ∩ exact top-k| / k over the states."""
-    k = min(k, len(vectors))
-    exact = exact_top(states, vectors, k)
+def recall_at_k(index: AnnIndex, states: np.ndarray, vectors: np.ndarray, k: int = RECALL_K,
+                exact: np.ndarray | None = None) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k over the states (`exact`: exact_top's answer, if known)."""
+    k = min(k, len(vectors)) if exact is None else exact.shape[1]
+    exact = exact_top(states, vectors, k) if exact is None else exact
     _, got = index.search(states, k)
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))
+
+
+# Widening stops here: past these the search costs more than an exact scan would save (ivfpq
+# nprobe stops at nlist, every list).
+MAX_TUNED_EF_SEARCH = 4096
+MAX_TUNED_K_FACTOR = 256.0
+
+
+def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.ndarray, floor: float,
+                budget_s: float) -> tuple[dict, float, dict]:
+    """Widen the search until recall@10 reaches `floor`: (params, recall, the tuning record).
+
+    Starts at `params` (the export's options) and stops at the first setting that reaches the
+    floor. hnsw: efSearch doubles. ivfpq: each step measures both nprobe x2 and k_factor x2 and
+    takes, of those that reach the floor, the faster (the time of the batched recall search);
+    if neither does, the one with the higher recall. A step is only started within `budget_s`.
+    """
+    t0 = time.perf_counter()
+
+    def measure(p: dict) -> dict:
+        searcher.configure(p)
+        t = time.perf_counter()
+        r = recall_at_k(searcher, states, None, exact=exact)
+        return {**{k: searcher.params[k] for k in ("ef_search", "nprobe", "k_factor") if k in searcher.params},
+                "recall_at_10": r, "search_ms_per_user": round((time.perf_counter() - t) * 1e3 / len(states), 4)}
+
+    best = measure(params)
+    trials = [best]
+    while best["recall_at_10"] < floor and time.perf_counter() - t0 < budget_s:
+        if searcher.kind == "hnsw":
+            steps = [{**params, "ef_search": best["ef_search"] * 2}] if best["ef_search"] < MAX_TUNED_EF_SEARCH else []
+        else:
+            cur = {**params, "nprobe": best["nprobe"], "k_factor": best["k_factor"]}
+            steps = []
+            if best["nprobe"] < searcher.params["nlist"]:
+                steps.append({**cur, "nprobe": min(best["nprobe"] * 2, searcher.params["nlist"])})
+            if best["k_factor"] < MAX_TUNED_K_FACTOR:
+                steps.append({**cur, "k_factor": min(best["k_factor"] * 2, MAX_TUNED_K_FACTOR)})
+        if not steps:
+            break
+        tried = [measure(p) for p in steps]
+        trials += tried
+        ok = [t for t in tried if t["recall_at_10"] >= floor]
+        best = (min(ok, key=lambda t: t["search_ms_per_user"]) if ok
+                else max(tried, key=lambda t: (t["recall_at_10"], -t["search_ms_per_user"])))
+    chosen = {**params, **{k: best[k] for k in ("ef_search", "nprobe", "k_factor") if k in best}}
+    searcher.configure(chosen)
+    record = {"start": {k: params[k] for k in ("ef_search", "nprobe", "k_factor") if k in params},
+              "chosen": {k: chosen[k] for k in ("ef_search", "nprobe", "k_factor") if k in chosen},
+              "trials": trials, "seconds": round(time.perf_counter() - t0, 3), "budget_seconds": budget_s}
+    return chosen, best["recall_at_10"], record
 
 
 def check_state_parity(graph: StateGraph, onnx_path: str, cases: list[dict[str, np.ndarray]],
@@ -200,15 +258,26 @@ def build_and_check(graph: StateGraph, spec: GraphSpec, vectors: np.ndarray, que
     searcher = AnnIndex(index=index, kind=opts.kind, n_items=n, dim=d, params={})
     searcher.configure(params)
     states = torch_states(graph, queries)
-    recall = recall_at_k(searcher, states, vectors)
+    exact = exact_top(states, vectors, min(RECALL_K, n))
+    tuning = None
+    if opts.tune and opts.kind != "flat-fp16":  # a full scan has no breadth to widen
+        params, recall, tuning = tune_search(searcher, params, states, exact, opts.min_recall, opts.tune_seconds)
+        if tuning["chosen"] != tuning["start"]:
+            log.warning("ANN %s: recall@%d %.4f at %s was below %.2f; the search was widened to %s (%.1f s)",
+                        opts.kind, RECALL_K, tuning["trials"][0]["recall_at_10"], tuning["start"], opts.min_recall,
+                        tuning["chosen"], tuning["seconds"])
+    else:
+        recall = recall_at_k(searcher, states, vectors, exact=exact)
     log.info("ANN %s over %d items: recall@%d %.4f on %d %s users (built in %.1f s)", opts.kind, n, RECALL_K,
              recall, len(states), source, build_s)
     if recall < opts.min_recall:
         hint = {"hnsw": "raise --ann-ef-search (or --ann-m / --ann-ef-construction)",
                 "ivfpq": "raise --ann-nprobe or --ann-k-factor (or --ann-pq-m)",
                 "flat-fp16": "fp16 rounding reorders this model's top items: use hnsw or exact scoring"}[opts.kind]
+        tried = (f" (widened up to {tuning['chosen']} in {tuning['seconds']:.0f} s of a {opts.tune_seconds:g} s "
+                 "budget)" if tuning and len(tuning["trials"]) > 1 else "")
         raise AnnRecallError(f"ANN index ({opts.kind}, {params}) has recall@{RECALL_K} {recall:.4f} against exact "
-                             f"scoring on {len(states)} {source} users, below --ann-min-recall "
+                             f"scoring on {len(states)} {source} users{tried}, below --ann-min-recall "
                              f"{opts.min_recall}: {hint}; nothing was written")
     name = f"items.{opts.kind}.faiss"
     faiss.write_index(index, str(tmp / name))
@@ -217,4 +286,6 @@ def build_and_check(graph: StateGraph, spec: GraphSpec, vectors: np.ndarray, que
              "build_seconds": round(build_s, 3),
              "recall": {"recall_at_10": recall, "min_recall": opts.min_recall, "queries": len(states),
                         "source": source}}
+    if tuning is not None:
+        entry["tuning"] = tuning
     return name, entry

@@ -77,7 +77,7 @@ class PreparedRequest:
     k: int
     single: bool
     seq: np.ndarray                  # (m, max_len) int64: rows that go through the model
-    exclude: np.ndarray | None       # (m, max_len) int64 when the graph has exclude_items
+    exclude: np.ndarray | None       # (m, max_len) int64 when the graph has exclude_items (ANN: wider, all seen)
     noise: np.ndarray | None         # (m, noise_size) float32 when the graph has noise
     aggregate: str = "mean"          # which of the graph's lists to read (AGGREGATE_OUTPUTS)
 
@@ -403,10 +403,45 @@ class Recommender:
         unknown = list(dict.fromkeys(x for x, i in zip(hist, idx) if i == 0))
         return [i for i in idx if i], unknown
 
+    def _encode_plain(self, hist) -> tuple[list[int], list] | None:
+        """All-str or all-int histories on any catalog: the dict lookups as one C-level map; ints
+        through a dict keyed by int (no str() per id: 2-4x faster at 187 ids on a 1M catalog).
+        None = mixed or other types: the general path."""
+        types = set(map(type, hist))
+        if types == {str}:
+            index, keys = self.items.index, hist
+        elif types == {int} and self._lut is None:  # an integer catalog's table took them, unless they overflow
+            index, keys = self._int_index(), hist
+        else:
+            return None
+        got = list(map(index.get, keys))
+        if None not in got:
+            return got, []
+        # one type, so raw id <-> key is one-to-one: dedupe the unknown raw ids in first-seen order
+        return [i for i in got if i is not None], list(dict.fromkeys(x for x, i in zip(hist, got) if i is None))
+
+    def _int_index(self) -> dict:
+        """int -> internal index for every catalog id an int finds (its str() is the id): built once,
+        at the first int history (a 1M-id catalog takes a fraction of a second)."""
+        d = self.__dict__.get("_int_by_value")
+        if d is None:
+            d = {}
+            for i, x in enumerate(self.items.item_ids, 1):
+                if type(x) is int:
+                    d[x] = i
+                elif isinstance(x, str) and x.isascii() and (x[1:] if x[:1] == "-" else x).isdigit():
+                    v = int(x)
+                    if str(v) == x:  # "007" or "-0" are not what str() of an int gives
+                        d[v] = i
+            self._int_by_value = d
+        return d
+
     def _encode(self, hist, where: str) -> tuple[list[int], list]:
         if isinstance(hist, np.ndarray):
             hist = hist.tolist()
         fast = self._encode_fast(hist)
+        if fast is None:
+            fast = self._encode_plain(hist)
         if fast is not None:
             return fast
         index = self.items.index
@@ -451,7 +486,10 @@ class Recommender:
             raise InputError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {policy!r}")
         hists, single = self._split_histories(histories)
         L = self.max_len
-        rows, windows, model_rows, all_unknown = [], [], [], []
+        # An ANN search takes the seen items older than the window with the window's (exclude wider
+        # than max_len), so it neither over-fetches for them nor leaves them to decoding.
+        ann = self.manifest.ann is not None
+        rows, windows, model_rows, all_unknown, older = [], [], [], [], []
         for b, h in enumerate(hists):
             where = "history" if single else f"histories[{b}]"
             idx, unknown = self._encode(h, where)
@@ -465,6 +503,9 @@ class Recommender:
                     post = frozenset(idx)
                 elif truncated:
                     post = frozenset(idx[:-L]) - frozenset(window) or None
+                    if post and ann:
+                        older.append((len(windows), post))
+                        post = None
             rows.append(_Row(unknown=unknown, truncated=truncated, fallback=None if idx else "popularity",
                              post_exclude=post))
             if idx:
@@ -483,6 +524,12 @@ class Recommender:
         exclude = None
         if self.exclude_in_graph:
             exclude = seq.copy() if exclude_seen else np.zeros_like(seq)
+            if older:
+                wide = np.zeros((m, L + max(len(o) for _, o in older)), dtype=np.int64)
+                wide[:, :L] = exclude
+                exclude = wide
+                for r, o in older:
+                    exclude[r, L:L + len(o)] = np.fromiter(o, dtype=np.int64, count=len(o))
         noise = None
         if self.noise_size and m:
             # Row b always gets draws b*noise_size.. of the seed's stream: a user's noise does not
@@ -505,8 +552,11 @@ class Recommender:
                 feeds[INPUT_NOISE] = p.noise
             return feeds
         feeds = {INPUT_SEQ: np.concatenate([p.seq for p in parts])}
-        if self.exclude_in_graph:
-            feeds[INPUT_EXCLUDE] = np.concatenate([p.exclude for p in parts])
+        if self.exclude_in_graph:  # an ANN bundle's exclude may be wider than max_len: padded to the widest
+            w = max(p.exclude.shape[1] for p in parts)
+            feeds[INPUT_EXCLUDE] = np.concatenate([p.exclude if p.exclude.shape[1] == w else
+                                                   np.pad(p.exclude, ((0, 0), (0, w - p.exclude.shape[1])))
+                                                   for p in parts])
         if self.noise_size:
             feeds[INPUT_NOISE] = np.concatenate([p.noise for p in parts])
         return feeds

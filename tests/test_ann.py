@@ -93,10 +93,11 @@ def test_seen_items_excluded(bundle_root):
     items, scores = out["top_items"], out["top_scores"]
     assert items.shape == (1, K) and (items[0, :3] > 0).all() and (items[0, 3:] == 0).all()
     assert np.isneginf(scores[0, 3:]).all()
-    # beyond the window (max_len) seen items are dropped from the K returned, as in exact bundles
+    # seen items older than the window (max_len) are excluded in the search too: an exact bundle drops
+    # them from its K (3 of 20 left here), the ANN bundle returns every unseen item, best first
     exact = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
     a, e = ann.recommend(ids[:50], k=K), exact.recommend(ids[:50], k=K)
-    assert a.items == e.items and a.partial and not set(a.items) & set(ids[:50])
+    assert sorted(a.items) == sorted(ids[50:]) and a.partial and a.items[:len(e.items)] == e.items
 
 
 def test_over_fetch_grows_until_enough():
@@ -107,12 +108,15 @@ def test_over_fetch_grows_until_enough():
     class Lossy:  # returns only every other neighbour (the rest as missing), like a narrow search
         n_items, calls = n, []
 
-        def search(self, states, m):
+        def search(self, states, m, exclude=None):
             self.calls.append(m)
             s = states @ vecs.T
+            if exclude is not None and len(exclude):
+                s[:, exclude - 1] = -np.inf
             order = np.argsort(-s, axis=1)[:, :m]
             items, scores = order + 1, np.take_along_axis(s, order, 1).astype(np.float32)
             items[:, 1::2], scores[:, 1::2] = 0, -np.inf
+            items[np.isneginf(scores)] = 0
             return scores, items
 
     idx = Lossy()
@@ -124,6 +128,143 @@ def test_over_fetch_grows_until_enough():
     assert (items > 0).all() and np.isfinite(scores).all()
     assert not set(items[0].tolist()) & set(exclude[0].tolist())
     assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def _previous_top_k_excluding(index, states, k, exclude):
+    """The search as it was: k + every excluded item in one search, filtered afterwards (doubling
+    for short rows). The reference the margin-first search must equal on an exact index."""
+    B = len(states)
+    out_items, out_scores = np.zeros((B, k), dtype=np.int64), np.full((B, k), -np.inf, dtype=np.float32)
+    excl = [frozenset(r[r > 0].tolist()) for r in exclude]
+    fetch, todo = k + max(len(e) for e in excl), np.arange(B)
+    while len(todo):
+        scores, items = index.search(states[todo], fetch)
+        short = []
+        for r, s, it in zip(todo, scores, items):
+            keep = [(i, v) for i, v in zip(it.tolist(), s.tolist()) if i > 0 and i not in excl[r]][:k]
+            if len(keep) < k and fetch < index.n_items:
+                short.append(r)
+                continue
+            if keep:
+                out_items[r, :len(keep)], out_scores[r, :len(keep)] = [i for i, _ in keep], [v for _, v in keep]
+        todo, fetch = np.asarray(short, dtype=np.int64), min(2 * fetch, index.n_items)
+    return out_items, out_scores
+
+
+def _flat_index(n: int, d: int, seed: int):
+    import faiss
+
+    from genattn_runtime.ann import AnnIndex
+
+    vecs = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    flat = faiss.IndexFlatIP(d)
+    flat.add(vecs)
+    return AnnIndex(index=flat, kind="flat-fp16", n_items=n, dim=d, params={}), vecs
+
+
+def test_margin_first_search_equals_the_previous_one_on_an_exact_index():
+    """Rows with many seen items, the best-scoring ones among them (so most rows come back short and
+    are searched again with the seen items filtered in the index): the same items as before."""
+    from genattn_runtime.ann import SEEN_MARGIN
+
+    index, vecs = _flat_index(3000, 16, seed=0)
+    rng = np.random.default_rng(1)
+    states = rng.standard_normal((60, 16)).astype(np.float32)
+    exclude = np.zeros((60, 400), dtype=np.int64)
+    for r in range(60):
+        n_seen = [0, 3, 40, 150, 400][r % 5]
+        best = np.argsort(-(states[r] @ vecs.T))[: n_seen // 2] + 1  # half of them among the row's best
+        rest = rng.choice(3000, n_seen - len(best), replace=False) + 1
+        exclude[r, :n_seen] = np.concatenate([best, rest])
+        exclude[r, n_seen // 3: n_seen // 3 + 2] = 0  # padding between the ids is ignored
+    calls = []
+    search = index.search
+    index.search = lambda st, n, exclude=None: calls.append((len(st), n, exclude is not None)) or search(st, n, exclude)
+    for k in (1, 10, 25):
+        calls.clear()
+        got_items, got_scores = top_k_excluding(index, states, k, exclude)
+        new_calls = list(calls)
+        ref_items, ref_scores = _previous_top_k_excluding(index, states, k, exclude)
+        np.testing.assert_array_equal(got_items, ref_items)
+        np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5, atol=1e-5)
+        assert (got_items > 0).all()  # every row gets k items
+        for r in range(60):
+            assert not set(got_items[r].tolist()) & set(exclude[r].tolist())
+        # one batched search for k + the margin, not k + 400; the retries one row each, for k
+        assert new_calls[0] == (60, k + SEEN_MARGIN, False)
+        assert all(c == (1, k, True) for c in new_calls[1:]) and 0 < len(new_calls) - 1 < 60
+
+
+def test_seen_items_older_than_the_window_go_to_the_search(bundle_root):
+    """An ANN bundle's search takes every seen item (not only the window's), and micro-batched calls
+    whose exclusions differ in width run together with the same answers as alone."""
+    ann = Recommender.load(ann_bundle(bundle_root), backend="cpu", threads=1)
+    exact = Recommender.load(bundle(bundle_root, "softmax"), backend="cpu", threads=1)
+    ids = list(ann.items.item_ids)
+    long, short = ids[:45], ids[50:53]
+    p = ann.prepare(long, k=5)
+    assert p.exclude.shape == (1, 45) and not p.rows[0].post_exclude  # 12 in the window + 33 older
+    assert sorted(x for x in p.exclude[0].tolist() if x) == sorted(range(1, 46))
+    preps = [ann.prepare([long, short], k=5), ann.prepare(short, k=5), ann.prepare(ids[:20], k=5)]
+    together = ann.run_prepared(preps)
+    alone = [ann.run_prepared([q])[0] for q in preps]
+    assert together == alone
+    assert [r.items for r in together[0]] == [r.items for r in exact.recommend([long, short], k=5)]
+
+
+def test_tuning_widens_the_search_to_the_floor(bundle_root, tmp_path):
+    """Start parameters that miss the floor: export widens nprobe / k_factor until recall@10 reaches
+    it, serves with the chosen ones and records the search in the manifest."""
+    out = tmp_path / "tuned"
+    opts = ExportOptions(k=K, verify_users=0, ann=AnnOptions(kind="ivfpq", nprobe=1, k_factor=1.0, nlist=8,
+                                                             recall_users=100, min_recall=0.95))
+    m = export_bundle(checkpoint(bundle_root, "softmax"), out, opts)
+    a = m["ann"]
+    t = a["tuning"]
+    assert t["start"] == {"nprobe": 1, "k_factor": 1.0} and t["trials"][0]["recall_at_10"] < 0.95
+    assert t["chosen"] == {"nprobe": a["params"]["nprobe"], "k_factor": a["params"]["k_factor"]} != t["start"]
+    assert a["recall"]["recall_at_10"] >= 0.95 == a["recall"]["min_recall"]
+    assert a["recall"]["recall_at_10"] == t["trials"][[(x["nprobe"], x["k_factor"]) for x in t["trials"]].index(
+        (t["chosen"]["nprobe"], t["chosen"]["k_factor"]))]["recall_at_10"]
+    assert 0 <= t["seconds"] <= t["budget_seconds"] + 60
+    saved = json.loads((out / "manifest.json").read_text())["ann"]
+    assert saved["tuning"] == t and saved["params"] == a["params"]
+    rec = Recommender.load(out, backend="cpu", threads=1)
+    assert rec.metadata()["ann"]["search"]["nprobe"] == a["params"]["nprobe"]
+    # already at the floor: nothing widened, one trial recorded
+    ok = export_bundle(checkpoint(bundle_root, "softmax"), tmp_path / "wide", ExportOptions(
+        k=K, verify_users=0, ann=AnnOptions(kind="ivfpq", nlist=8, nprobe=8, recall_users=100)))["ann"]["tuning"]
+    assert ok["chosen"] == ok["start"] and len(ok["trials"]) == 1
+    # no budget: refused as before, nothing written
+    with pytest.raises(AnnRecallError, match="below --ann-min-recall"):
+        export_bundle(checkpoint(bundle_root, "softmax"), tmp_path / "nobudget", ExportOptions(
+            k=K, verify_users=0, ann=AnnOptions(kind="ivfpq", nprobe=1, k_factor=1.0, nlist=8, recall_users=100,
+                                                tune_seconds=0.0)))
+    assert not (tmp_path / "nobudget").exists()
+
+
+def test_tune_search_on_a_synthetic_catalog():
+    """hnsw doubles efSearch; ivfpq takes the faster of the settings that reach the floor."""
+    import faiss
+
+    from genattn_export.ann import AnnOptions, build_index, exact_top, tune_search
+    from genattn_runtime.ann import AnnIndex
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((4000, 16)).astype(np.float32)
+    states = rng.standard_normal((200, 16)).astype(np.float32)
+    truth = exact_top(states, vecs, 10)
+    faiss.omp_set_num_threads(1)
+    for kind, start in (("hnsw", dict(m=4, ef_construction=16, ef_search=1)),
+                        ("ivfpq", dict(nlist=64, nprobe=1, k_factor=1.0, pq_m=4))):
+        opts = AnnOptions(kind=kind, threads=1, **start)
+        index, params = build_index(vecs, opts)
+        searcher = AnnIndex(index=index, kind=kind, n_items=len(vecs), dim=16, params={})
+        chosen, recall, record = tune_search(searcher, params, states, truth, 0.9, budget_s=120)
+        assert recall >= 0.9 and record["trials"][0]["recall_at_10"] < 0.9 and record["trials"][-1]
+        key = "ef_search" if kind == "hnsw" else "nprobe"
+        assert chosen[key] >= params[key] and searcher.params[key] == chosen[key]
+        assert record["chosen"] == {k: chosen[k] for k in record["start"]}
 
 
 def test_stochastic_state_keeps_its_noise(bundle_root):
@@ -219,7 +360,7 @@ def test_poor_recall_refused_nothing_written(bundle_root, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("an existing folder is left as it was")
     opts = ExportOptions(k=K, verify_users=0, ann=AnnOptions(kind="ivfpq", nprobe=1, k_factor=1.0, pq_m=16,
-                                                             pq_bits=1, nlist=8, min_recall=0.99))
+                                                             pq_bits=1, nlist=8, min_recall=0.99, tune=False))
     with pytest.raises(AnnRecallError, match=r"recall@10 0\.\d+ .* below --ann-min-recall 0.99"):
         export_bundle(checkpoint(bundle_root, "softmax"), out, opts)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
@@ -278,6 +419,26 @@ def test_benchmark_quick(bundle_root, tmp_path):
     assert by[("exact fp32", "faiss")]["recall@10"] == 1.0
     assert {"hnsw", "ivfpq", "exact fp16", "exact int8"} <= {v for v, _ in by}
     assert "## ann" in (tmp_path / "serving_scale.md").read_text()
+
+
+def test_benchmark_end_to_end_quick(bundle_root, tmp_path):
+    """--end-to-end: exports over an expanded catalog, serves the ANN bundle from two runtimes
+    (this one, and git HEAD's as --before) in alternating rounds, writes ann_end_to_end.*."""
+    from benchmarks import ann as bench
+
+    assert bench.main(["--end-to-end", "--quick", "--n-items", "2000", "--queries", "12", "--rounds", "2",
+                       "--before", "HEAD", "--checkpoint", str(checkpoint(bundle_root, "softmax")),
+                       "--results-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 0
+    doc = json.loads((tmp_path / "ann_end_to_end.json").read_text())["n2000"]
+    assert doc["n_items"] == 2000 and doc["tuning"]["chosen"] == {k: doc["ann_params"][k] for k in ("nprobe", "k_factor")}
+    runtimes = [r["runtime"] for r in doc["rows"]]
+    assert runtimes == ["after", "before (HEAD)", "after"]
+    for r in doc["rows"][1:]:
+        assert r["requests"] == 24 and r["p50_ms"] > 0 and r["search_p50_ms"] > 0 and r["state_p50_ms"] > 0
+        assert 0.5 <= r["top10_overlap_with_exact"] <= 1
+    for key in ("command", "commit", "machine", "histories", "exports"):
+        assert doc[key]
+    assert "| ivfpq (export defaults) | before (HEAD) |" in (tmp_path / "ann_end_to_end.md").read_text()
 
 
 def test_cli_recommend_takes_the_search_breadth(bundle_root):
