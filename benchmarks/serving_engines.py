@@ -2,6 +2,7 @@
 
     python -m benchmarks.serving_engines                  # 2 interleaved rounds, concurrency 1/4/16/32
     python -m benchmarks.serving_engines --quick          # 1 round of 3 s per cell (smoke run)
+    python -m benchmarks.serving_engines --triton-queue-policy   # Triton only, with a queue policy (before)
 
 The bundle of `benchmarks.triton_load` (diffusion, 8 DDIM steps, max_len 50, 1,682 items,
 random weights) is served in turn by `genattn serve --engine fastapi` and `--engine triton`
@@ -16,7 +17,7 @@ wrk: `apt-get install wrk`. perf_analyzer: `--perf-analyzer PATH` or on PATH (th
 needs glibc 2.38; tritonclient 2.35's wheel ships one built for older systems, which needs
 libb64 and libcudart.so.12 to start, though it never uses a GPU here).
 
-Results: benchmarks/results/serving_engines.{json,md}.
+Results: benchmarks/results/serving_engines.{json,md}, section "engines" (or "triton_queue_policy").
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ RESULTS = REPO / "benchmarks" / "results"
 KIND, STEPS, MAX_LEN, N_ITEMS, K = "diffusion", 8, 50, 1682, 10
 
 
-def _history() -> list[int]:
-    return np.random.default_rng(0).integers(1, N_ITEMS + 1, MAX_LEN).tolist()
+def _history(n: int = MAX_LEN) -> list[int]:
+    return np.random.default_rng(0).integers(1, N_ITEMS + 1, n).tolist()
 
 
 def _ms(text: str) -> float:
@@ -64,14 +65,16 @@ def run_wrk(url: str, body: dict, concurrency: int, duration_s: float, tmp: Path
             "max_ms": _ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1)), "errors": errors}
 
 
-def run_perf_analyzer(pa: str, url: str, protocol: str, concurrency: int, duration_s: float, tmp: Path) -> dict:
+def run_perf_analyzer(pa: str, url: str, protocol: str, concurrency: int, duration_s: float, tmp: Path,
+                      hist: list[int]) -> dict:
     data = tmp / "input.json"
-    data.write_text(json.dumps({"data": [{"history": {"content": _history(), "shape": [MAX_LEN]}}]}))
+    data.write_text(json.dumps({"data": [{"history": {"content": hist, "shape": [len(hist)]}}]}))
     csv_path = tmp / f"pa-{protocol}-{concurrency}.csv"
     window_ms = int(duration_s * 1000 / 3)  # the result averages 3 windows
     cmd = [pa, "-m", "genattn", "-u", url, "-i", protocol, "-b", "1", "--input-data", str(data),
            "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(window_ms),
-           "--max-trials", "4", "--stability-percentage", "100", "-f", str(csv_path)]
+           # contended cores: accept any spread between windows (PA otherwise refuses to report)
+           "--max-trials", "8", "--stability-percentage", "999", "-f", str(csv_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s * 4 + 120)
     if out.returncode or not csv_path.is_file():
         raise RuntimeError(f"perf_analyzer failed: {(out.stdout + out.stderr)[-1500:]}")
@@ -90,8 +93,14 @@ def _merge(cells: list[dict]) -> dict:
 
 
 def render(doc: dict) -> str:
-    lines = ["# Serving engines under C-speed clients", "",
-             doc["setup"], "", f"Conditions: {doc['conditions']}", "",
+    lines = ["# Serving engines under C-speed clients", ""]
+    for name in sorted(doc):
+        lines += [f"## {name}", ""] + _render_section(doc[name])
+    return "\n".join(lines)
+
+
+def _render_section(doc: dict) -> list[str]:
+    lines = [doc["setup"], "", f"Conditions: {doc['conditions']}", "",
              "| engine | protocol | client | concurrency | req/s | p50 ms | p99 ms | worst round p99 ms | errors "
              "| req/s per round |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
@@ -102,7 +111,7 @@ def render(doc: dict) -> str:
               f"{doc['date']}", "", "Command:", "", f"    {doc['command']}", ""]
     if doc.get("notes"):
         lines += [doc["notes"], ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,8 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", default="1,4,16,32", help="comma-separated connections / requests in flight")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="batching window of both engines")
     ap.add_argument("--perf-analyzer", default=shutil.which("perf_analyzer"), help="perf_analyzer binary")
-    ap.add_argument("--perf-analyzer-version", default="(version not given)",
-                    help="recorded with the results, e.g. 'tritonclient 2.35.0's wheel'")
+    ap.add_argument("--perf-analyzer-version", default="version not given",
+                    help="recorded with the results, e.g. 'from tritonclient 2.35.0's wheel'")
+    ap.add_argument("--ids", type=int, default=MAX_LEN, help="raw ids in the one history of each request")
+    ap.add_argument("--triton-queue-policy", action="store_true",
+                    help="Triton only, with Triton's queue policy (max_queue 256, 10 s timeout) as before the fix")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     a = ap.parse_args(argv)
     if not shutil.which("wrk"):
@@ -122,16 +134,18 @@ def main(argv: list[str] | None = None) -> None:
     rounds, duration = a.rounds or (1 if a.quick else 2), a.duration or (3.0 if a.quick else 6.0)
     conc = [int(x) for x in a.concurrency.split(",")]
     bundle = _bundle(KIND, STEPS, MAX_LEN, N_ITEMS)
-    hist = _history()
+    hist = _history(a.ids)
     bodies = {"fastapi": {"history": hist, "k": K},
-              "triton": {"inputs": [{"name": "history", "shape": [1, MAX_LEN], "datatype": "INT64", "data": hist}],
+              "triton": {"inputs": [{"name": "history", "shape": [1, a.ids], "datatype": "INT64", "data": hist}],
                          "outputs": [{"name": "items"}, {"name": "scores"}], "parameters": {"k": K}}}
     cells: dict[tuple, list] = {}
     load0, t0 = os.getloadavg()[0], time.time()
     with tempfile.TemporaryDirectory(prefix="serving-engines-") as tmp:
         for r in range(rounds):
-            for engine in ("fastapi", "triton") if r % 2 == 0 else ("triton", "fastapi"):
-                srv = Server(engine, bundle, 1, a.max_wait_ms, open_statistics=bool(a.perf_analyzer))
+            engines = ("fastapi", "triton") if r % 2 == 0 else ("triton", "fastapi")
+            for engine in ("triton",) if a.triton_queue_policy else engines:
+                srv = Server(engine, bundle, 1, a.max_wait_ms, open_statistics=bool(a.perf_analyzer),
+                             queue_policy=a.triton_queue_policy)
                 try:
                     path = "/recommend" if engine == "fastapi" else "/v2/models/genattn/infer"
                     plan = [("http", "wrk")] + ([("http", "perf_analyzer"), ("grpc", "perf_analyzer")]
@@ -143,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
                                               duration, Path(tmp))
                             else:
                                 port = srv.grpc_port if proto == "grpc" else srv.http_port
-                                res = run_perf_analyzer(a.perf_analyzer, f"127.0.0.1:{port}", proto, c, duration,
-                                                        Path(tmp))
+                                try:
+                                    res = run_perf_analyzer(a.perf_analyzer, f"127.0.0.1:{port}", proto, c,
+                                                            duration, Path(tmp), hist)
+                                except RuntimeError as e:  # a cell lost, not the run
+                                    print(f"round {r + 1} {engine} {proto} c={c}: {e}", flush=True)
+                                    continue
                             cells.setdefault((engine, proto, client, c), []).append(res)
                             print(f"round {r + 1}/{rounds} {engine:7s} {proto:4s} {client:13s} c={c:<3d} "
                                   f"{res['req_per_s']:7.0f} req/s  p50 {res['p50_ms']:6.1f} ms  "
@@ -157,14 +175,16 @@ def main(argv: list[str] | None = None) -> None:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("[")[0].strip()
     command = "python -m benchmarks.serving_engines" + (" --quick" if a.quick else "") + \
         (f" --rounds {a.rounds}" if a.rounds else "") + (f" --duration {a.duration:g}" if a.duration else "") + \
-        ("" if a.concurrency == "1,4,16,32" else f" --concurrency {a.concurrency}")
+        ("" if a.concurrency == "1,4,16,32" else f" --concurrency {a.concurrency}") + \
+        (" --triton-queue-policy" if a.triton_queue_policy else "") + ("" if a.ids == MAX_LEN else f" --ids {a.ids}")
     doc = {
         "setup": f"{KIND} bundle, {STEPS} DDIM steps, max_len {MAX_LEN}, {N_ITEMS} items (random weights, the "
-                 f"MovieLens-100K catalogue size); one user of {MAX_LEN} raw ids per request, k = {K}; both engines "
+                 f"MovieLens-100K catalogue size); one user of {a.ids} raw ids per request, k = {K}; both engines "
                  f"ONNX Runtime CPU, 1 intra-op thread, batching window {a.max_wait_ms:g} ms (FastAPI micro-batcher "
-                 "<= 64 rows; Triton dynamic batcher <= 256 rows, 1 model instance, no queue policy)",
+                 "<= 64 rows; Triton dynamic batcher <= 256 rows, 1 model instance, "
+                 + ("queue policy: max_queue 256, 10 s timeout)" if a.triton_queue_policy else "no queue policy)"),
         "clients": f"{wrk_version} (-t1, one connection per concurrency unit, keep-alive, JSON); perf_analyzer "
-                   f"{a.perf_analyzer_version} (concurrency mode, "
+                   f"perf_analyzer ({a.perf_analyzer_version}; concurrency mode, "
                    "3 windows per cell, binary tensor data over HTTP and gRPC); each client its own process on the same cores",
         "conditions": f"{machine['cores']} cores shared by client, server and two training jobs running throughout; "
                       f"load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after",
@@ -173,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
     }
     path = a.out / "serving_engines.json"
-    update_results(path, lambda d: (d.clear(), d.update(doc)), render)
+    section = ("triton_queue_policy" if a.triton_queue_policy else "engines") + \
+        ("" if a.ids == MAX_LEN else f"_{a.ids}_ids")
+    update_results(path, lambda d: d.__setitem__(section, doc), render)
     print(f"-> {repo_path(path)}")
 
 

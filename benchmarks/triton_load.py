@@ -151,20 +151,23 @@ def client_main(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- servers and the run
 
-_OPEN_STATS_LAUNCH = """import json, sys
+_ENGINE_LAUNCH = """import json, sys
 from genattn_runtime.triton_engine import EngineConfig, TritonEngine
 a = json.loads(sys.argv[1])
-cfg = EngineConfig(bundle=a["bundle"], backend="cpu", threads=a["threads"], max_wait_ms=a["max_wait_ms"])
+cfg = EngineConfig(bundle=a["bundle"], backend="cpu", threads=a["threads"], max_wait_ms=a["max_wait_ms"],
+                   queue_policy=a["queue_policy"])
 h, g, m = a["ports"]
-TritonEngine(cfg, http_port=h, grpc_port=g, metrics_port=m, open_statistics=True).start().wait()
+TritonEngine(cfg, http_port=h, grpc_port=g, metrics_port=m, open_statistics=a["open_statistics"]).start().wait()
 """
 
 
 class Server:
     """`python -m genattn_runtime.cli serve BUNDLE --engine E` on free loopback ports."""
 
-    def __init__(self, engine: str, bundle: Path, threads: int, max_wait_ms: float, open_statistics: bool = False):
-        """open_statistics (triton): the engine's API with its statistics endpoint open (perf_analyzer reads it)."""
+    def __init__(self, engine: str, bundle: Path, threads: int, max_wait_ms: float, open_statistics: bool = False,
+                 queue_policy: bool = False):
+        """triton only: open_statistics opens the statistics endpoint (perf_analyzer reads it); queue_policy
+        bounds Triton's queue (256 waiting, 10 s) as the engine did before, with its batcher stalls."""
         self.engine = engine
         self.http_port, self.grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
         python = TRITON_PYTHON if engine == "triton" and Path(TRITON_PYTHON).is_file() else sys.executable
@@ -173,10 +176,10 @@ class Server:
                "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"]
         if engine == "triton":
             cmd += ["--grpc-port", str(self.grpc_port), "--metrics-port", str(metrics_port)]
-        if engine == "triton" and open_statistics:
-            args = {"bundle": str(bundle), "threads": threads, "max_wait_ms": max_wait_ms,
-                    "ports": [self.http_port, self.grpc_port, metrics_port]}
-            cmd = [python, "-c", _OPEN_STATS_LAUNCH, json.dumps(args)]
+        if engine == "triton" and (open_statistics or queue_policy):
+            args = {"bundle": str(bundle), "threads": threads, "max_wait_ms": max_wait_ms, "queue_policy": queue_policy,
+                    "ports": [self.http_port, self.grpc_port, metrics_port], "open_statistics": open_statistics}
+            cmd = [python, "-c", _ENGINE_LAUNCH, json.dumps(args)]
         self.log = open(f"/tmp/genattn-triton-load-{engine}-{os.getpid()}.log", "w")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
