@@ -138,7 +138,7 @@ def model_config(cfg: EngineConfig, string_ids: bool, confidence: bool = False):
         # (Enqueue wakes the batcher only if a consumer waits) and sits until the batcher's fixed
         # 500 ms timed wait (dynamic_batch_scheduler.cc, default_wait_microseconds) ends. On
         # contended cores every closed-loop client then stalls ~505 ms at the same instants
-        # (Triton 2.51; unchanged in core's main). With prefetching the enqueue always wakes it.
+        # (Triton 2.51; unchanged in core's main). With prefetching an enqueue finds room and wakes it.
         batching["default_queue_policy"] = {
             "timeout_action": "REJECT", "default_timeout_microseconds": int(round(cfg.request_timeout_s * 1e6)),
             "max_queue_size": cfg.max_queue}
