@@ -564,10 +564,87 @@ def end_to_end(args) -> dict:
     return {"rows": rows}
 
 
+def tuning(args) -> dict:
+    """Export's widening (`tune_search`) timed at the --end-to-end catalog: its expanded checkpoint
+    and ivfpq index (run --end-to-end first), the synthetic users export measures recall on at
+    that catalog, and start settings / floors the index misses. Merged into
+    ann_end_to_end.json as "tuning-n<items>"."""
+    import json
+
+    import faiss
+    import torch
+
+    from genattn.checkpoint import load_checkpoint
+    from genattn_export import ExportOptions
+    from genattn_export.ann import RECALL_K, exact_top, item_vectors, recall_queries, torch_states, tune_search
+    from genattn_export.graph import GraphSpec, StateGraph
+    from genattn_runtime.ann import AnnIndex
+
+    from .machine import git_commit
+    from .record import update_results
+    from .serving_scale import RESULTS
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    src = Path(args.checkpoint) if args.checkpoint else (DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists()
+                                                        and not args.quick else _small_checkpoint())
+    cache = Path(args.cache_dir or CACHE) / f"e2e-{Path(src).name}-{args.n_items}"
+    if not (cache / "ivfpq" / "manifest.json").exists():
+        raise SystemExit(f"--tuning needs the bundles of --end-to-end at {args.n_items} items: run that first")
+    model = load_checkpoint(cache / "ck").model.eval()
+    noise = 0  # the expanded checkpoints are softmax models: no noise input
+    spec = GraphSpec.build_state(model, noise_size=noise)
+    graph = StateGraph(model, ExportOptions().sampling(model.cfg.attention), False)
+    vectors = item_vectors(model)
+    queries, source = recall_queries(spec, len(vectors), None, min(args.queries, 1000), noise)
+    states = torch_states(graph, queries)
+    t = time.perf_counter()
+    exact = exact_top(states, vectors, RECALL_K)
+    exact_s = time.perf_counter() - t
+    meta = json.loads((cache / "ivfpq" / "manifest.json").read_text())["ann"]
+    searcher = AnnIndex(index=faiss.read_index(str(cache / "ivfpq" / meta["file"])), kind="ivfpq",
+                        n_items=len(vectors), dim=vectors.shape[1], params={})
+    runs = []
+    for start, floor in (({"nprobe": 16, "k_factor": 4.0}, 0.95), ({"nprobe": 32, "k_factor": 16.0}, 0.95),
+                         ({"nprobe": 64, "k_factor": 16.0}, 0.99)):
+        chosen, recall, record = tune_search(searcher, {**meta["params"], **start}, states, exact, floor,
+                                             budget_s=300.0)
+        runs.append({"floor": floor, "recall_at_10": recall, **record})
+        log.info("tuning from %s to %s: %s in %.1f s", start, floor, record["chosen"], record["seconds"])
+    doc = {"n_items": args.n_items, "users": f"{len(states)} {source} users (export's recall users at this catalog)",
+           "index": meta["params"], "exact_top10_seconds": round(exact_s, 1), "runs": runs,
+           "timed": "tune_search alone: recall@10 measurements of the batched search; the exact top-10 they are "
+                    "compared with is computed once before (exact_top10_seconds), as export does for its gate",
+           "command": "python -m benchmarks.ann " + " ".join(sys.argv[1:]), "commit": git_commit(),
+           "machine": machine_info(), "faiss": faiss.__version__, "threads": args.threads,
+           "load_average_1m_end": round(os.getloadavg()[0], 2)}
+    out_dir = Path(args.results_dir) if args.results_dir else RESULTS
+    update_results(out_dir / f"{E2E_NAME}.json", lambda d: d.__setitem__(f"tuning-n{args.n_items}", doc), _render_e2e)
+    return doc
+
+
+def _render_tuning(d: dict) -> list[str]:
+    lines = [f"## Export tuning at {d['n_items']:,} items", "", f"Command: `{d['command']}`  ",
+             f"Commit: {d['commit']}  ", f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores; faiss "
+             f"{d['faiss']}; {d['threads']} thread(s)  ", f"Users: {d['users']}  ", f"Index: {d['index']}  ",
+             f"Timed: {d['timed']}; exact top-10: {d['exact_top10_seconds']} s", "",
+             "| start | floor | chosen | recall@10 | trials | seconds |", "|---|---|---|---|---|---|"]
+    for r in d["runs"]:
+        lines.append(f"| {r['start']} | {r['floor']} | {r['chosen']} | {r['recall_at_10']:.4f} | "
+                     f"{len(r['trials'])} | {r['seconds']} |")
+    lines.append("")
+    if d.get("notes"):
+        lines += [d["notes"], ""]
+    return lines
+
+
 def _render_e2e(doc: dict) -> str:
     lines = ["# ANN bundles end to end", "",
              "Written by `python -m benchmarks.ann --end-to-end` (benchmarks/ann.py, `end_to_end`).", ""]
     for key, d in sorted(doc.items()):
+        if key.startswith("tuning"):
+            lines += _render_tuning(d)
+            continue
         lines += [f"## {d['n_items']:,} items{', string ids' if key.endswith('string-ids') else ''}", "",
                   f"Command: `{d['command']}`  ", f"Commit: {d['commit']}  ",
                   f"Machine: {d['machine']['cpu']}, {d['machine']['cores']} cores; faiss {d['faiss']}, "
@@ -622,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="--end-to-end: reuse the bundles an earlier run exported (runs/ann_cache).")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="--end-to-end: where the exported bundles are kept [runs/ann_cache].")
+    ap.add_argument("--tuning", action="store_true",
+                    help="Instead: time export's search widening on the --end-to-end catalog (run that first).")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -635,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.end_to_end:
         end_to_end(args)
+        return 0
+    if args.tuning:
+        tuning(args)
         return 0
     out = run(args)
     best = out["best"]

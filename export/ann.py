@@ -214,7 +214,7 @@ def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.
                 else max(tried, key=lambda t: (t["recall_at_10"], -t["search_ms_per_user"])))
     chosen = {**params, **{k: best[k] for k in ("ef_search", "nprobe", "k_factor") if k in best}}
     searcher.configure(chosen)
-    record = {"start": {k: params[k] for k in ("ef_search", "nprobe", "k_factor") if k in params},
+    record = {"start": {k: trials[0][k] for k in ("ef_search", "nprobe", "k_factor") if k in trials[0]},
               "chosen": {k: chosen[k] for k in ("ef_search", "nprobe", "k_factor") if k in chosen},
               "trials": trials, "seconds": round(time.perf_counter() - t0, 3), "budget_seconds": budget_s}
     return chosen, best["recall_at_10"], record

@@ -439,6 +439,15 @@ def test_benchmark_end_to_end_quick(bundle_root, tmp_path):
     for key in ("command", "commit", "machine", "histories", "exports"):
         assert doc[key]
     assert "| ivfpq (export defaults) | before (HEAD) |" in (tmp_path / "ann_end_to_end.md").read_text()
+    # --tuning: export's widening timed on that catalog, from start settings the index misses
+    assert bench.main(["--tuning", "--quick", "--n-items", "2000", "--checkpoint", str(checkpoint(bundle_root, "softmax")),
+                       "--results-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 0
+    tuned = json.loads((tmp_path / "ann_end_to_end.json").read_text())["tuning-n2000"]
+    assert [r["floor"] for r in tuned["runs"]] == [0.95, 0.95, 0.99]
+    for r in tuned["runs"]:
+        assert r["trials"][0] == {**r["trials"][0], **r["start"]} and r["seconds"] >= 0
+        assert (r["recall_at_10"] >= r["floor"]) or len(r["trials"]) > 1
+    assert "## Export tuning at 2,000 items" in (tmp_path / "ann_end_to_end.md").read_text()
 
 
 def test_cli_recommend_takes_the_search_breadth(bundle_root):
