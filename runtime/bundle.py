@@ -104,6 +104,43 @@ def manifest_text(raw: dict) -> str:
 class Manifest:
     raw: dict[str, Any]
     path: Path
+    # What runs is what was verified: the loader reads each file it opens once (`read`), hashes
+    # those bytes when verifying, and hands the same bytes to ONNX Runtime / TensorRT / the items
+    # reader, so a file swapped on disk after hashing is never the one served.
+    verify_reads: bool = field(default=False, repr=False)
+    _data: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def read(self, name: str) -> bytes:
+        """A listed file's bytes, read once per load (then served from memory until `release`);
+        checked for size, and for its sha256 when `verify_reads` is set."""
+        data = self._data.get(name)
+        if data is not None:
+            return data
+        path = self.file(name)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"bundle {self.path}: {name} unreadable ({e.strerror or e})") from e
+        meta = self.raw["files"][name]
+        if len(data) != meta["bytes"]:
+            raise BundleError(f"bundle {self.path}: {name} changed while it was read ({len(data)} bytes, manifest "
+                              f"says {meta['bytes']})")
+        if self.verify_reads:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != meta["sha256"]:
+                raise BundleError(f"bundle {self.path}: sha256 of {name} does not match the manifest (got "
+                                  f"{digest[:12]}…, expected {meta['sha256'][:12]}…): the bundle was modified")
+        self._data[name] = data
+        return data
+
+    @property
+    def read_names(self) -> set[str]:
+        """Files read (and, when verifying, hashed) through `read` since the last `release`."""
+        return set(self._data)
+
+    def release(self) -> None:
+        """Drop the bytes kept by `read` (the backends hold their own copies once built)."""
+        self._data.clear()
 
     @property
     def max_len(self) -> int:
@@ -526,16 +563,21 @@ def check_member(manifest: Manifest, name: str) -> Path:
     return p
 
 
-def check_files(manifest: Manifest) -> None:
-    """Every listed file present, regular, inside the bundle and of the recorded size."""
+def check_files(manifest: Manifest, skip: set[str] | frozenset = frozenset()) -> None:
+    """Every listed file present, regular, inside the bundle and of the recorded size (`skip`:
+    files whose bytes the loader already holds, checked when they were read)."""
     for name in manifest.raw["files"]:
-        check_member(manifest, name)
+        if name not in skip:
+            check_member(manifest, name)
 
 
-def verify_files(manifest: Manifest) -> None:
-    """`check_files`, then the sha256 of every listed file against the manifest."""
-    check_files(manifest)
+def verify_files(manifest: Manifest, skip: set[str] | frozenset = frozenset()) -> None:
+    """`check_files`, then the sha256 of every listed file against the manifest (`skip`: files
+    already hashed from the bytes the loader uses, `Manifest.read`)."""
+    check_files(manifest, skip)
     for name, meta in manifest.raw["files"].items():
+        if name in skip:
+            continue
         try:
             digest = sha256_file(manifest.path / name)
         except OSError as e:
@@ -607,12 +649,13 @@ class ItemTable:
     index: dict = field(default_factory=dict)  # str(raw id) -> internal index
 
     @classmethod
-    def load(cls, path: Path) -> "ItemTable":
-        """items.json with its types checked; every failure is a BundleError naming the field."""
+    def load(cls, path: Path, data: bytes | None = None) -> "ItemTable":
+        """items.json (its bytes `data` when already read) with its types checked; every failure is
+        a BundleError naming the field."""
         import numpy as np
 
         try:
-            raw = json.loads(path.read_bytes().decode("utf-8"))
+            raw = json.loads((path.read_bytes() if data is None else data).decode("utf-8"))
         except OSError as e:
             raise BundleError(f"{path}: unreadable ({e.strerror or e})") from e
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -166,9 +166,20 @@ class Recommender:
             from .signing import verify_signature
 
             signed_by = verify_signature(manifest, trusted_keys)
-        (verify_files if verify else check_files)(manifest)
-        items = cls._read_items(manifest)
-        be = create_backend(manifest, opts)
+        check_files(manifest)  # cheap: a missing or resized file fails before any work
+        manifest.verify_reads = verify
+        be = None
+        try:
+            items = cls._read_items(manifest)
+            be = create_backend(manifest, opts)  # reads (and hashes) the graph it runs, once
+            if verify:  # the files not opened above, hashed from disk: the whole bundle is checked
+                verify_files(manifest, skip=manifest.read_names)
+        except BaseException:
+            if be is not None:
+                be.close()
+            raise
+        finally:
+            manifest.release()
         try:
             rec = cls(manifest, items, be, unknown_items=unknown_items)
             rec.signed_by = signed_by
@@ -180,7 +191,7 @@ class Recommender:
 
     @staticmethod
     def _read_items(manifest: Manifest) -> ItemTable:
-        items = ItemTable.load(manifest.file("items.json"))
+        items = ItemTable.load(manifest.file("items.json"), manifest.read("items.json"))
         n = manifest.n_items
         if len(items.item_ids) != n or len(items.popularity) != n + 1:
             raise BundleError(f"bundle {manifest.path}: items.json has {len(items.item_ids)} ids and "

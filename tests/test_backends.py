@@ -228,6 +228,7 @@ def test_every_output_the_manifest_lists_is_returned(bundle_root, tmp_path, half
     raw["graph"]["outputs"].append({"name": "confidence", "dtype": "float32", "shape": ["batch", 1]})
     if half_scores:
         raw["graph"]["fp16_file"] = name
+    raw["files"][name] = file_entry(tmp_path / name)  # backends read the graph through the file table
     m = Manifest(raw=raw, path=tmp_path)  # what a bundle format with more outputs would hold
     be = OrtBackend(tmp_path / name, m, "cpu", BackendOptions(threads=1))
     assert be.output_names == ["top_items", "top_scores", "confidence"]

@@ -645,3 +645,48 @@ def test_close_racing_running_calls(b):
     for t, seq in results.items():
         assert seq[-1] == "closed" and all(x == "ok" for x in seq[:-1]), (t, seq[-3:])
     assert real.session is None
+
+
+# ---------------------------------------------------------------- what runs is what was verified
+
+@pytest.mark.parametrize("name", ["model.onnx", "items.json"])
+def test_a_file_swapped_after_it_was_hashed_is_not_the_one_served(bundle_root, tmp_path, monkeypatch, name):
+    """The loader hashes the bytes it hands to ONNX Runtime and to the items reader: replacing the
+    file on disk right after it was read changes nothing that runs."""
+    from genattn_runtime.bundle import Manifest
+
+    src, other = bundle(bundle_root, "softmax"), bundle(bundle_root, "vae")
+    dst = tmp_path / "b"
+    shutil.copytree(src, dst)
+    hist = [1, 2, 3, 4]
+    want = Recommender.load(src, backend="cpu", threads=1).recommend(hist, k=5)
+    if name == "model.onnx":  # the swapped-in file really serves something else
+        assert Recommender.load(other, backend="cpu", threads=1).recommend(hist, k=5).scores != want.scores
+    read = Manifest.read
+
+    def read_then_swap(self, what):
+        data = read(self, what)
+        if what == name:
+            if name == "model.onnx":
+                shutil.copy(other / name, dst / name)
+            else:  # a catalog whose ids are all different
+                items = json.loads(data)
+                items["item_ids"] = [f"x{i}" for i in items["item_ids"]]
+                (dst / name).write_text(json.dumps(items))
+        return data
+
+    monkeypatch.setattr(Manifest, "read", read_then_swap)
+    got = Recommender.load(dst, backend="cpu", threads=1).recommend(hist, k=5)
+    assert (got.items, got.scores) == (want.items, want.scores)
+
+
+def test_a_file_changed_before_it_is_read_is_refused(bundle_root, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle(bundle_root, "softmax"), dst)
+    data = bytearray((dst / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF  # same size: only the hash can tell
+    (dst / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 of model.onnx does not match"):
+        Recommender.load(dst, backend="cpu", threads=1)
+    with pytest.raises(BundleError, match="ONNX Runtime cannot load model.onnx"):  # verify=False: sizes only
+        Recommender.load(dst, backend="cpu", threads=1, verify=False)

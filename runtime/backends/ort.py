@@ -148,8 +148,10 @@ class OrtBackend(Backend):
         graphs = requested == "cuda" and bool(graph_buckets(opts))
         providers = self._providers(requested, model_path)
         so = make_session_options(opts)
+        # The bytes the loader verified (Manifest.read), not the path: what runs is what was hashed.
+        model_bytes = manifest.read(model_path.name)
         try:
-            self.session = ort.InferenceSession(str(model_path), so, providers=providers)
+            self.session = ort.InferenceSession(model_bytes, so, providers=providers)
         except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, RuntimeException)
             if graphs:  # e.g. a node ONNX Runtime places on the CPU: graph capture refused, CUDA still fine
                 log.warning("CUDA graphs refused by ONNX Runtime (%s: %s); running without them",

@@ -103,7 +103,7 @@ class TensorRTBackend(Backend):
                                           "on this machine (genattn export --tensorrt)")
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine(manifest.read(Path(engine_path).name))
         if self.engine is None:
             raise BackendUnavailableError(f"TensorRT could not deserialise {engine_path} (see its log above)")
         self.context = self.engine.create_execution_context()
