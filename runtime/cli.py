@@ -361,9 +361,15 @@ def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
 @click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,
               help="most histories in one request; more get 413 (triton: max_batch_size)")
 @click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
-              help="most requests waiting for the micro-batcher; more get 503 with Retry-After")
+              help="most requests waiting for the micro-batcher; more get 503 with Retry-After "
+                   "(triton: only with --triton-queue-policy)")
 @click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="deadline from queueing to the answer; later gets 504 (triton: queued longer is dropped)")
+              help="deadline from queueing to the answer; later gets 504 (triton: queued longer is dropped, only "
+                   "with --triton-queue-policy)")
+@click.option("--triton-queue-policy", is_flag=True,
+              help="triton: enforce --max-queue and --request-timeout-s in Triton's queue. Off by default: any queue "
+                   "policy turns off the dynamic batcher's prefetching, which stalls the server ~0.5 s under CPU "
+                   "contention (docs/runtime.md)")
 @click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="time to receive the whole body after the headers; later gets 408 (fastapi)")
 @_backend_opt
@@ -377,16 +383,18 @@ def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
 @click.option("--access-log", is_flag=True, help="log every request (uvicorn access log)")
 @_ann_opts
 def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, instances, max_batch, max_wait_ms,
-              max_body_bytes, max_users, max_queue, request_timeout_s, body_timeout_s, backend, strict, unknown,
-              threads, trt_cache_dir, log_level, access_log, trusted_keys, nprobe, ef_search):
+              max_body_bytes, max_users, max_queue, request_timeout_s, triton_queue_policy, body_timeout_s, backend,
+              strict, unknown, threads, trt_cache_dir, log_level, access_log, trusted_keys, nprobe, ef_search):
     """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics. With --engine triton: a
     Triton Inference Server with model 'genattn' over HTTP and gRPC (docs/runtime.md: its inputs and outputs)."""
     _logging(False, default=getattr(logging, log_level.upper()))
     if engine == "triton":
         _serve_triton(bundle, host, http_port or port, grpc_port, metrics_port, instances, max_wait_ms,
                       max_body_bytes, max_users, max_queue, request_timeout_s, backend, strict, unknown, threads,
-                      trt_cache_dir, trusted_keys, log_level, nprobe, ef_search)
+                      trt_cache_dir, trusted_keys, log_level, nprobe, ef_search, queue_policy=triton_queue_policy)
         return
+    if triton_queue_policy:
+        raise click.UsageError("--triton-queue-policy applies to --engine triton")
     try:
         from .service import serve
     except ImportError as e:
@@ -401,7 +409,7 @@ def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, in
 
 def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, max_wait_ms, max_body_bytes,
                   max_users, max_queue, request_timeout_s, backend, strict, unknown, threads, trt_cache_dir,
-                  trusted_keys, log_level, nprobe=None, ef_search=None) -> None:
+                  trusted_keys, log_level, nprobe=None, ef_search=None, queue_policy: bool = False) -> None:
     from .triton_engine import EngineConfig, serve
 
     ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
@@ -414,7 +422,7 @@ def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, m
                        trt_cache_dir=str(Path(trt_cache_dir).resolve()) if trt_cache_dir else None,
                        max_users=max_users, max_wait_ms=max_wait_ms, max_queue=max_queue,
                        request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes, instances=instances,
-                       nprobe=nprobe, ef_search=ef_search)
+                       nprobe=nprobe, ef_search=ef_search, queue_policy=queue_policy)
     try:
         serve(cfg, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
               log_verbose=1 if log_level == "debug" else 0)

@@ -129,6 +129,10 @@ def test_serve_port_in_use(b):
         assert_one_error_line(run("serve", b, "--port", port), f"cannot listen on 127.0.0.1:{port}")
 
 
+def test_triton_queue_policy_is_refused_on_the_fastapi_engine(b):
+    assert_one_error_line(run("serve", b, "--triton-queue-policy"), "--triton-queue-policy applies to --engine triton")
+
+
 def test_engines_never_import_the_cli():
     """One way: the runtime's CLI imports the engines; an engine's `python -m` entry reaches the
     CLI through the package's entry point (genattn_runtime/__main__.py), never by an import."""
