@@ -89,7 +89,7 @@ def posterior_stats(model, seq: torch.Tensor, targets: torch.Tensor, seed: int =
     out["posterior_mean_shift"] = entry_mean((mu - mu2).abs(), rows)
     out["aux_term"] = float(aux)
     if den:  # diffusion: how much the denoiser's x0 prediction moves with X_t
-        (x_t, t, cond), _ = den[-1]
+        (x_t, t, cond, *_), _ = den[-1]  # (pairs: None, the model is in eval mode)
         sched = weights.scheduler
         x0 = mu  # the posterior mean as the clean map
         sens = {}
