@@ -71,13 +71,16 @@ class AnnIndex:
 
     @classmethod
     def load(cls, path: Path, meta: dict, n_items: int, dim: int, *, ef_search: int | None = None,
-             nprobe: int | None = None, threads: int = 0) -> "AnnIndex":
-        """Read the index; check it is what the manifest says (kind, size, width) before serving."""
+             nprobe: int | None = None, threads: int = 0, data: bytes | None = None) -> "AnnIndex":
+        """Read the index; check it is what the manifest says (kind, size, width) before serving.
+        data: the file's bytes as the loader read (and hashed) them (`Manifest.read`): faiss then
+        parses what was verified, never the file again (`path` only names it in errors)."""
         faiss = import_faiss()
         ef_search, nprobe = check_search_param("ef_search", ef_search), check_search_param("nprobe", nprobe)
         kind = meta["kind"]
         try:
-            index = faiss.read_index(str(path))
+            index = (faiss.read_index(str(path)) if data is None
+                     else faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
         except Exception as e:  # faiss raises RuntimeError with its C++ message
             raise BundleError(f"{path}: not a readable faiss index ({type(e).__name__}: {str(e)[:200]})") from e
         if index.ntotal != n_items or index.d != dim:

@@ -337,6 +337,22 @@ def test_index_and_manifest_tamper_detected(bundle_root, tmp_path):
             Recommender.load(b, backend="cpu")
 
 
+def test_index_parsed_from_the_verified_bytes(bundle_root, monkeypatch):
+    """faiss parses the bytes the loader read and hashed, never the file a second time."""
+    import faiss
+
+    read = faiss.read_index  # deserialize_index parses through it, from a buffer reader
+
+    def from_path_refused(src, *a):
+        if isinstance(src, (str, Path)):
+            pytest.fail("the index file was read again")
+        return read(src, *a)
+
+    monkeypatch.setattr(faiss, "read_index", from_path_refused)
+    rec = Recommender.load(ann_bundle(bundle_root), backend="cpu", threads=1)
+    assert len(rec.recommend(list(rec.items.item_ids[:3]), k=5).items) == 5
+
+
 def test_index_of_another_catalog_refused(bundle_root, tmp_path):
     """A swapped index file, re-hashed by someone who knows the format, is still refused by its size."""
     import faiss

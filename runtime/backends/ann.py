@@ -40,10 +40,13 @@ class AnnBackend(Backend):
     def open(cls, manifest: Manifest, model_path: Path, opts: BackendOptions) -> "AnnBackend":
         """Load the index (with opts.ef_search / nprobe), then the state graph through OrtBackend."""
         meta = manifest.ann
-        # the search takes the state graph's thread count (ONNX Runtime's rule: 0 = physical cores)
+        # The bytes the loader read and hashed (Manifest.read), as for the graph: what is searched is
+        # what was verified, and a modified index is refused by its hash before faiss parses it.
+        # The search takes the state graph's thread count (ONNX Runtime's rule: 0 = physical cores).
         index = AnnIndex.load(manifest.file(meta["file"]), meta, manifest.n_items, meta["dim"],
                               ef_search=opts.ef_search, nprobe=opts.nprobe,
-                              threads=opts.threads if opts.threads > 0 else physical_cores())
+                              threads=opts.threads if opts.threads > 0 else physical_cores(),
+                              data=manifest.read(meta["file"]))
         if opts.backend == "tensorrt" or opts.cuda_graph_batch:
             msg = (f"backend {opts.backend!r}{' with CUDA graphs' if opts.cuda_graph_batch else ''} serves top-K "
                    "graphs; an ANN bundle's state graph runs on ONNX Runtime")
