@@ -212,6 +212,28 @@ def test_seen_items_older_than_the_window_go_to_the_search(bundle_root):
     assert [r.items for r in together[0]] == [r.items for r in exact.recommend([long, short], k=5)]
 
 
+def test_plain_id_encoding_equals_the_general_path(monkeypatch):
+    """All-int / all-str histories take one C-level map (ints through an int-keyed dict): the same
+    indices and unknown ids as the per-item path, on a catalog of ints, integer-like and other strings."""
+    import random
+
+    from genattn_runtime.bundle import ItemTable
+    from genattn_runtime.recommender import Recommender as R
+
+    ids = [5, 60_000_000, "007", "-3", "--5", "-", "12", "0", "-0", "\u0663", "1_000"] + [f"s{i}" for i in range(20)]
+    rec = R.__new__(R)
+    rec.items = ItemTable(item_ids=ids, popularity=[0] * (len(ids) + 1), index={str(x): i + 1 for i, x in enumerate(ids)})
+    rec._lut = None  # not every id is an int: no lookup table
+    ints = [5, 60_000_000, 7, -3, 12, 0, 3, -5, 10**30]
+    strs = [str(x) for x in ids] + ["5", "ghost", "7", "-0", "+5", " 12"]
+    rng = random.Random(0)
+    hists = [[rng.choice(pool) for _ in range(rng.randint(0, 30))] for pool in (ints, strs, ints + strs) for _ in range(300)]
+    fast = [rec._encode(h, "history") for h in hists]
+    monkeypatch.setattr(R, "_encode_plain", lambda self, hist: None)
+    assert fast == [rec._encode(h, "history") for h in hists]
+    assert fast[0] != ([], []) and any(u for _, u in fast)
+
+
 def test_tuning_widens_the_search_to_the_floor(bundle_root, tmp_path):
     """Start parameters that miss the floor: export widens nprobe / k_factor until recall@10 reaches
     it, serves with the chosen ones and records the search in the manifest."""
