@@ -167,10 +167,13 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
               help="Refuse the export when the index's recall@10 against exact scoring is lower.")
 @click.option("--ann-recall-users", type=int, default=1000, show_default=True,
               help="Users (real when the checkpoint's data is here) the recall is measured on.")
+@click.option("--ann-tune-seconds", type=click.FloatRange(min=0.0), default=300.0, show_default=True,
+              help="hnsw / ivfpq below --ann-min-recall: seconds to widen the search (efSearch, nprobe, k_factor) "
+                   "before refusing; 0 refuses at once.")
 def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, no_sample_outputs, k, full_scores, no_exclude_in_graph, opset,
                fp16, slim, torchscript, tensorrt, triton, triton_name, triton_force, verify_users,
                sign_key, ann, ann_m, ann_ef_construction, ann_ef_search, ann_nlist, ann_nprobe, ann_pq_m,
-               ann_k_factor, ann_min_recall, ann_recall_users) -> None:
+               ann_k_factor, ann_min_recall, ann_recall_users, ann_tune_seconds) -> None:
     """Export a checkpoint to a verified bundle (ONNX + manifest [+ TensorRT, Triton, ANN index])."""
     from genattn_export import ExportError, ExportOptions, export_bundle
     from genattn_export.ann import AnnOptions
@@ -183,7 +186,8 @@ def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, no_sample_
                          ann=None if ann is None else AnnOptions(
                              kind=ann, m=ann_m, ef_construction=ann_ef_construction, ef_search=ann_ef_search,
                              nlist=ann_nlist, nprobe=ann_nprobe, pq_m=ann_pq_m, k_factor=ann_k_factor,
-                             min_recall=ann_min_recall, recall_users=ann_recall_users))
+                             min_recall=ann_min_recall, recall_users=ann_recall_users,
+                             tune=ann_tune_seconds > 0, tune_seconds=ann_tune_seconds))
     try:
         m = export_bundle(checkpoint, out, opts)
     except (ExportError, ValueError, RuntimeError) as e:

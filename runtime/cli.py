@@ -372,6 +372,9 @@ def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
                    "contention (docs/runtime.md)")
 @click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="time to receive the whole body after the headers; later gets 408 (fastapi)")
+@click.option("--keep-alive-s", type=click.FloatRange(min=0, min_open=True), default=75.0, show_default=True,
+              help="fastapi: how long an idle connection stays open; keep it above your clients' pool idle "
+                   "timeout (a client reusing a connection the server is closing sees a dropped request)")
 @_backend_opt
 @_strict_opt
 @_unknown_opt
@@ -383,7 +386,8 @@ def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
 @click.option("--access-log", is_flag=True, help="log every request (uvicorn access log)")
 @_ann_opts
 def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, instances, max_batch, max_wait_ms,
-              max_body_bytes, max_users, max_queue, request_timeout_s, triton_queue_policy, body_timeout_s, backend,
+              max_body_bytes, max_users, max_queue, request_timeout_s, triton_queue_policy, body_timeout_s,
+              keep_alive_s, backend,
               strict, unknown, threads, trt_cache_dir, log_level, access_log, trusted_keys, nprobe, ef_search):
     """Serve BUNDLE over HTTP: POST /recommend, GET /healthz /metadata /metrics. With --engine triton: a
     Triton Inference Server with model 'genattn' over HTTP and gRPC (docs/runtime.md: its inputs and outputs)."""
@@ -404,7 +408,7 @@ def serve_cmd(bundle, engine, host, port, http_port, grpc_port, metrics_port, in
     rec = _load(bundle, click.get_current_context().params, unknown, trusted_keys)
     serve(rec, host=host, port=port, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes,
           max_users=max_users, max_queue=max_queue, request_timeout_s=request_timeout_s,
-          body_timeout_s=body_timeout_s, log_level=log_level, access_log=access_log)
+          body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s, log_level=log_level, access_log=access_log)
 
 
 def _serve_triton(bundle, host, http_port, grpc_port, metrics_port, instances, max_wait_ms, max_body_bytes,

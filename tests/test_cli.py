@@ -133,6 +133,17 @@ def test_triton_queue_policy_is_refused_on_the_fastapi_engine(b):
     assert_one_error_line(run("serve", b, "--triton-queue-policy"), "--triton-queue-policy applies to --engine triton")
 
 
+def test_serve_keep_alive_reaches_uvicorn(b, monkeypatch):
+    import genattn_runtime.service as service
+
+    seen = {}
+    monkeypatch.setattr(service, "serve", lambda rec, **kw: seen.update(kw))
+    res = run("serve", b, "--port", "0", "--threads", "1", "--backend", "cpu", "--keep-alive-s", "30")
+    assert res.exit_code == 0, res.output
+    assert seen["keep_alive_s"] == 30.0
+    assert_one_error_line(run("serve", b, "--keep-alive-s", "0"), "--keep-alive-s")
+
+
 def test_engines_never_import_the_cli():
     """One way: the runtime's CLI imports the engines; an engine's `python -m` entry reaches the
     CLI through the package's entry point (genattn_runtime/__main__.py), never by an import."""
