@@ -71,16 +71,6 @@ class AttentionWeights(nn.Module):
         raise NotImplementedError
 
 
-def draw_noise(x: AttnInputs, like: Tensor) -> Tensor:
-    """Standard normal noise shaped like `like`: from the explicit inference noise
-    input when given, else from the training generator."""
-    if x.noise is not None:
-        return x.noise.take(tuple(like.shape[1:]))
-    if x.rng is not None:
-        return torch.randn(like.shape, generator=x.rng, device=like.device, dtype=like.dtype)
-    raise ValueError("this sampling mode draws noise: pass noise (inference) or rng (training)")
-
-
 def masked_softmax(z: Tensor, allowed: Tensor) -> Tensor:
     return torch.softmax(z.masked_fill(~allowed, NEG_INF), dim=-1)
 

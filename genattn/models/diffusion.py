@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import (AttentionWeights, AttnInputs, PairMLP, PairPack, Posterior, draw_noise, masked_mean,
-                        masked_softmax, row_context)
-from .sampling import Sampling
+from .attention import (AttentionWeights, AttnInputs, PairMLP, PairPack, Posterior, masked_mean, masked_softmax,
+                        row_context)
+from .sampling import Sampling, draw_noise
 from .scheduler import DDIMScheduler
 
 

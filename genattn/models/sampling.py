@@ -1,5 +1,5 @@
 """How the generative prior is run at inference: the `Sampling` settings, the flat
-noise input they consume, and each kind's serving defaults.
+noise input they consume, the one place noise is drawn, and each kind's serving defaults.
 
 One place for these, so training, evaluation, export and the benchmarks agree (and
 training and evaluation need not import each other).
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from ..config import ModelConfig
@@ -86,3 +88,19 @@ class NoiseReader:
         out = self.flat[:, self.offset:self.offset + n].reshape(-1, *shape)
         self.offset += n
         return out
+
+
+class NoiseSource(Protocol):
+    """Where a layer call's noise comes from (the attention inputs carry both fields)."""
+    noise: NoiseReader | None          # inference: the graph's explicit noise input
+    rng: torch.Generator | None        # training: the run's generator
+
+
+def draw_noise(src: NoiseSource, like: Tensor) -> Tensor:
+    """Standard normal noise shaped like `like`: from the explicit inference noise input when
+    given, else from the training generator."""
+    if src.noise is not None:
+        return src.noise.take(tuple(like.shape[1:]))
+    if src.rng is not None:
+        return torch.randn(like.shape, generator=src.rng, device=like.device, dtype=like.dtype)
+    raise ValueError("this sampling mode draws noise: pass noise (inference) or rng (training)")

@@ -11,9 +11,8 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from .attention import (AttentionWeights, AttnInputs, PairMLP, Posterior, draw_noise, masked_mean, masked_softmax,
-                        row_context)
-from .sampling import Sampling
+from .attention import AttentionWeights, AttnInputs, PairMLP, Posterior, masked_mean, masked_softmax, row_context
+from .sampling import Sampling, draw_noise
 
 
 class VAEWeights(AttentionWeights):
