@@ -1,12 +1,13 @@
 # Set-up and main job. `make demo` on a fresh machine installs everything into .venv
-# and runs the main job; `make test` runs the test suite.
+# and runs the main job; `make test` runs the test suite (it also builds the Triton
+# engine's own venv, so the live Triton tests run with their server there).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU machines: the CPU wheel of torch 2.13.0 (an unpinned torch pulls a multi-GB CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,cpu,serve,bench,dev,ann
 # The Triton engine's own venv: nvidia-pytriton pins numpy<2, so it never joins .venv (numpy 2).
-# It holds the torch-free runtime only; the engine's tests start their server from it when it exists.
+# It holds the torch-free runtime only; the engine's tests start their server from it.
 TRITON_VENV ?= .venv-triton
 TRITON_EXTRAS ?= cpu,triton
 
@@ -25,8 +26,8 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/genattn demo
 
-test: install
-	$(PY) -m pytest -q
+test: install triton-env
+	GENATTN_TRITON_PYTHON=$(abspath $(TRITON_VENV)/bin/python) $(PY) -m pytest -q
 
 $(TRITON_VENV)/.installed: pyproject.toml
 	python3 -m venv $(TRITON_VENV)
@@ -34,7 +35,7 @@ $(TRITON_VENV)/.installed: pyproject.toml
 	$(TRITON_VENV)/bin/python -m pip install -q -e ".[$(TRITON_EXTRAS)]"
 	touch $@
 
-# Optional: `genattn serve BUNDLE --engine triton` from $(TRITON_VENV)/bin/genattn.
+# `genattn serve BUNDLE --engine triton` from $(TRITON_VENV)/bin/genattn (built by `make test` too).
 triton-env: $(TRITON_VENV)/.installed
 
 # The Triton engine's tests only: bundles and clients here, the server from $(TRITON_VENV).
