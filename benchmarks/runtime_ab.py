@@ -1,0 +1,98 @@
+"""Batch-1 `Recommender.recommend` of this checkout against an earlier commit's runtime, on one
+bundle, in alternating fresh processes (A, B, A, B ...) so both see the same machine load.
+
+    python -m benchmarks.runtime_ab BUNDLE --before 9abe345 --rounds 4
+
+The earlier runtime comes from a temporary git worktree of REV (its `runtime/` imported as
+`genattn_runtime`); the bundle must be one both runtimes read. Results:
+benchmarks/results/runtime_ab.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from genattn.fileio import write_json_atomic, write_text_atomic
+
+from .machine import git_commit, machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One process: load on CPU with one thread, warm up, then time `calls` batch-1 calls over 200
+# histories of 30 random catalog ids (seed 0: the same histories on both sides).
+CHILD = r"""
+import json, sys, time, numpy as np
+from genattn_runtime import Recommender
+rec = Recommender.load(sys.argv[1], backend="cpu", threads=1)
+ids = list(rec.items.item_ids)
+rng = np.random.default_rng(0)
+hists = [[ids[i] for i in rng.choice(len(ids), min(30, len(ids)), replace=False)] for _ in range(200)]
+for h in hists[:50]:
+    rec.recommend(h, k=10)
+ts = []
+while len(ts) < int(sys.argv[2]):
+    for h in hists:
+        t0 = time.perf_counter(); rec.recommend(h, k=10); ts.append(time.perf_counter() - t0)
+print(json.dumps({"p50_ms": float(np.median(ts)) * 1e3, "p90_ms": float(np.percentile(ts, 90)) * 1e3}))
+"""
+
+
+def run_child(bundle: str, calls: int, pythonpath: str | None) -> dict:
+    env = None
+    if pythonpath is not None:
+        import os
+
+        env = {**os.environ, "PYTHONPATH": pythonpath}
+    out = subprocess.run([sys.executable, "-c", CHILD, bundle, str(calls)], capture_output=True, text=True,
+                         env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle")
+    ap.add_argument("--before", required=True, help="git revision whose runtime is compared")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--out", default="benchmarks/results/runtime_ab")
+    a = ap.parse_args(argv)
+    command = "python -m benchmarks.runtime_ab " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, pkgs = Path(tmp) / "tree", Path(tmp) / "pkgs"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), a.before],
+                       check=True, capture_output=True)
+        try:
+            pkgs.mkdir()
+            (pkgs / "genattn_runtime").symlink_to(tree / "runtime")
+            for r in range(a.rounds):
+                rows["before"].append(run_child(a.bundle, a.calls, str(pkgs)))
+                rows["after"].append(run_child(a.bundle, a.calls, None))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    summary = {side: float(np.median([r["p50_ms"] for r in rs])) for side, rs in rows.items()}
+    doc = {"command": command, "machine": machine_info(), "commit": git_commit(), "before": a.before,
+           "bundle": Path(a.bundle).name, "rounds": rows, "median_p50_ms": summary,
+           "ratio_after_before": summary["after"] / summary["before"]}
+    write_json_atomic(Path(a.out + ".json"), doc)
+    lines = [f"# Runtime batch-1 latency: this checkout against {a.before}", "",
+             f"Command: `{command}`  ", f"Machine: {doc['machine']['cpu']}; commit {doc['commit']}; "
+             "alternating fresh processes, ONNX Runtime CPU, 1 thread, k = 10, 30-id histories", "",
+             "| round | before p50 ms | after p50 ms | before p90 ms | after p90 ms |", "|---|---|---|---|---|"]
+    for i, (b, f) in enumerate(zip(rows["before"], rows["after"])):
+        lines.append(f"| {i} | {b['p50_ms']:.3f} | {f['p50_ms']:.3f} | {b['p90_ms']:.3f} | {f['p90_ms']:.3f} |")
+    lines += ["", f"Median p50: before {summary['before']:.3f} ms, after {summary['after']:.3f} ms "
+              f"(after / before {doc['ratio_after_before']:.3f})."]
+    write_text_atomic(Path(a.out + ".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
