@@ -158,6 +158,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         raise ExportError(f"--steps {sampling.n_steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
     k = min(opts.k, cfg.n_items, MAX_K)
     noise_size = model.noise_size(sampling) if sampling is not None else 0
+    sample_outputs = False
     if opts.ann is not None:
         opts.ann.params_for(cfg.n_items, cfg.d_model)  # parameters that cannot fit this model fail before the work
         spec = GraphSpec.build_state(model, noise_size=noise_size)
@@ -232,7 +233,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         manifest = {
             "format": FORMAT,
             "format_version": (ANN_FORMAT_VERSION if ann_entry else
-                               SAMPLES_FORMAT_VERSION if getattr(graph, "sample_outputs", False) else FORMAT_VERSION),
+                               SAMPLES_FORMAT_VERSION if sample_outputs else FORMAT_VERSION),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "attention": cfg.attention,
             "model": asdict(cfg),
@@ -242,7 +243,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
                 "noise_size": noise_size,
                 "scheduler": (model.blocks[-1].attn.weights.scheduler.to_dict()
                               if cfg.attention == "diffusion" else None),
-                **({"aggregate": graph.agg} if getattr(graph, "sample_outputs", False) else {}),
+                **({"aggregate": graph.agg} if sample_outputs else {}),
             },
             "max_len": cfg.max_len,
             "n_items": cfg.n_items,

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from genattn.models import SASRec, Sampling
 from genattn.models.aggregate import confidence, interleave, vote
 from genattn_runtime.bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
-                                    OUTPUT_SCORES, OUTPUT_STATE, SAMPLE_OUTPUTS)
+                                    OUTPUT_SCORES, OUTPUT_STATE, sample_output_specs)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class GraphSpec:
         outs = [TensorSpec(OUTPUT_ITEMS, "int64", ["batch", k]), TensorSpec(OUTPUT_SCORES, score_dtype, ["batch", k])]
         if sample_outputs:
             outs += [TensorSpec(name, score_dtype if dtype == "float32" and name != OUTPUT_CONFIDENCE else dtype,
-                                ["batch", 1 if name == OUTPUT_CONFIDENCE else k]) for name, dtype in SAMPLE_OUTPUTS]
+                                ["batch", width]) for name, dtype, width in sample_output_specs(k)]
         if full_scores:
             outs.append(TensorSpec(OUTPUT_ALL, score_dtype, ["batch", N + 1]))
         return cls(ins, outs)
@@ -133,18 +133,17 @@ class ServingGraph(nn.Module):
 
     def forward(self, item_seq: Tensor, exclude_items: Tensor | None = None,
                 noise: Tensor | None = None) -> tuple[Tensor, ...]:
-        if not self.sample_outputs:
+        samples: tuple[Tensor, ...] = ()
+        if self.sample_outputs:
+            per = self.sample_scores(item_seq, exclude_items, noise)
+            scores = per.mean(1)
+            top = per.topk(self.k, dim=-1, sorted=True).indices  # each sample's list, shared by the three
+            samples = (*interleave(per, self.k, top), *vote(per, self.k, depth=self.agg["vote_depth"], top=top),
+                       confidence(per, self.agg["confidence_k"], top)[:, None])
+        else:
             scores = self.masked_scores(item_seq, exclude_items, noise)
-            top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
-            return (top_items, top_scores, scores) if self.full_scores else (top_items, top_scores)
-        per = self.sample_scores(item_seq, exclude_items, noise)
-        scores = per.mean(1)
         top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
-        top = per.topk(self.k, dim=-1, sorted=True).indices  # each sample's list, shared by the three
-        inter_items, inter_scores = interleave(per, self.k, top)
-        vote_items, vote_scores = vote(per, self.k, depth=self.agg["vote_depth"], top=top)
-        conf = confidence(per, self.agg["confidence_k"], top)[:, None]
-        out = (top_items, top_scores, inter_items, inter_scores, vote_items, vote_scores, conf)
+        out = (top_items, top_scores, *samples)
         return out + (scores,) if self.full_scores else out
 
 

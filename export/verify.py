@@ -102,7 +102,7 @@ def check_parity(graph: ServingGraph, spec: GraphSpec, onnx_path: str, cases_: l
         if not ok and not fp16:
             raise ParityError(f"{case.name}: ONNX Runtime vs torch max |diff| {max_diff:.3g} "
                               f"(tolerance {atol} + {rtol}·|x|), top-K equal up to ties: {tie_ok}")
-        if getattr(graph, "sample_outputs", False):
+        if graph.sample_outputs:
             report["cases"][case.name]["samples"] = _sample_parity(graph, spec, case, outs, full, fp16, atol, rtol)
     report["max_abs_diff"] = max(c["max_abs_diff"] for c in report["cases"].values())
     report["min_topk_overlap"] = min(c["topk_overlap"] for c in report["cases"].values())

@@ -59,6 +59,13 @@ OUTPUT_VOTE_SCORES = "vote_scores"              # float32 [batch, K]
 OUTPUT_CONFIDENCE = "confidence"                # float32 [batch, 1]: the samples' top-list overlap, in [0, 1]
 SAMPLE_OUTPUTS = ((OUTPUT_INTERLEAVE_ITEMS, "int64"), (OUTPUT_INTERLEAVE_SCORES, "float32"),
                   (OUTPUT_VOTE_ITEMS, "int64"), (OUTPUT_VOTE_SCORES, "float32"), (OUTPUT_CONFIDENCE, "float32"))
+
+
+def sample_output_specs(k: int) -> list[tuple[str, str, int]]:
+    """(name, dtype, width) of the sample outputs of a top-K graph: [batch, K], confidence [batch, 1]."""
+    return [(name, dtype, 1 if name == OUTPUT_CONFIDENCE else k) for name, dtype in SAMPLE_OUTPUTS]
+
+
 # aggregate -> the (items, scores) outputs that hold its list
 AGGREGATE_OUTPUTS = {"mean": (OUTPUT_ITEMS, OUTPUT_SCORES),
                      "interleave": (OUTPUT_INTERLEAVE_ITEMS, OUTPUT_INTERLEAVE_SCORES),
@@ -383,7 +390,7 @@ def validate_manifest(raw: Any, f: Path) -> dict:
     else:
         want_out = [(OUTPUT_ITEMS, "int64", k), (OUTPUT_SCORES, "float32", k)]
     if _aggregate_section(s, sampler, version, k, noise_size) is not None:
-        want_out += [(name, dtype, 1 if name == OUTPUT_CONFIDENCE else k) for name, dtype in SAMPLE_OUTPUTS]
+        want_out += sample_output_specs(k)
     if OUTPUT_ALL in [t["name"] for t in tensors["outputs"]] and ann is None:
         want_out.append((OUTPUT_ALL, "float32", n_items + 1))
     _expect_tensors(s, tensors["outputs"], want_out, "graph.outputs")
