@@ -30,6 +30,7 @@ from genattn.checkpoint import load_checkpoint, read_config
 from genattn.config import load_run_config
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
+from genattn.fileio import write_json_atomic
 from genattn.metrics import mean_std
 from genattn.models import default_sampling, stochastic_sampling
 from genattn.training import train
@@ -76,9 +77,22 @@ def resolve(spec: str) -> tuple[str, Path]:
     return name, p
 
 
-def train_or_resume(run, out: Path) -> Path:
+def origin_path(out: Path) -> Path:
+    """Beside the run folder, not in it: a checkpoint save replaces the folder whole."""
+    return out.with_name(out.name + ".origin.json")
+
+
+def origin(out: Path) -> dict | None:
+    """Who trained the checkpoint in `out`: the command, commit and machine that started it
+    (a run reused from another benchmark, e.g. a search trial copied as seed 0, keeps its own)."""
+    p = origin_path(out)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def train_or_resume(run, out: Path, started_by: dict | None = None) -> Path:
     """Train `run` into `out`; a finished run is reused, an interrupted one resumed from
-    its last epoch, so a benchmark can span sessions."""
+    its last epoch, so a benchmark can span sessions. `started_by` (command, commit, machine)
+    is written to `origin_path(out)` when the training starts fresh."""
     metrics = out / "metrics.json"
     if (out / "config.json").is_file():
         have = read_config(out)  # the checkpoint's own reader: fields added since are filled as trained
@@ -90,13 +104,16 @@ def train_or_resume(run, out: Path) -> Path:
     resume = (out / "state.json").is_file()
     if resume:
         log.info("resuming %s", out)
+    elif started_by is not None:
+        write_json_atomic(origin_path(out), started_by)
     train(run, out, resume=resume, progress=sys.stderr.isatty())
     return out
 
 
-def trained(name: str, cfg_path: Path | None, seed: int, runs: Path, data: str, sets: dict) -> Path:
+def trained(name: str, cfg_path: Path | None, seed: int, runs: Path, data: str, sets: dict,
+            started_by: dict | None = None) -> Path:
     over = merged(sets, {"train": {"seed": seed}, "data": {"source": data}})
-    return train_or_resume(load_run_config(cfg_path, over), runs / f"{name}_seed{seed}")
+    return train_or_resume(load_run_config(cfg_path, over), runs / f"{name}_seed{seed}", started_by)
 
 
 def stochastic(kind: str, base):
@@ -204,13 +221,16 @@ def main(argv: list[str] | None = None) -> dict:
         loss = load_run_config(cfg_path, {t: dict(v) for t, v in sets.items()}).train.loss
         key = f"{name}_{loss}"  # kind (or configuration) and training loss
         for seed in seeds:
-            ck = load_checkpoint(trained(key, cfg_path, seed, runs, a.data, sets))
+            me = {"command": command, "commit": commit, "machine": machine["cpu"]}
+            run_dir = trained(key, cfg_path, seed, runs, a.data, sets, started_by=me)
+            ck = load_checkpoint(run_dir)
             model_cfg = asdict(ck.run.model)
             model_cfg.pop("n_items", None)
             config = {"attention": ck.run.model.attention, "file": repo_path(cfg_path), "overrides": sets,
                       "model": model_cfg, "train": asdict(ck.run.train)}
             rec = seed_record(ck, seed, split_sets, ds, sample_seeds, steps)
-            rec.update(command=command, machine=machine["cpu"], commit=commit)
+            # The training's own provenance when known (older run folders have none: the reader's).
+            rec.update(origin(run_dir) or me, evaluated_by=me)
             # Merged into what is on disk under a lock: two benchmarks running at once keep each
             # other's entries, and a seed run later joins its entry when the configuration matches.
             def add(doc: dict) -> None:

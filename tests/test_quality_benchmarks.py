@@ -46,6 +46,10 @@ def test_accuracy_results_schema(bench):
         for curve in e["valid_curves"]:
             assert curve["epoch"] == [1, 2] and len(curve["ndcg@10"]) == len(curve["coverage@10"]) == 2
         assert all(p["commit"] for p in e["per_seed"].values())
+        # Each run's provenance sits beside its folder (a checkpoint save replaces the folder whole).
+        for s in (0, 1):
+            started = json.loads((d / "runs" / "synthetic" / f"{kind}_full_seed{s}.origin.json").read_text())
+            assert started["commit"] == e["per_seed"][str(s)]["commit"] and "benchmarks.accuracy" in started["command"]
     assert "stochastic" not in on_disk["softmax_full"]
     assert {"samples_1", "samples_4", "samples_16"} <= set(on_disk["vae_full"]["sweeps_test"])
     assert {"steps_1", "steps_2", "steps_2_stochastic"} <= set(on_disk["diffusion_full"]["sweeps_test"])
@@ -68,6 +72,12 @@ def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(benc
     accuracy.main(argv)
     after = json.loads((d / "acc.json").read_text())["softmax_full"]
     assert after["seeds"] == [0, 1, 2] and after["per_seed_test"][:2] == before["per_seed_test"]
+    # A reused run (e.g. a search trial copied in as a seed) keeps the commit that trained it.
+    origin = d / "runs" / "synthetic" / "softmax_full_seed2.origin.json"
+    origin.write_text(json.dumps({"command": "python -m benchmarks.search", "commit": "abc1234", "machine": "m"}))
+    accuracy.main(argv)
+    kept = json.loads((d / "acc.json").read_text())["softmax_full"]["per_seed"]["2"]
+    assert kept["commit"] == "abc1234" and kept["evaluated_by"]["commit"] != "abc1234"
     assert len(after["valid_curves"]) == 3
     with pytest.raises(SystemExit, match="another configuration"):  # never reuse a run of other settings
         accuracy.main(argv + ["--set", "train.lr=0.002"])
