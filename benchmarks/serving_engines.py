@@ -3,6 +3,7 @@
     python -m benchmarks.serving_engines                  # 2 interleaved rounds, concurrency 1/4/16/32
     python -m benchmarks.serving_engines --quick          # 1 round of 3 s per cell (smoke run)
     python -m benchmarks.serving_engines --triton-queue-policy   # Triton only, with a queue policy (before)
+    python -m benchmarks.serving_engines --fastapi-http-ab   # FastAPI only: uvloop+httptools vs asyncio+h11
 
 The bundle of `benchmarks.triton_load` (diffusion, 8 DDIM steps, max_len 50, 1,682 items,
 random weights) is served in turn by `genattn serve --engine fastapi` and `--engine triton`
@@ -40,6 +41,7 @@ from .triton_load import Server, _bundle
 
 RESULTS = REPO / "benchmarks" / "results"
 KIND, STEPS, MAX_LEN, N_ITEMS, K = "diffusion", 8, 50, 1682, 10
+UVICORN_FAST, UVICORN_PLAIN = ("uvloop", "httptools"), ("asyncio", "h11")  # (event loop, HTTP parser)
 
 
 def _history(n: int = MAX_LEN) -> list[int]:
@@ -127,6 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ids", type=int, default=MAX_LEN, help="raw ids in the one history of each request")
     ap.add_argument("--triton-queue-policy", action="store_true",
                     help="Triton only, with Triton's queue policy (max_queue 256, 10 s timeout) as before the fix")
+    ap.add_argument("--fastapi-http-ab", action="store_true",
+                    help="FastAPI only: uvicorn on uvloop + httptools (what the serve extra installs) against "
+                         "asyncio + h11 (uvicorn without them), interleaved")
+    ap.add_argument("--background", default="",
+                    help="what else ran on the machine meanwhile, recorded with the results "
+                         "(e.g. 'two training jobs, one thread each')")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     a = ap.parse_args(argv)
     if not shutil.which("wrk"):
@@ -142,10 +150,16 @@ def main(argv: list[str] | None = None) -> None:
     load0, t0 = os.getloadavg()[0], time.time()
     with tempfile.TemporaryDirectory(prefix="serving-engines-") as tmp:
         for r in range(rounds):
-            engines = ("fastapi", "triton") if r % 2 == 0 else ("triton", "fastapi")
-            for engine in ("triton",) if a.triton_queue_policy else engines:
+            if a.fastapi_http_ab:
+                variants = [("fastapi", UVICORN_FAST), ("fastapi", UVICORN_PLAIN)]
+            elif a.triton_queue_policy:
+                variants = [("triton", None)]
+            else:
+                variants = [("fastapi", None), ("triton", None)]
+            for engine, impl in variants if r % 2 == 0 else variants[::-1]:
                 srv = Server(engine, bundle, 1, a.max_wait_ms, open_statistics=bool(a.perf_analyzer),
-                             queue_policy=a.triton_queue_policy)
+                             queue_policy=a.triton_queue_policy, uvicorn_impl=impl)
+                label = engine if impl is None else f"{engine} ({'+'.join(impl)})"
                 try:
                     path = "/recommend" if engine == "fastapi" else "/v2/models/genattn/infer"
                     plan = [("http", "wrk")] + ([("http", "perf_analyzer"), ("grpc", "perf_analyzer")]
@@ -163,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                                 except RuntimeError as e:  # a cell lost, not the run
                                     print(f"round {r + 1} {engine} {proto} c={c}: {e}", flush=True)
                                     continue
-                            cells.setdefault((engine, proto, client, c), []).append(res)
-                            print(f"round {r + 1}/{rounds} {engine:7s} {proto:4s} {client:13s} c={c:<3d} "
+                            cells.setdefault((label, proto, client, c), []).append(res)
+                            print(f"round {r + 1}/{rounds} {label:7s} {proto:4s} {client:13s} c={c:<3d} "
                                   f"{res['req_per_s']:7.0f} req/s  p50 {res['p50_ms']:6.1f} ms  "
                                   f"p99 {res['p99_ms']:6.1f} ms  errors {res['errors']}", flush=True)
                 finally:
@@ -176,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.serving_engines" + (" --quick" if a.quick else "") + \
         (f" --rounds {a.rounds}" if a.rounds else "") + (f" --duration {a.duration:g}" if a.duration else "") + \
         ("" if a.concurrency == "1,4,16,32" else f" --concurrency {a.concurrency}") + \
-        (" --triton-queue-policy" if a.triton_queue_policy else "") + ("" if a.ids == MAX_LEN else f" --ids {a.ids}")
+        (" --triton-queue-policy" if a.triton_queue_policy else "") + ("" if a.ids == MAX_LEN else f" --ids {a.ids}") + \
+        (" --fastapi-http-ab" if a.fastapi_http_ab else "") + (f" --background {a.background!r}" if a.background else "")
     doc = {
         "setup": f"{KIND} bundle, {STEPS} DDIM steps, max_len {MAX_LEN}, {N_ITEMS} items (random weights, the "
                  f"MovieLens-100K catalogue size); one user of {a.ids} raw ids per request, k = {K}; both engines "
@@ -186,14 +201,22 @@ def main(argv: list[str] | None = None) -> None:
         "clients": f"{wrk_version} (-t1, one connection per concurrency unit, keep-alive, JSON); perf_analyzer "
                    f"perf_analyzer ({a.perf_analyzer_version}; concurrency mode, "
                    "3 windows per cell, binary tensor data over HTTP and gRPC); each client its own process on the same cores",
-        "conditions": f"{machine['cores']} cores shared by client, server and two training jobs running throughout; "
-                      f"load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after",
+        "conditions": f"{machine['cores']} cores shared by client and server"
+                      + (f", and {a.background}" if a.background else "")
+                      + f"; load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after",
         "machine": f"{machine['cpu']}, {machine['cores']} cores", "machine_info": machine, "commit": git_commit(),
         "rounds": rounds, "duration_s_per_cell": duration, "rows": rows, "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
     }
+    if a.fastapi_http_ab:
+        by = {(r["engine"], r["concurrency"]): r for r in rows}
+        fast, plain = (f"fastapi ({'+'.join(i)})" for i in (UVICORN_FAST, UVICORN_PLAIN))
+        doc["notes"] = "req/s of uvloop+httptools over asyncio+h11, same rounds: " + ", ".join(
+            f"{by[fast, c]['req_per_s'] / by[plain, c]['req_per_s']:.2f}x at {c}" for c in conc
+            if (fast, c) in by and (plain, c) in by)
     path = a.out / "serving_engines.json"
-    section = ("triton_queue_policy" if a.triton_queue_policy else "engines") + \
+    section = ("triton_queue_policy" if a.triton_queue_policy else "fastapi_http_impl" if a.fastapi_http_ab
+               else "engines") + \
         ("" if a.ids == MAX_LEN else f"_{a.ids}_ids")
     update_results(path, lambda d: d.__setitem__(section, doc), render)
     print(f"-> {repo_path(path)}")

@@ -161,13 +161,25 @@ TritonEngine(cfg, http_port=h, grpc_port=g, metrics_port=m, open_statistics=a["o
 """
 
 
+# The FastAPI engine as `genattn serve` runs it, but on a chosen uvicorn event loop and HTTP parser.
+_FASTAPI_LAUNCH = """import json, sys, uvicorn
+from genattn_runtime import Recommender
+from genattn_runtime.service import KEEP_ALIVE_S, create_app
+a = json.loads(sys.argv[1])
+rec = Recommender.load(a["bundle"], backend="cpu", threads=a["threads"])
+uvicorn.run(create_app(rec, max_wait_ms=a["max_wait_ms"]), host="127.0.0.1", port=a["port"], log_level="warning",
+            access_log=False, loop=a["loop"], http=a["http"], timeout_keep_alive=KEEP_ALIVE_S)
+"""
+
+
 class Server:
     """`python -m genattn_runtime.cli serve BUNDLE --engine E` on free loopback ports."""
 
     def __init__(self, engine: str, bundle: Path, threads: int, max_wait_ms: float, open_statistics: bool = False,
-                 queue_policy: bool = False):
+                 queue_policy: bool = False, uvicorn_impl: tuple[str, str] | None = None):
         """triton only: open_statistics opens the statistics endpoint (perf_analyzer reads it); queue_policy
-        bounds Triton's queue (256 waiting, 10 s) as the engine did before, with its batcher stalls."""
+        bounds Triton's queue (256 waiting, 10 s) as the engine did before, with its batcher stalls.
+        fastapi only: uvicorn_impl (loop, http), e.g. ("asyncio", "h11"), instead of uvicorn's own choice."""
         self.engine = engine
         self.http_port, self.grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
         python = TRITON_PYTHON if engine == "triton" and Path(TRITON_PYTHON).is_file() else sys.executable
@@ -180,6 +192,10 @@ class Server:
             args = {"bundle": str(bundle), "threads": threads, "max_wait_ms": max_wait_ms, "queue_policy": queue_policy,
                     "ports": [self.http_port, self.grpc_port, metrics_port], "open_statistics": open_statistics}
             cmd = [python, "-c", _ENGINE_LAUNCH, json.dumps(args)]
+        if engine == "fastapi" and uvicorn_impl:
+            args = {"bundle": str(bundle), "threads": threads, "max_wait_ms": max_wait_ms, "port": self.http_port,
+                    "loop": uvicorn_impl[0], "http": uvicorn_impl[1]}
+            cmd = [python, "-c", _FASTAPI_LAUNCH, json.dumps(args)]
         self.log = open(f"/tmp/genattn-triton-load-{engine}-{os.getpid()}.log", "w")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
