@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--perf-analyzer-version", default="version not given",
                     help="recorded with the results, e.g. 'from tritonclient 2.35.0's wheel'")
     ap.add_argument("--ids", type=int, default=MAX_LEN, help="raw ids in the one history of each request")
+    ap.add_argument("--steps", type=int, default=STEPS,
+                    help="DDIM steps of the served graph (2: what `genattn demo` exports)")
     ap.add_argument("--triton-queue-policy", action="store_true",
                     help="Triton only, with Triton's queue policy (max_queue 256, 10 s timeout) as before the fix")
     ap.add_argument("--fastapi-http-ab", action="store_true",
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("serving_engines: wrk is not installed (apt-get install wrk)")
     rounds, duration = a.rounds or (1 if a.quick else 2), a.duration or (3.0 if a.quick else 6.0)
     conc = [int(x) for x in a.concurrency.split(",")]
-    bundle = _bundle(KIND, STEPS, MAX_LEN, N_ITEMS)
+    bundle = _bundle(KIND, a.steps, MAX_LEN, N_ITEMS)
     hist = _history(a.ids)
     bodies = {"fastapi": {"history": hist, "k": K},
               "triton": {"inputs": [{"name": "history", "shape": [1, a.ids], "datatype": "INT64", "data": hist}],
@@ -191,9 +193,9 @@ def main(argv: list[str] | None = None) -> None:
         (f" --rounds {a.rounds}" if a.rounds else "") + (f" --duration {a.duration:g}" if a.duration else "") + \
         ("" if a.concurrency == "1,4,16,32" else f" --concurrency {a.concurrency}") + \
         (" --triton-queue-policy" if a.triton_queue_policy else "") + ("" if a.ids == MAX_LEN else f" --ids {a.ids}") + \
-        (" --fastapi-http-ab" if a.fastapi_http_ab else "") + (f" --background {a.background!r}" if a.background else "")
+        ("" if a.steps == STEPS else f" --steps {a.steps}") + (" --fastapi-http-ab" if a.fastapi_http_ab else "") + (f" --background {a.background!r}" if a.background else "")
     doc = {
-        "setup": f"{KIND} bundle, {STEPS} DDIM steps, max_len {MAX_LEN}, {N_ITEMS} items (random weights, the "
+        "setup": f"{KIND} bundle, {a.steps} DDIM steps, max_len {MAX_LEN}, {N_ITEMS} items (random weights, the "
                  f"MovieLens-100K catalogue size); one user of {a.ids} raw ids per request, k = {K}; both engines "
                  f"ONNX Runtime CPU, 1 intra-op thread, batching window {a.max_wait_ms:g} ms (FastAPI micro-batcher "
                  "<= 64 rows; Triton dynamic batcher <= 256 rows, 1 model instance, "
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     path = a.out / "serving_engines.json"
     section = ("triton_queue_policy" if a.triton_queue_policy else "fastapi_http_impl" if a.fastapi_http_ab
                else "engines") + \
-        ("" if a.ids == MAX_LEN else f"_{a.ids}_ids")
+        ("" if a.ids == MAX_LEN else f"_{a.ids}_ids") + ("" if a.steps == STEPS else f"_{a.steps}_steps")
     update_results(path, lambda d: d.__setitem__(section, doc), render)
     print(f"-> {repo_path(path)}")
 
