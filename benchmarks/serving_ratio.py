@@ -25,8 +25,9 @@ from .latency import ROOT, Bundles, model_key
 from .machine import machine_info
 
 
-def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int) -> Path:
-    """A random-init model of the kind's default config exported with S averaged samples."""
+def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int, sample_outputs: bool = True) -> Path:
+    """A random-init model of the kind's default config exported with S sampled maps (and, with
+    sample_outputs, the samples' own lists and agreement besides their mean)."""
     import numpy as _np
 
     from genattn.checkpoint import save_checkpoint
@@ -34,15 +35,16 @@ def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int) -> Path:
 
     from .latency import make_model, model_config
 
-    folder = cache / f"{kind}-s{steps}-samples{samples}"
+    folder = cache / f"{kind}-s{steps}-samples{samples}{'' if sample_outputs else '-mean-only'}"
     bundle = folder / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
     key = model_key(kind, steps, 50, 1682)
     save_checkpoint(folder / "checkpoint", make_model(key, 0), model_config(key), item_ids=list(range(1, 1683)),
                     popularity=_np.zeros(1683, dtype=_np.int64), n_users=1)
-    opts = (ExportOptions(vae_mode="sample", samples=samples, verify_users=0) if kind == "vae" else
-            ExportOptions(steps=steps, start="noise", eta=1.0, samples=samples, verify_users=0))
+    opts = (ExportOptions(vae_mode="sample", samples=samples, verify_users=0, sample_outputs=sample_outputs)
+            if kind == "vae" else ExportOptions(steps=steps, start="noise", eta=1.0, samples=samples, verify_users=0,
+                                                sample_outputs=sample_outputs))
     export_bundle(folder / "checkpoint", bundle, opts)
     return bundle
 
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", default="", help="comma-separated S: also time S-sample stochastic bundles")
+    ap.add_argument("--aggregate", choices=["mean", "interleave", "vote"], default="mean",
+                    help="how the S-sample bundles combine their samples (interleave / vote: the samples' own lists)")
+    ap.add_argument("--mean-only-too", action="store_true",
+                    help="also time the S-sample bundles exported without the sample outputs (--no-sample-outputs)")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "latency_cache"))
     ap.add_argument("--out", default="benchmarks/results/serving_ratio")
     a = ap.parse_args(argv)
@@ -64,10 +70,16 @@ def main(argv: list[str] | None = None) -> dict:
                                           threads=a.threads)
     finally:
         bundles.close()
+    sampled = set()
     for S in [int(x) for x in a.samples.split(",") if x]:
         for kind in ("vae", "diffusion"):
+            sampled.add(f"{kind} S={S}")
             recs[f"{kind} S={S}"] = Recommender.load(stochastic_bundle(Path(a.cache), kind, a.steps, S),
                                                      backend="cpu", threads=a.threads)
+            if a.mean_only_too:
+                recs[f"{kind} S={S}, mean only"] = Recommender.load(
+                    stochastic_bundle(Path(a.cache), kind, a.steps, S, sample_outputs=False), backend="cpu",
+                    threads=a.threads)
     rng = np.random.default_rng(0)
     histories = [list(rng.integers(1, 1683, size=int(rng.integers(5, 60)))) for _ in range(64)]
     e2e: dict[str, list[float]] = {k: [] for k in recs}
@@ -75,13 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
         h = histories[i % len(histories)]
         for kind, rec in recs.items():
             t0 = time.perf_counter()
-            rec.recommend(h, k=10, seed=i)
+            rec.recommend(h, k=10, seed=i, **({"aggregate": a.aggregate} if kind in sampled else {}))
             dt = time.perf_counter() - t0
             if i >= 200:
                 e2e[kind].append(dt)
     res = {"command": "python -m benchmarks.serving_ratio " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine_info(), "batch": 1, "backend": "ONNX Runtime CPU (runtime end to end)",
-           "threads": a.threads, "diffusion_steps": a.steps, "iters": a.iters, "kinds": {}}
+           "threads": a.threads, "diffusion_steps": a.steps, "iters": a.iters, "aggregate": a.aggregate, "kinds": {}}
     base = float(np.median(e2e["softmax"]))
     for kind, ts in e2e.items():
         arr = np.asarray(ts) * 1e3
@@ -92,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "met": {k: v["ratio_to_softmax_p50"] <= 1.3 for k, v in res["kinds"].items() if k in ("vae", "diffusion")}}
     lines = ["# Serving cost of the default configurations (interleaved, one run)", "",
              f"Reproduce: `{res['command']}`", f"Machine: {res['machine']['cpu']} ({res['machine']['cores']} cores), "
-             f"{a.threads} threads; batch 1, end to end through the runtime; diffusion {a.steps} DDIM steps.", "",
+             f"{a.threads} threads; batch 1, end to end through the runtime; diffusion {a.steps} DDIM steps"
+             + (f"; S-sample bundles answer aggregate={a.aggregate!r}" if sampled else "") + ".", "",
              "| kind | p50 ms | p90 ms | p99 ms | p50 / softmax p50 |", "|---|---|---|---|---|"]
     for kind, v in res["kinds"].items():
         lines.append(f"| {kind} | {v['p50_ms']:.3f} | {v['p90_ms']:.3f} | {v['p99_ms']:.3f} | "
