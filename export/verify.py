@@ -119,8 +119,8 @@ def _sample_parity(graph: ServingGraph, spec: GraphSpec, case: ParityCase, outs:
     out: dict = {}
     # A row whose items all score alike (an empty history under zero biases, as in a fresh model)
     # has no order: any list is right, and torch and ONNX Runtime break the tie differently.
-    m = mean.numpy()
-    ordered = ~np.array([np.ptp(r[np.isfinite(r)]) == 0 if np.isfinite(r).any() else True for r in m], dtype=bool)
+    finite = [r[np.isfinite(r)] for r in mean.numpy()]
+    ordered = np.array([f.size > 0 and np.ptp(f) > 0 for f in finite], dtype=bool)
     out["rows_without_order"] = int((~ordered).sum())
     for how in ("interleave", "vote"):
         items_name, scores_name = AGGREGATE_OUTPUTS[how]
