@@ -168,7 +168,7 @@ def _umask() -> int:
 
 def _open_input(path: str):
     if path == "-":
-        return contextlib.nullcontext(click.get_binary_stream("stdin"))
+        return contextlib.nullcontext(sys.stdin.buffer)  # bytes, as a file given by path
     try:
         return open(path, "rb")  # bytes: a line that is not UTF-8 fails alone, like bad JSON
     except OSError as e:
