@@ -169,6 +169,11 @@ def recall_at_k(index: AnnIndex, states: np.ndarray, vectors: np.ndarray, k: int
     return float(np.mean([len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(got, exact)]))
 
 
+def _breadth(p: dict) -> dict:
+    """The search-breadth settings among `p` (what tuning changes and records)."""
+    return {k: p[k] for k in ("ef_search", "nprobe", "k_factor") if k in p}
+
+
 # Widening stops here: past these the search costs more than an exact scan would save (ivfpq
 # nprobe stops at nlist, every list).
 MAX_TUNED_EF_SEARCH = 4096
@@ -190,7 +195,7 @@ def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.
         searcher.configure(p)
         t = time.perf_counter()
         r = recall_at_k(searcher, states, None, exact=exact)
-        return {**{k: searcher.params[k] for k in ("ef_search", "nprobe", "k_factor") if k in searcher.params},
+        return {**_breadth(searcher.params),
                 "recall_at_10": r, "search_ms_per_user": round((time.perf_counter() - t) * 1e3 / len(states), 4)}
 
     best = measure(params)
@@ -212,10 +217,9 @@ def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.
         ok = [t for t in tried if t["recall_at_10"] >= floor]
         best = (min(ok, key=lambda t: t["search_ms_per_user"]) if ok
                 else max(tried, key=lambda t: (t["recall_at_10"], -t["search_ms_per_user"])))
-    chosen = {**params, **{k: best[k] for k in ("ef_search", "nprobe", "k_factor") if k in best}}
+    chosen = {**params, **_breadth(best)}
     searcher.configure(chosen)
-    record = {"start": {k: trials[0][k] for k in ("ef_search", "nprobe", "k_factor") if k in trials[0]},
-              "chosen": {k: chosen[k] for k in ("ef_search", "nprobe", "k_factor") if k in chosen},
+    record = {"start": _breadth(trials[0]), "chosen": _breadth(chosen),
               "trials": trials, "seconds": round(time.perf_counter() - t0, 3), "budget_seconds": budget_s}
     return chosen, best["recall_at_10"], record
 
