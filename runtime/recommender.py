@@ -16,6 +16,7 @@ reference count); any call after `close()` raises RecommenderClosedError.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
@@ -422,7 +423,7 @@ class Recommender:
         if types == {str}:
             index, keys = self.items.index, hist
         elif types == {int} and self._lut is None:  # an integer catalog's table took them, unless they overflow
-            index, keys = self._int_index(), hist
+            index, keys = self._int_index, hist
         else:
             return None
         got = list(map(index.get, keys))
@@ -431,20 +432,18 @@ class Recommender:
         # one type, so raw id <-> key is one-to-one: dedupe the unknown raw ids in first-seen order
         return [i for i in got if i is not None], list(dict.fromkeys(x for x, i in zip(hist, got) if i is None))
 
+    @functools.cached_property
     def _int_index(self) -> dict:
         """int -> internal index for every catalog id an int finds (its str() is the id): built once,
         at the first int history (a 1M-id catalog takes a fraction of a second)."""
-        d = self.__dict__.get("_int_by_value")
-        if d is None:
-            d = {}
-            for i, x in enumerate(self.items.item_ids, 1):
-                if type(x) is int:
-                    d[x] = i
-                elif isinstance(x, str) and x.isascii() and (x[1:] if x[:1] == "-" else x).isdigit():
-                    v = int(x)
-                    if str(v) == x:  # "007" or "-0" are not what str() of an int gives
-                        d[v] = i
-            self._int_by_value = d
+        d = {}
+        for i, x in enumerate(self.items.item_ids, 1):
+            if type(x) is int:
+                d[x] = i
+            elif isinstance(x, str) and x.isascii() and (x[1:] if x[:1] == "-" else x).isdigit():
+                v = int(x)
+                if str(v) == x:  # "007" or "-0" are not what str() of an int gives
+                    d[v] = i
         return d
 
     def _encode(self, hist, where: str) -> tuple[list[int], list]:
