@@ -267,6 +267,57 @@ def test_health_metadata_metrics(client):
     assert 'endpoint="other",status="404"' in client.get("/metrics").text
 
 
+_LEAN_CASES = [b'{"history": [IDS], "k": 5}', b'{"histories": [[IDS], [IDS]], "k": 3, "exclude_seen": false}',
+               b'{"histories": []}', b"{not json", b"", b'{"history": [1], "k": 0}', b'{"hisotry": [1]}',
+               b'{"history": ["no-such-item"]}', b'{"histories": [[1], 2]}', b"[" * 5000 + b"]" * 5000]
+
+
+def test_lean_route_answers_like_the_fastapi_route(rec, ids):
+    """POST /recommend skips FastAPI's stack (app.fast); with that path off, the FastAPI route
+    answers. Both must give the same status, body and content type for good and bad requests."""
+    fast, plain = create_app(rec, max_batch=8, max_wait_ms=1), create_app(rec, max_batch=8, max_wait_ms=1)
+    taken = []
+    inner = fast.fast
+
+    async def counting(scope, receive, send):
+        taken.append(scope["path"])
+        await inner(scope, receive, send)
+
+    fast.fast, plain.fast = counting, None
+    hist = ",".join(json.dumps(i) for i in ids[:4]).encode()
+    statuses: dict[int, int] = {}
+    with TestClient(fast) as a, TestClient(plain) as b:
+        for body in _LEAN_CASES:
+            body = body.replace(b"IDS", hist)
+            ra, rb = (c.post("/recommend", content=body, headers={"content-type": "application/json"})
+                      for c in (a, b))
+            assert (ra.status_code, ra.json()) == (rb.status_code, rb.json()), body[:60]
+            assert ra.headers["content-type"] == rb.headers["content-type"] == "application/json"
+            assert int(ra.headers["content-length"]) == len(ra.content)
+            statuses[ra.status_code] = statuses.get(ra.status_code, 0) + 1
+        assert len(taken) == len(_LEAN_CASES)
+        # Everything else still goes through FastAPI: other methods, the schema, metrics of both paths.
+        assert a.get("/recommend").status_code == 405 and len(taken) == len(_LEAN_CASES)
+        assert "/recommend" in a.get("/openapi.json").json()["paths"]
+        text = a.get("/metrics").text
+        assert statuses.keys() >= {200, 400, 422}
+        for status, n in statuses.items():
+            assert _metric(text, f'genattn_http_requests_total{{endpoint="/recommend",status="{status}"}}') == n
+
+
+def test_lean_route_under_a_mount(rec, ids):
+    """Mounted under a prefix, the app still answers POST {prefix}/recommend, by the lean path."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = create_app(rec, max_batch=8, max_wait_ms=1)
+    parent = Starlette(routes=[Mount("/api", app=app)], lifespan=lambda _: app.router.lifespan_context(app))
+    with TestClient(parent) as c:
+        r = c.post("/api/recommend", json={"history": ids[:3], "k": 4})
+        assert r.status_code == 200 and len(r.json()["items"]) == 4
+        assert c.post("/recommend", json={"history": ids[:3]}).status_code == 404
+
+
 # ---------------------------------------------------------------- limits and failure isolation
 
 class FakeRec:
