@@ -4,9 +4,11 @@ The bundle then carries a faiss index over items 1..N (row r = internal item r +
 padding item 0 is never indexed), ranked by inner product, the model's own score. Before
 anything is written, export measures the index's recall@10 against exact scoring on user
 states of the checkpoint's real users (synthetic histories when its data is not usable
-here). Below `min_recall` it first widens the search (`tune_search`: hnsw efSearch, ivfpq
-nprobe or k_factor, doubling, within `tune_seconds`) and records what it chose in the
-manifest; an index still below the floor is refused, as parity refuses a graph.
+here). `tune_search` then sets the search breadth (hnsw efSearch, ivfpq nprobe and k_factor)
+to the narrowest that reaches `min_recall`: it widens the export's settings by doubling when
+they fall short and halves them while the floor holds, within `tune_seconds`, and records what
+it chose in the manifest; an index still below the floor is refused, as parity refuses a graph.
+A breadth given on the command line is kept unless it misses the floor (then only widened).
 
 faiss was chosen by measurement over hnswlib and usearch (docs/export.md,
 benchmarks/results/serving_scale.md); the runtime searches with the same code
@@ -38,38 +40,45 @@ class AnnRecallError(ExportError):
     """The index's recall@10 against exact scoring is below the required minimum: nothing was written."""
 
 
+# Where tuning starts when the breadth is not given: wide enough for recall@10 0.95 on the
+# ML-1M and expanded 1M catalogs measured (docs/export.md); tuning narrows from here.
+DEFAULT_BREADTH = {"ef_search": 128, "nprobe": 64, "k_factor": 16.0}
+
+
 @dataclass
 class AnnOptions:
     kind: str = "hnsw"              # "hnsw" (graph index) | "ivfpq" (inverted lists of PQ codes + exact re-rank)
                                     # | "flat-fp16" (a full scan of an fp16 copy of the table: near-exact, half the bytes)
     m: int = 32                     # hnsw: links per node
     ef_construction: int = 200      # hnsw: build-time breadth
-    ef_search: int = 128            # hnsw: search breadth (the runtime may override it at load)
+    # Search breadth (the runtime may override it at load). None: start at the default and let
+    # tune_search narrow it to the floor; a value given is kept, only widened if recall misses.
+    ef_search: int | None = None    # hnsw: efSearch (default DEFAULT_BREADTH["ef_search"])
     nlist: int | None = None        # ivfpq: inverted lists (default 4·sqrt(N), at least 39 items per list)
-    nprobe: int = 64                # ivfpq: lists searched (the runtime may override it at load)
+    nprobe: int | None = None       # ivfpq: lists searched (default DEFAULT_BREADTH["nprobe"])
     pq_m: int | None = None         # ivfpq: PQ sub-quantizers, must divide d_model (default d_model / 4)
     pq_bits: int = 8                # ivfpq: bits per code (lowered for catalogs too small to train 2^bits centroids)
-    k_factor: float = 16.0          # ivfpq: re-rank k·k_factor PQ candidates with the exact item vectors
+    k_factor: float | None = None   # ivfpq: re-rank k·k_factor PQ candidates exactly (default 16)
     min_recall: float = 0.95        # refuse the export below this recall@10 against exact scoring
-    tune: bool = True               # hnsw / ivfpq below min_recall: widen the search (tune_search) before refusing
-    tune_seconds: float = 300.0     # budget of that widening (recall measurements; the build is not counted)
+    tune: bool = True               # hnsw / ivfpq: the narrowest search reaching min_recall (tune_search)
+    tune_seconds: float = 300.0     # budget of that tuning (recall measurements; the build is not counted)
     recall_users: int = 1000        # user states the recall is measured on
     threads: int = 0                # faiss threads while building (0 = faiss's default: all cores)
 
     def check(self) -> None:
         if self.kind not in ANN_KINDS:
             raise ExportError(f"--ann must be one of {ANN_KINDS}, got {self.kind!r}")
-        for name in ("m", "ef_construction", "ef_search", "nprobe", "recall_users"):
+        for name in ("m", "ef_construction", "recall_users"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ExportError(f"--ann-{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        for name in ("nlist", "pq_m"):
+        for name in ("nlist", "pq_m", "ef_search", "nprobe"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ExportError(f"--ann-{name.replace('_', '-')} must be a positive integer, got {v!r}")
         if not 1 <= self.pq_bits <= 16:
             raise ExportError(f"--ann-pq-bits must be in 1..16, got {self.pq_bits}")
-        if not self.k_factor >= 1.0:
+        if self.k_factor is not None and not self.k_factor >= 1.0:
             raise ExportError(f"--ann-k-factor must be at least 1, got {self.k_factor}")
         if not 0.0 <= self.min_recall <= 1.0:
             raise ExportError(f"--ann-min-recall must be in [0, 1], got {self.min_recall}")
@@ -77,10 +86,19 @@ class AnnOptions:
             raise ExportError(f"tune_seconds must be at least 0, got {self.tune_seconds}")
 
 
+    def breadth(self, name: str):
+        """A search-breadth setting: the value given, else the default tuning starts from."""
+        v = getattr(self, name)
+        return DEFAULT_BREADTH[name] if v is None else v
+
+    def tuned_down(self) -> tuple[str, ...]:
+        """The breadth settings not given, which tuning may narrow below their defaults."""
+        return tuple(name for name in DEFAULT_BREADTH if getattr(self, name) is None)
+
     def params_for(self, n: int, d: int) -> dict:
         """The index parameters for a catalog of n items of width d, as the manifest records them."""
         if self.kind == "hnsw":
-            return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+            return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.breadth("ef_search")}
         if self.kind == "ivfpq":
             return _ivfpq_params(self, n, d)
         return {}
@@ -99,8 +117,8 @@ def _ivfpq_params(opts: AnnOptions, n: int, d: int) -> dict:
     if d % pq_m:
         raise ExportError(f"--ann-pq-m {pq_m} must divide d_model {d}")
     bits = min(opts.pq_bits, max(1, int(math.log2(n))))  # k-means needs at least 2^bits training points
-    return {"nlist": nlist, "nprobe": min(opts.nprobe, nlist), "pq_m": pq_m, "pq_bits": bits,
-            "k_factor": float(opts.k_factor)}
+    return {"nlist": nlist, "nprobe": min(opts.breadth("nprobe"), nlist), "pq_m": pq_m, "pq_bits": bits,
+            "k_factor": float(opts.breadth("k_factor"))}
 
 
 def build_index(vectors: np.ndarray, opts: AnnOptions) -> tuple[object, dict]:
@@ -175,48 +193,69 @@ def _breadth(p: dict) -> dict:
 
 
 # Widening stops here: past these the search costs more than an exact scan would save (ivfpq
-# nprobe stops at nlist, every list).
+# nprobe stops at nlist, every list). Narrowing stops at efSearch 16 (k = 10 needs a few more
+# candidates than it returns), nprobe 1 and k_factor 1.
+MIN_TUNED_EF_SEARCH = 16
 MAX_TUNED_EF_SEARCH = 4096
 MAX_TUNED_K_FACTOR = 256.0
 
 
 def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.ndarray, floor: float,
-                budget_s: float) -> tuple[dict, float, dict]:
-    """Widen the search until recall@10 reaches `floor`: (params, recall, the tuning record).
+                budget_s: float, narrow: tuple[str, ...] = ()) -> tuple[dict, float, dict]:
+    """The narrowest search that reaches recall@10 `floor`: (params, recall, the tuning record).
 
-    Starts at `params` (the export's options) and stops at the first setting that reaches the
-    floor. hnsw: efSearch doubles. ivfpq: each step measures both nprobe x2 and k_factor x2 and
-    takes, of those that reach the floor, the faster (the time of the batched recall search);
-    if neither does, the one with the higher recall. A step is only started within `budget_s`.
+    Starts at `params` (the export's options). Below the floor it widens: hnsw efSearch
+    doubles; ivfpq measures both nprobe x2 and k_factor x2 and takes, of those that reach the
+    floor, the faster (the time of the batched recall search), else the one with the higher
+    recall. At the floor it narrows the knobs named in `narrow` (those the user did not set):
+    each step halves them and keeps the fastest setting that still reaches the floor and is
+    faster, until none is. So the defaults are a starting point, not a fixed cost: a catalog
+    that needs less search gets less. A step is only started within `budget_s`; a setting is
+    measured once.
     """
     t0 = time.perf_counter()
+    seen: dict[tuple, dict] = {}
+    trials: list[dict] = []
 
     def measure(p: dict) -> dict:
-        searcher.configure(p)
-        t = time.perf_counter()
-        r = recall_at_k(searcher, states, None, exact=exact)
-        return {**_breadth(searcher.params),
-                "recall_at_10": r, "search_ms_per_user": round((time.perf_counter() - t) * 1e3 / len(states), 4)}
+        key = tuple(sorted(_breadth(p).items()))
+        if key not in seen:
+            searcher.configure(p)
+            t = time.perf_counter()
+            r = recall_at_k(searcher, states, None, exact=exact)
+            seen[key] = {**_breadth(searcher.params), "recall_at_10": r,
+                         "search_ms_per_user": round((time.perf_counter() - t) * 1e3 / len(states), 4)}
+            trials.append(seen[key])
+        return seen[key]
+
+    def steps(b: dict, wider: bool) -> list[dict]:
+        if searcher.kind == "hnsw":
+            ef = b["ef_search"] * 2 if wider else b["ef_search"] // 2
+            ok = ef <= MAX_TUNED_EF_SEARCH if wider else ef >= MIN_TUNED_EF_SEARCH and "ef_search" in narrow
+            return [{**params, "ef_search": ef}] if ok else []
+        cur = {**params, "nprobe": b["nprobe"], "k_factor": b["k_factor"]}
+        new = ({"nprobe": min(b["nprobe"] * 2, searcher.params["nlist"]),
+                "k_factor": min(b["k_factor"] * 2, MAX_TUNED_K_FACTOR)} if wider else
+               {"nprobe": max(b["nprobe"] // 2, 1), "k_factor": max(b["k_factor"] / 2, 1.0)})
+        return [{**cur, name: v} for name, v in new.items() if v != b[name] and (wider or name in narrow)]
+
+    def in_budget() -> bool:
+        return time.perf_counter() - t0 < budget_s
 
     best = measure(params)
-    trials = [best]
-    while best["recall_at_10"] < floor and time.perf_counter() - t0 < budget_s:
-        if searcher.kind == "hnsw":
-            steps = [{**params, "ef_search": best["ef_search"] * 2}] if best["ef_search"] < MAX_TUNED_EF_SEARCH else []
-        else:
-            cur = {**params, "nprobe": best["nprobe"], "k_factor": best["k_factor"]}
-            steps = []
-            if best["nprobe"] < searcher.params["nlist"]:
-                steps.append({**cur, "nprobe": min(best["nprobe"] * 2, searcher.params["nlist"])})
-            if best["k_factor"] < MAX_TUNED_K_FACTOR:
-                steps.append({**cur, "k_factor": min(best["k_factor"] * 2, MAX_TUNED_K_FACTOR)})
-        if not steps:
+    while best["recall_at_10"] < floor and in_budget():
+        tried = [measure(p) for p in steps(best, wider=True)]
+        if not tried:
             break
-        tried = [measure(p) for p in steps]
-        trials += tried
         ok = [t for t in tried if t["recall_at_10"] >= floor]
         best = (min(ok, key=lambda t: t["search_ms_per_user"]) if ok
                 else max(tried, key=lambda t: (t["recall_at_10"], -t["search_ms_per_user"])))
+    while best["recall_at_10"] >= floor and in_budget():
+        ok = [t for t in (measure(p) for p in steps(best, wider=False))
+              if t["recall_at_10"] >= floor and t["search_ms_per_user"] < best["search_ms_per_user"]]
+        if not ok:
+            break
+        best = min(ok, key=lambda t: t["search_ms_per_user"])
     chosen = {**params, **_breadth(best)}
     searcher.configure(chosen)
     record = {"start": _breadth(trials[0]), "chosen": _breadth(chosen),
@@ -265,11 +304,13 @@ def build_and_check(graph: StateGraph, spec: GraphSpec, vectors: np.ndarray, que
     exact = exact_top(states, vectors, min(RECALL_K, n))
     tuning = None
     if opts.tune and opts.kind != "flat-fp16":  # a full scan has no breadth to widen
-        params, recall, tuning = tune_search(searcher, params, states, exact, opts.min_recall, opts.tune_seconds)
+        params, recall, tuning = tune_search(searcher, params, states, exact, opts.min_recall, opts.tune_seconds,
+                                             narrow=opts.tuned_down())
         if tuning["chosen"] != tuning["start"]:
-            log.warning("ANN %s: recall@%d %.4f at %s was below %.2f; the search was widened to %s (%.1f s)",
-                        opts.kind, RECALL_K, tuning["trials"][0]["recall_at_10"], tuning["start"], opts.min_recall,
-                        tuning["chosen"], tuning["seconds"])
+            log.info("ANN %s: recall@%d %.4f at %s against the floor %.2f; the search was tuned to %s "
+                     "(recall %.4f, %d settings measured in %.1f s)", opts.kind, RECALL_K,
+                     tuning["trials"][0]["recall_at_10"], tuning["start"], opts.min_recall, tuning["chosen"], recall,
+                     len(tuning["trials"]), tuning["seconds"])
     else:
         recall = recall_at_k(searcher, states, vectors, exact=exact)
     log.info("ANN %s over %d items: recall@%d %.4f on %d %s users (built in %.1f s)", opts.kind, n, RECALL_K,

@@ -155,21 +155,24 @@ def evaluate(checkpoint, split, seeds, steps, eta, start, vae_mode, samples) -> 
                    "flat-fp16: a full scan of an fp16 item table (near-exact).")
 @click.option("--ann-m", type=int, default=32, show_default=True, help="hnsw: links per node.")
 @click.option("--ann-ef-construction", type=int, default=200, show_default=True, help="hnsw: build breadth.")
-@click.option("--ann-ef-search", type=int, default=128, show_default=True,
-              help="hnsw: search breadth (Recommender.load(ef_search=...) overrides it).")
+@click.option("--ann-ef-search", type=int,
+              help="hnsw: search breadth, kept unless recall misses the floor [default: tuned, the narrowest "
+                   "from 128 that reaches --ann-min-recall]. Recommender.load(ef_search=...) overrides it.")
 @click.option("--ann-nlist", type=int, help="ivfpq: inverted lists [default: 4*sqrt(items)].")
-@click.option("--ann-nprobe", type=int, default=64, show_default=True,
-              help="ivfpq: lists searched (Recommender.load(nprobe=...) overrides it).")
+@click.option("--ann-nprobe", type=int,
+              help="ivfpq: lists searched, kept unless recall misses the floor [default: tuned, the narrowest "
+                   "from 64 that reaches --ann-min-recall]. Recommender.load(nprobe=...) overrides it.")
 @click.option("--ann-pq-m", type=int, help="ivfpq: PQ sub-quantizers, dividing d_model [default: d_model/4].")
-@click.option("--ann-k-factor", type=float, default=16.0, show_default=True,
-              help="ivfpq: PQ candidates re-ranked exactly, as a multiple of k.")
+@click.option("--ann-k-factor", type=float,
+              help="ivfpq: PQ candidates re-ranked exactly, as a multiple of k [default: tuned from 16, "
+                   "as --ann-nprobe].")
 @click.option("--ann-min-recall", type=float, default=0.95, show_default=True,
               help="Refuse the export when the index's recall@10 against exact scoring is lower.")
 @click.option("--ann-recall-users", type=int, default=1000, show_default=True,
               help="Users (real when the checkpoint's data is here) the recall is measured on.")
 @click.option("--ann-tune-seconds", type=click.FloatRange(min=0.0), default=300.0, show_default=True,
-              help="hnsw / ivfpq below --ann-min-recall: seconds to widen the search (efSearch, nprobe, k_factor) "
-                   "before refusing; 0 refuses at once.")
+              help="hnsw / ivfpq: seconds to tune the search breadth (efSearch, nprobe, k_factor) to the narrowest "
+                   "that reaches --ann-min-recall, widening it before refusing; 0: no tuning, refuse at once.")
 def export_cmd(checkpoint, out, steps, eta, start, vae_mode, samples, no_sample_outputs, k, full_scores, no_exclude_in_graph, opset,
                fp16, slim, torchscript, tensorrt, triton, triton_name, triton_force, verify_users,
                sign_key, ann, ann_m, ann_ef_construction, ann_ef_search, ann_nlist, ann_nprobe, ann_pq_m,

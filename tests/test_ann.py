@@ -25,12 +25,14 @@ _ann: dict[str, Path] = {}
 
 
 def ann_bundle(root: Path, kind: str = "softmax", index: str = "hnsw", stochastic: bool = False) -> Path:
-    """An ANN bundle of the runtime fixtures' checkpoint, exported once per process."""
+    """An ANN bundle of the runtime fixtures' checkpoint, exported once per process. The recall
+    floor is 1.0: export then keeps the search wide enough to give exact scoring's lists, which
+    the tests compare with (at the default floor it narrows the search to recall 0.95)."""
     key = f"{kind}-{index}-{stochastic}"
     if key not in _ann:
         out = root / f"ann-{key}"
         opts = ExportOptions(steps=2, k=K, verify_users=16, start="noise" if stochastic else "zeros",
-                             ann=AnnOptions(kind=index, recall_users=100))
+                             ann=AnnOptions(kind=index, recall_users=100, min_recall=1.0))
         export_bundle(checkpoint(root, kind), out, opts)
         _ann[key] = out
     return _ann[key]
@@ -253,10 +255,18 @@ def test_tuning_widens_the_search_to_the_floor(bundle_root, tmp_path):
     assert saved["tuning"] == t and saved["params"] == a["params"]
     rec = Recommender.load(out, backend="cpu", threads=1)
     assert rec.metadata()["ann"]["search"]["nprobe"] == a["params"]["nprobe"]
-    # already at the floor: nothing widened, one trial recorded
-    ok = export_bundle(checkpoint(bundle_root, "softmax"), tmp_path / "wide", ExportOptions(
-        k=K, verify_users=0, ann=AnnOptions(kind="ivfpq", nlist=8, nprobe=8, recall_users=100)))["ann"]["tuning"]
-    assert ok["chosen"] == ok["start"] and len(ok["trials"]) == 1
+    # defaults above the floor: narrowed while it holds; each halving of the chosen setting misses
+    # the floor or is no faster
+    wide = export_bundle(checkpoint(bundle_root, "softmax"), tmp_path / "wide", ExportOptions(
+        k=K, verify_users=0, ann=AnnOptions(kind="ivfpq", nlist=8, recall_users=100)))["ann"]
+    ok = wide["tuning"]
+    assert ok["trials"][0]["recall_at_10"] >= 0.95 and wide["recall"]["recall_at_10"] >= 0.95
+    assert ok["chosen"]["nprobe"] <= 8 and ok["chosen"]["k_factor"] <= ok["start"]["k_factor"]
+    final = next(t for t in ok["trials"] if (t["nprobe"], t["k_factor"]) == tuple(ok["chosen"].values()))
+    for t in ok["trials"]:
+        if (t["nprobe"], t["k_factor"]) in ((ok["chosen"]["nprobe"] // 2, ok["chosen"]["k_factor"]),
+                                            (ok["chosen"]["nprobe"], ok["chosen"]["k_factor"] / 2)):
+            assert t["recall_at_10"] < 0.95 or t["search_ms_per_user"] >= final["search_ms_per_user"]
     # no budget: refused as before, nothing written
     with pytest.raises(AnnRecallError, match="below --ann-min-recall"):
         export_bundle(checkpoint(bundle_root, "softmax"), tmp_path / "nobudget", ExportOptions(
@@ -287,6 +297,20 @@ def test_tune_search_on_a_synthetic_catalog():
         key = "ef_search" if kind == "hnsw" else "nprobe"
         assert chosen[key] >= params[key] and searcher.params[key] == chosen[key]
         assert record["chosen"] == {k: chosen[k] for k in record["start"]}
+        assert len({tuple(sorted(t.items())) for t in record["trials"]}) == len(record["trials"])  # each once
+    # Started wider than needed: narrowed to a cheaper setting that still reaches the floor.
+    for kind, start in (("hnsw", dict(m=8, ef_construction=64, ef_search=1024)),
+                        ("ivfpq", dict(nlist=64, nprobe=64, k_factor=32.0, pq_m=4))):
+        index, params = build_index(vecs, AnnOptions(kind=kind, threads=1, **start))
+        searcher = AnnIndex(index=index, kind=kind, n_items=len(vecs), dim=16, params={})
+        knobs = ("ef_search",) if kind == "hnsw" else ("nprobe", "k_factor")
+        kept = tune_search(searcher, params, states, truth, 0.9, budget_s=120)  # nothing may narrow: kept
+        assert kept[0] == params and len(kept[2]["trials"]) == 1
+        chosen, recall, record = tune_search(searcher, params, states, truth, 0.9, budget_s=120, narrow=knobs)
+        assert record["trials"][0]["recall_at_10"] >= 0.9 and recall >= 0.9
+        assert all(chosen[k] <= params[k] and searcher.params[k] == chosen[k] for k in knobs)
+        assert any(chosen[k] < params[k] for k in knobs)
+        assert recall == next(t["recall_at_10"] for t in record["trials"] if all(t[k] == chosen[k] for k in knobs))
 
 
 def test_stochastic_state_keeps_its_noise(bundle_root):
@@ -306,7 +330,8 @@ def test_stochastic_state_keeps_its_noise(bundle_root):
 def test_search_parameters_at_load(bundle_root):
     r = Recommender.load(ann_bundle(bundle_root), backend="cpu", threads=1, ef_search=16)
     assert r.metadata()["ann"]["search"] == {"kind": "hnsw", "ef_search": 16}
-    assert Recommender.load(ann_bundle(bundle_root), backend="cpu").metadata()["ann"]["search"]["ef_search"] == 128
+    tuned = json.loads((ann_bundle(bundle_root) / "manifest.json").read_text())["ann"]["params"]["ef_search"]
+    assert Recommender.load(ann_bundle(bundle_root), backend="cpu").metadata()["ann"]["search"]["ef_search"] == tuned
     r = Recommender.load(ann_bundle(bundle_root, index="ivfpq"), backend="cpu", nprobe=1)
     assert r.metadata()["ann"]["search"]["nprobe"] == 1
     with pytest.raises(InputError, match="nprobe applies to ivfpq"):
@@ -436,7 +461,12 @@ def test_cli_export_ann(bundle_root, tmp_path):
     assert "hnsw index recall@10 1.0000 (real users)" in res.output
     m = json.loads((out / "manifest.json").read_text())
     assert m["ann"]["params"] == {"m": 8, "ef_construction": 200, "ef_search": 64}
-    assert m["ann"]["recall"]["queries"] == 50
+    assert m["ann"]["recall"]["queries"] == 50 and m["ann"]["tuning"]["chosen"] == {"ef_search": 64}  # given: kept
+    res = CliRunner().invoke(main, ["export", str(checkpoint(bundle_root, "softmax")), "-o", str(tmp_path / "tuned"),
+                                    "-k", "20", "--verify-users", "0", "--ann", "hnsw", "--ann-recall-users", "50"])
+    m = json.loads((tmp_path / "tuned" / "manifest.json").read_text())["ann"]
+    assert res.exit_code == 0 and m["tuning"]["start"] == {"ef_search": 128} and m["recall"]["recall_at_10"] >= 0.95
+    assert m["params"]["ef_search"] == m["tuning"]["chosen"]["ef_search"] < 128  # not given: narrowed
     res = CliRunner().invoke(main, ["export", str(checkpoint(bundle_root, "softmax")), "-o", str(tmp_path / "y"),
                                     "--ann", "hnsw", "--ann-min-recall", "2"])
     assert res.exit_code != 0 and "--ann-min-recall must be in [0, 1]" in res.output
