@@ -18,7 +18,8 @@ wrk: `apt-get install wrk`. perf_analyzer: `--perf-analyzer PATH` or on PATH (th
 needs glibc 2.38; tritonclient 2.35's wheel ships one built for older systems, which needs
 libb64 and libcudart.so.12 to start, though it never uses a GPU here).
 
-Results: benchmarks/results/serving_engines.{json,md}, section "engines" (or "triton_queue_policy").
+Results: benchmarks/results/serving_engines.{json,md}, section "engines" (or "triton_queue_policy"), and
+the Triton cells beside FastAPI's as section "triton" of benchmarks/results/serving_scale.{json,md}.
 """
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from genattn_runtime.service import MAX_WAIT_MS
+
 from .machine import REPO, git_commit, machine_info, repo_path
 from .record import update_results
+from .serving_scale import write_section
 from .triton_load import Server, _bundle
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -122,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 2; quick 1)")
     ap.add_argument("--duration", type=float, help="seconds per cell (default 6; quick 3)")
     ap.add_argument("--concurrency", default="1,4,16,32", help="comma-separated connections / requests in flight")
-    ap.add_argument("--max-wait-ms", type=float, default=2.0, help="batching window of both engines")
+    ap.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS,
+                    help="batching window of both engines (default: the engines' own)")
     ap.add_argument("--perf-analyzer", default=shutil.which("perf_analyzer"), help="perf_analyzer binary")
     ap.add_argument("--perf-analyzer-version", default="version not given",
                     help="recorded with the results, e.g. 'from tritonclient 2.35.0's wheel'")
@@ -222,6 +227,32 @@ def main(argv: list[str] | None = None) -> None:
         ("" if a.ids == MAX_LEN else f"_{a.ids}_ids") + ("" if a.steps == STEPS else f"_{a.steps}_steps")
     update_results(path, lambda d: d.__setitem__(section, doc), render)
     print(f"-> {repo_path(path)}")
+    if not (a.fastapi_http_ab or a.triton_queue_policy):
+        print(f"-> {repo_path(write_section('triton', triton_summary(doc, section)))}")
+
+
+def triton_summary(doc: dict, section: str) -> dict:
+    """serving_scale.json's `triton` section: each Triton cell (protocol, client, concurrency) beside
+    the FastAPI engine's wrk cell at the same concurrency, and the engine target per HTTP cell at 16
+    and 32 connections (req/s at least FastAPI's, p99 < 50 ms, no errors)."""
+    fast = {r["concurrency"]: r for r in doc["rows"] if r["engine"] == "fastapi" and r["client"] == "wrk"}
+    rows = []
+    for r in doc["rows"]:
+        if r["engine"] != "triton":
+            continue
+        f = fast.get(r["concurrency"], {})
+        row = {"protocol": r["protocol"], "client": r["client"], "concurrency": r["concurrency"],
+               "req_per_s": round(r["req_per_s"], 1), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+               "errors": r["errors"], "fastapi_req_per_s": round(f["req_per_s"], 1) if f else None,
+               "fastapi_p50_ms": f.get("p50_ms"), "fastapi_p99_ms": f.get("p99_ms")}
+        if r["protocol"] == "http" and r["concurrency"] in (16, 32) and f:
+            row["target_met"] = bool(r["req_per_s"] >= f["req_per_s"] and r["p99_ms"] < 50 and r["errors"] == 0)
+        rows.append(row)
+    return {"source": f"benchmarks/results/serving_engines.json, section {section}", "setup": doc["setup"],
+            "clients": doc["clients"], "conditions": doc["conditions"], "machine": doc["machine"],
+            "commit": doc["commit"], "date": doc["date"], "command": doc["command"],
+            "target": "HTTP at 16 and 32 connections: Triton req/s >= the FastAPI engine's in the same run, "
+                      "p99 < 50 ms, zero errors", "rows": rows}
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genattn_runtime.service import MAX_WAIT_MS
+
 from .latency.http_load import _free_port, wait_ready
 from .machine import REPO, machine_info, repo_path
 
@@ -264,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, help="seconds measured per engine and round (default 10; quick 3)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of each server")
-    ap.add_argument("--max-wait-ms", type=float, default=2.0, help="batching window of both engines")
+    ap.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS,
+                    help="batching window of both engines (default: the engines' own)")
     ap.add_argument("--no-grpc", action="store_true", help="skip the Triton gRPC reference row")
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     ap.add_argument("--client", help=argparse.SUPPRESS)

@@ -5,7 +5,7 @@ imports the engines (service, triton_engine), never the reverse.
 
     genattn recommend BUNDLE --history 12,7,33 -k 10
     genattn recommend BUNDLE --input users.jsonl --output recs.jsonl
-    genattn serve BUNDLE --port 8000 --max-batch 64 --max-wait-ms 2
+    genattn serve BUNDLE --port 8000 --max-batch 64 --max-wait-ms 0
 """
 from __future__ import annotations
 
@@ -354,8 +354,9 @@ def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
               help="triton: model instances (processes, each with its own session)")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="micro-batcher: most rows per session run (fastapi; triton batches up to --max-users rows)")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="micro-batcher: longest wait for more requests after the first (triton: max_queue_delay)")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="micro-batcher: longest wait for more requests after the first; 0 = batch what queued while "
+                   "the backend was busy (triton: max_queue_delay)")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True,
               help="larger request bodies get 413 (triton: larger history tensors get an error)")
 @click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,

@@ -101,7 +101,7 @@ class EngineConfig:
     trusted_keys: list[str] = field(default_factory=list)
     trt_cache_dir: str | None = None
     max_users: int = 256          # Triton max_batch_size: users per request and per batch
-    max_wait_ms: float = 2.0      # dynamic batcher: max_queue_delay
+    max_wait_ms: float = 0.0      # dynamic batcher: max_queue_delay (as the FastAPI engine's MAX_WAIT_MS)
     max_queue: int = 256          # requests waiting; more are refused   } only with
     request_timeout_s: float = 10.0  # queued longer: dropped with an error } queue_policy
     queue_policy: bool = False    # Triton enforces the two above (costs ~0.5 s stalls: model_config)

@@ -159,3 +159,29 @@ def test_summary_and_verdict():
     met, by = _verdict(2.0, 1.5, False, "x")
     assert met is False and "33% over" in by
     assert _verdict(None, 1.0, False, " ms") == (None, "not measured")
+
+
+def test_triton_summary_sets_each_cell_beside_fastapi():
+    """serving_scale's `triton` section: Triton cells with the FastAPI wrk cell of the same
+    concurrency, and the target judged only on HTTP at 16 and 32 connections."""
+    from benchmarks.serving_engines import triton_summary
+
+    def row(engine, proto, client, c, rps, p99, errors=0):
+        return {"engine": engine, "protocol": proto, "client": client, "concurrency": c, "req_per_s": rps,
+                "p50_ms": p99 / 2, "p99_ms": p99, "errors": errors}
+
+    doc = {"setup": "s", "clients": "wrk", "conditions": "quiet", "machine": "m", "commit": "c", "date": "d",
+           "command": "python -m benchmarks.serving_engines", "rows": [
+               row("fastapi", "http", "wrk", 1, 200.0, 6.0), row("triton", "http", "wrk", 1, 210.0, 5.0),
+               row("fastapi", "http", "wrk", 16, 1500.0, 20.0), row("triton", "http", "wrk", 16, 1600.0, 30.0),
+               row("triton", "grpc", "perf_analyzer", 16, 900.0, 60.0),
+               row("fastapi", "http", "wrk", 32, 1800.0, 25.0), row("triton", "http", "wrk", 32, 1700.0, 28.0),
+               row("triton", "http", "perf_analyzer", 32, 2100.0, 40.0, errors=3)]}
+    s = triton_summary(doc, "engines")
+    by = {(r["protocol"], r["client"], r["concurrency"]): r for r in s["rows"]}
+    assert len(by) == 5 and s["source"].endswith("section engines")
+    assert "target_met" not in by["http", "wrk", 1] and "target_met" not in by["grpc", "perf_analyzer", 16]
+    assert by["http", "wrk", 16]["target_met"] is True and by["http", "wrk", 16]["fastapi_p99_ms"] == 20.0
+    assert by["http", "wrk", 32]["target_met"] is False  # fewer req/s than FastAPI
+    assert by["http", "perf_analyzer", 32]["target_met"] is False  # errors
+    assert by["grpc", "perf_analyzer", 16]["fastapi_req_per_s"] == 1500.0
