@@ -393,13 +393,14 @@ def _worker() -> int:
 
 
 class _Worker:
-    def __init__(self, name: str, pythonpath: str | None, threads: int):
+    def __init__(self, name: str, pythonpath: str | None, threads: int, load: dict | None = None):
+        """load: Recommender.load options of this worker's ANN bundle (e.g. another nprobe)."""
         import subprocess
 
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         if pythonpath:
             env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-        self.name = name
+        self.name, self.load = name, load or {}
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.ann", "--worker"], cwd=REPO, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -441,7 +442,7 @@ def end_to_end(args) -> dict:
     """`Recommender.recommend` at batch 1 on real bundles over the expanded catalog: the checkpoint's
     model with its item table replaced by the --n-items expanded one, exported exact and with
     `--ann ivfpq` at the export defaults (the recall gate runs on synthetic users, since the
-    checkpoint's data no longer matches the catalog; export widens the search if they miss it),
+    checkpoint's data no longer matches the catalog; export tunes the search breadth to the floor),
     timed on real users' raw-id histories. With --before REV the same ANN bundle is also served
     by the runtime of git revision REV: the two run in separate processes, one round of every
     history each, alternating (before, after, before, ...), so both see the same machine load.
@@ -505,17 +506,20 @@ def end_to_end(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "hists.json").write_text(json.dumps(hists))
-        workers = [("after", None)]
+        workers = [("after", None, None)]
         if args.before:
             (tmp / "before").mkdir()
-            workers.insert(0, (f"before ({args.before})", _runtime_at(args.before, tmp / "before")))
-        procs = [_Worker(name, path, args.threads) for name, path in workers]
+            workers.insert(0, (f"before ({args.before})", _runtime_at(args.before, tmp / "before"), None))
+        start = (manifest.get("tuning") or {}).get("start", {})
+        if start.get("nprobe") not in (None, manifest["params"]["nprobe"]):  # what tuning saved, in the same run
+            workers.append((f"after, nprobe {start['nprobe']} (the tuning's start)", None, {"nprobe": start["nprobe"]}))
+        procs = [_Worker(name, path, args.threads, load) for name, path, load in workers]
         try:
             # the exact bundle once, in the current runtime (context, and the reference lists)
             procs[-1].ask(cmd="load", bundle=str(bundles["exact"]), threads=args.threads)
             exact = procs[-1].ask(cmd="time", histories=str(tmp / "hists.json"), k=K, warmup=20)
             for w in procs:
-                w.ask(cmd="load", bundle=str(bundles["ivfpq"]), threads=args.threads)
+                w.ask(cmd="load", bundle=str(bundles["ivfpq"]), threads=args.threads, load=w.load)
             runs = {w.name: [] for w in procs}
             items = {}
             for _ in range(args.rounds):  # alternating, so both see the same load
@@ -535,7 +539,7 @@ def end_to_end(args) -> dict:
              "encode_p50_ms": round(float(np.median(np.asarray(exact["rows"])[:, 1])) * 1e3, 4)}]
     for name, r in runs.items():
         a = np.asarray(r) * 1e3
-        row = {"bundle": "ivfpq (export defaults)", "runtime": name, "requests": len(a), **_stats(a[:, 0])}
+        row = {"bundle": "ivfpq (export defaults, tuned)", "runtime": name, "requests": len(a), **_stats(a[:, 0])}
         for j, part in enumerate(PARTS, 1):
             row[f"{part}_p50_ms"] = round(float(np.median(a[:, j])), 4)
         row["search_p99_ms"] = round(float(np.percentile(a[:, 3], 99)), 4)

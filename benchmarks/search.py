@@ -17,7 +17,10 @@ number of trials; `--worker i/n` splits the tasks between n processes.
 Resumable across sessions: finished trials are kept in
 benchmarks/results/search_<data>.json (`trials`: kind, loss, params, valid NDCG@10, best
 epoch, seconds) and skipped when the same trial is asked again; a trial cut short
-resumes from its checkpoint under --runs. Each kind's (and loss's) winner is written
+resumes from its checkpoint under --runs. A fresh checkout has no runs/, so before a
+session ends `--park` copies the unfinished trials' checkpoints (about 7 MB each at ML-100K
+sizes) to benchmarks/results/search_<data>_inflight/, to be committed; a trial whose run
+folder is missing resumes from there, and its parked copy is dropped once it finishes. Each kind's (and loss's) winner is written
 as `selected` and as a TOML file under benchmarks/results/search_<data>_selected/ for
 `python -m benchmarks.accuracy --configs NAME=PATH`.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 import zlib
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--worker", default="0/1", help="i/n: run every n-th task starting at i (parallel processes)")
     ap.add_argument("--runs", default="runs/search")
     ap.add_argument("--out")
+    ap.add_argument("--park", action="store_true",
+                    help="copy the unfinished trials' checkpoints to <out>_inflight (commit it) and exit")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     wi, wn = (int(x) for x in a.worker.split("/"))
@@ -134,6 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown kind(s) {unknown}; known: {', '.join(KIND_SPACE)}")
     out = a.out or f"benchmarks/results/search_{short_name(a.data)}"
     runs = Path(a.runs) / a.data
+    carried = Path(out + "_inflight")
+    if a.park:
+        done = json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
+        parked = park(runs, carried, {run_name(r["kind"], r["loss"], r["trial"]) for r in done.get("trials", [])})
+        print(f"parked {len(parked)} unfinished trial(s) in {carried}: {', '.join(parked) or 'none'}")
+        return done
     fixed = parse_sets(a.sets)
     fixed["train"] = {**BUDGET, **fixed["train"], "loss": a.loss, "seed": a.seed}
     budget = {k: fixed["train"][k] for k in BUDGET}
@@ -152,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         done = json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
         if any(same_trial(r, kind, a.loss, t, params, budget) for r in done.get("trials", [])):
             continue
-        run_dir = runs / f"{kind}_{a.loss}_trial{t}"
+        run_dir = runs / run_name(kind, a.loss, t)
+        unpark(carried, run_dir)
         t0 = time.perf_counter()
         train_or_resume(load_run_config(CONFIGS / f"{kind}.toml", merged(fixed, params, {"data": {"source": a.data}})),
                         run_dir)
@@ -171,7 +184,48 @@ def main(argv: list[str] | None = None) -> dict:
             select(doc, Path(out + "_selected"))
 
         update_results(out + ".json", add, render)
+        shutil.rmtree(carried / run_dir.name, ignore_errors=True)  # finished: its parked copy is history
     return json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
+
+
+def run_name(kind: str, loss: str, trial: int) -> str:
+    return f"{kind}_{loss}_trial{trial}"
+
+
+def _unfinished(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return (run_dir / "state.json").is_file() and not (
+        metrics.is_file() and "test" in json.loads(metrics.read_text()))
+
+
+def park(runs: Path, carried: Path, finished: set[str]) -> list[str]:
+    """Copy each unfinished trial's run folder from `runs` into `carried` (a temporary name, then
+    renamed over the older copy); drop carried folders of trials in `finished`."""
+    names = []
+    for d in sorted(runs.glob("*_trial*")) if runs.is_dir() else []:
+        if d.name in finished or not _unfinished(d):
+            continue
+        tmp = carried / f".{d.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(d, tmp)
+        shutil.rmtree(carried / d.name, ignore_errors=True)
+        tmp.rename(carried / d.name)
+        names.append(d.name)
+    for d in sorted(carried.iterdir()) if carried.is_dir() else []:
+        if d.name in finished:
+            shutil.rmtree(d)
+    return names
+
+
+def unpark(carried: Path, run_dir: Path) -> bool:
+    """A trial with no checkpoint of its own under --runs starts from its parked copy, if any."""
+    src = carried / run_dir.name
+    if (run_dir / "state.json").is_file() or not (src / "state.json").is_file():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(src, run_dir)
+    log.info("%s: resuming from the parked checkpoint %s", run_dir.name, src)
+    return True
 
 
 def select(doc: dict, folder: Path) -> None:

@@ -47,3 +47,29 @@ def test_losses_are_selected_separately(tmp_path):
     select(doc, tmp_path)
     assert doc["trial_counts"] == {"softmax": 1, "softmax_bce": 2, "vae": 1}
     assert tomllib.loads((tmp_path / "softmax_bce.toml").read_text())["train"]["loss"] == "bce"
+
+
+def test_park_and_unpark_carry_unfinished_trials(tmp_path):
+    """--park copies only unfinished trials' checkpoints (and drops parked ones since finished);
+    a trial without its own checkpoint resumes from the parked copy, never over a newer one."""
+    import json
+
+    from benchmarks.search import park, unpark
+
+    runs, carried = tmp_path / "runs", tmp_path / "inflight"
+    for name, test in (("vae_full_trial3", False), ("softmax_full_trial3", True), ("diffusion_full_trial3", False)):
+        d = runs / name
+        d.mkdir(parents=True)
+        (d / "state.json").write_text(json.dumps({"progress": {"epoch": 7}}))
+        (d / "metrics.json").write_text(json.dumps({"test": {}} if test else {"best_epoch": 5}))
+    (carried / "vae_full_trial1").mkdir(parents=True)  # parked earlier, finished since
+    parked = park(runs, carried, finished={"vae_full_trial1", "diffusion_full_trial3"})
+    assert parked == ["vae_full_trial3"]
+    assert sorted(p.name for p in carried.iterdir()) == ["vae_full_trial3"]
+    assert json.loads((carried / "vae_full_trial3" / "state.json").read_text())["progress"]["epoch"] == 7
+    fresh = tmp_path / "fresh" / "vae_full_trial3"
+    assert unpark(carried, fresh) and (fresh / "state.json").is_file()
+    (fresh / "state.json").write_text(json.dumps({"progress": {"epoch": 9}}))
+    assert not unpark(carried, fresh)  # its own, newer checkpoint wins
+    assert json.loads((fresh / "state.json").read_text())["progress"]["epoch"] == 9
+    assert not unpark(carried, tmp_path / "fresh" / "vae_full_trial4")  # nothing parked
