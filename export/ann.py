@@ -208,10 +208,11 @@ def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.
     doubles; ivfpq measures both nprobe x2 and k_factor x2 and takes, of those that reach the
     floor, the faster (the time of the batched recall search), else the one with the higher
     recall. At the floor it narrows the knobs named in `narrow` (those the user did not set):
-    each step halves them and keeps the fastest setting that still reaches the floor and is
-    faster, until none is. So the defaults are a starting point, not a fixed cost: a catalog
-    that needs less search gets less. A step is only started within `budget_s`; a setting is
-    measured once.
+    each step tries every such knob at x0.5, then, if that misses the floor, x0.75 and x0.875,
+    and keeps the fastest setting that still reaches the floor and is faster, until none is.
+    So the defaults are a starting point, not a fixed cost: a catalog that needs less search
+    gets less (at 1M items the defaults sat just above the floor, and both halvings fell below
+    it). A step is only started within `budget_s`; a setting is measured once.
     """
     t0 = time.perf_counter()
     seen: dict[tuple, dict] = {}
@@ -228,31 +229,43 @@ def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.
             trials.append(seen[key])
         return seen[key]
 
-    def steps(b: dict, wider: bool) -> list[dict]:
+    def wider(b: dict) -> list[dict]:
         if searcher.kind == "hnsw":
-            ef = b["ef_search"] * 2 if wider else b["ef_search"] // 2
-            ok = ef <= MAX_TUNED_EF_SEARCH if wider else ef >= MIN_TUNED_EF_SEARCH and "ef_search" in narrow
-            return [{**params, "ef_search": ef}] if ok else []
+            return [{**params, "ef_search": b["ef_search"] * 2}] if b["ef_search"] < MAX_TUNED_EF_SEARCH else []
         cur = {**params, "nprobe": b["nprobe"], "k_factor": b["k_factor"]}
-        new = ({"nprobe": min(b["nprobe"] * 2, searcher.params["nlist"]),
-                "k_factor": min(b["k_factor"] * 2, MAX_TUNED_K_FACTOR)} if wider else
-               {"nprobe": max(b["nprobe"] // 2, 1), "k_factor": max(b["k_factor"] / 2, 1.0)})
-        return [{**cur, name: v} for name, v in new.items() if v != b[name] and (wider or name in narrow)]
+        new = {"nprobe": min(b["nprobe"] * 2, searcher.params["nlist"]),
+               "k_factor": min(b["k_factor"] * 2, MAX_TUNED_K_FACTOR)}
+        return [{**cur, name: v} for name, v in new.items() if v != b[name]]
+
+    def narrower(b: dict, name: str, factor: float) -> dict | None:
+        """b with knob `name` scaled by factor (None: not narrowable, or no change left)."""
+        lowest = {"ef_search": MIN_TUNED_EF_SEARCH, "nprobe": 1, "k_factor": 1.0}[name]
+        if name not in narrow or name not in b:
+            return None
+        v = max(lowest, int(b[name] * factor) if name != "k_factor" else b[name] * factor)
+        return {**params, **_breadth(b), name: v} if v < b[name] else None
 
     def in_budget() -> bool:
         return time.perf_counter() - t0 < budget_s
 
     best = measure(params)
     while best["recall_at_10"] < floor and in_budget():
-        tried = [measure(p) for p in steps(best, wider=True)]
+        tried = [measure(p) for p in wider(best)]
         if not tried:
             break
         ok = [t for t in tried if t["recall_at_10"] >= floor]
         best = (min(ok, key=lambda t: t["search_ms_per_user"]) if ok
                 else max(tried, key=lambda t: (t["recall_at_10"], -t["search_ms_per_user"])))
     while best["recall_at_10"] >= floor and in_budget():
-        ok = [t for t in (measure(p) for p in steps(best, wider=False))
-              if t["recall_at_10"] >= floor and t["search_ms_per_user"] < best["search_ms_per_user"]]
+        ok = []
+        for name in _breadth(best):
+            for factor in (0.5, 0.75, 0.875):  # the first that keeps the floor, per knob
+                p = narrower(best, name, factor)
+                t = measure(p) if p is not None else None
+                if t is not None and t["recall_at_10"] >= floor:
+                    if t["search_ms_per_user"] < best["search_ms_per_user"]:
+                        ok.append(t)
+                    break
         if not ok:
             break
         best = min(ok, key=lambda t: t["search_ms_per_user"])
