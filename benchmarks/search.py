@@ -20,9 +20,9 @@ epoch, seconds) and skipped when the same trial is asked again; a trial cut shor
 resumes from its checkpoint under --runs. A fresh checkout has no runs/, so before a
 session ends `--park` copies the unfinished trials' checkpoints (about 7 MB each at ML-100K
 sizes) to benchmarks/results/search_<data>_inflight/, to be committed; a trial whose run
-folder is missing resumes from there, and its parked copy is dropped once it finishes. Each kind's (and loss's) winner is written
-as `selected` and as a TOML file under benchmarks/results/search_<data>_selected/ for
-`python -m benchmarks.accuracy --configs NAME=PATH`.
+folder is missing resumes from there, and its parked copy is dropped once it finishes.
+Each kind's (and loss's) winner is written as `selected` and as a TOML file under
+benchmarks/results/search_<data>_selected/ for `python -m benchmarks.accuracy --configs NAME=PATH`.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = Path(a.runs) / a.data
     carried = Path(out + "_inflight")
     if a.park:
-        done = json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
+        done = _read(out)
         parked = park(runs, carried, {run_name(r["kind"], r["loss"], r["trial"]) for r in done.get("trials", [])})
         print(f"parked {len(parked)} unfinished trial(s) in {carried}: {', '.join(parked) or 'none'}")
         return done
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         if n % wn != wi:
             continue
         params = draws[kind][t]
-        done = json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
+        done = _read(out)
         if any(same_trial(r, kind, a.loss, t, params, budget) for r in done.get("trials", [])):
             continue
         run_dir = runs / run_name(kind, a.loss, t)
@@ -185,7 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
 
         update_results(out + ".json", add, render)
         shutil.rmtree(carried / run_dir.name, ignore_errors=True)  # finished: its parked copy is history
-    return json.loads(Path(out + ".json").read_text()) if Path(out + ".json").is_file() else {}
+    return _read(out)
+
+
+def _read(out: str) -> dict:
+    """The search's results file (`out` without suffix), or {} before its first trial."""
+    path = Path(out + ".json")
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_name(kind: str, loss: str, trial: int) -> str:

@@ -195,7 +195,7 @@ def _breadth(p: dict) -> dict:
 # Widening stops here: past these the search costs more than an exact scan would save (ivfpq
 # nprobe stops at nlist, every list). Narrowing stops at efSearch 16 (k = 10 needs a few more
 # candidates than it returns), nprobe 1 and k_factor 1.
-MIN_TUNED_EF_SEARCH = 16
+MIN_TUNED = {"ef_search": 16, "nprobe": 1, "k_factor": 1.0}
 MAX_TUNED_EF_SEARCH = 4096
 MAX_TUNED_K_FACTOR = 256.0
 
@@ -239,10 +239,9 @@ def tune_search(searcher: AnnIndex, params: dict, states: np.ndarray, exact: np.
 
     def narrower(b: dict, name: str, factor: float) -> dict | None:
         """b with knob `name` scaled by factor (None: not narrowable, or no change left)."""
-        lowest = {"ef_search": MIN_TUNED_EF_SEARCH, "nprobe": 1, "k_factor": 1.0}[name]
-        if name not in narrow or name not in b:
+        if name not in narrow:
             return None
-        v = max(lowest, int(b[name] * factor) if name != "k_factor" else b[name] * factor)
+        v = max(MIN_TUNED[name], int(b[name] * factor) if name != "k_factor" else b[name] * factor)
         return {**params, **_breadth(b), name: v} if v < b[name] else None
 
     def in_budget() -> bool:
