@@ -153,6 +153,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
     triton_name = _triton_name(opts, out)  # likewise a bad Triton name or a clash in its repository
     ck = load_checkpoint(checkpoint)
     model, cfg = ck.model.eval(), ck.run.model
+    if cfg.time_buckets:
+        raise ExportError(f"{checkpoint}: the model attends over time gaps (model.time_buckets = {cfg.time_buckets}), "
+                          "and a bundle's inputs have no event times yet; export a model trained without them")
     sampling = opts.sampling(cfg.attention)
     if sampling is not None and cfg.attention == "diffusion" and sampling.n_steps > cfg.diffusion_steps:
         raise ExportError(f"--steps {sampling.n_steps} exceeds the model's {cfg.diffusion_steps} training timesteps")

@@ -18,6 +18,7 @@ ATTENTION_KINDS = ("softmax", "vae", "diffusion")
 # validating a config never imports torch).
 LOSSES = ("full", "sampled", "bce")
 SAMPLERS = ("uniform", "popularity", "mixed")
+MAX_TIME_BUCKETS = 64  # log2 buckets of seconds: 64 cover any gap a float64 clock can hold
 
 # What ModelConfig gave these fields before they became per kind: the first generative objective
 # (every block generative, a prior the prior-path CE trains through, no posterior skip), whose
@@ -81,6 +82,11 @@ class ModelConfig:
     diffusion_steps: int = 100       # T, training timesteps
     schedule: str = "cosine"         # "cosine" | "linear" betas
     train_sample_steps: int = 2      # DDIM steps used by the prior-path CE during training
+    # Time between events (docs/model.md, "Time gaps"): > 0 buckets the gap t_i - t_j between a
+    # query's event and each key's by log2 of seconds into this many buckets; every kind adds a
+    # learned per-head bias of the bucket to S (as TiSASRec), the generative kinds' pair MLPs
+    # also see an embedding of it. 0 = off. Not exportable yet (the bundle has no event times).
+    time_buckets: int = 0
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -108,6 +114,8 @@ class ModelConfig:
         for name in ("beta", "gamma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.time_buckets <= MAX_TIME_BUCKETS:
+            raise ConfigError(f"time_buckets must be in 0..{MAX_TIME_BUCKETS}, got {self.time_buckets}")
         if not 1 <= self.train_sample_steps <= self.diffusion_steps:
             raise ConfigError("train_sample_steps must be in 1..diffusion_steps")
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import diversify
-from .data import Split, pad_left
+from .data import Split, pad_ages, pad_left
 from .distributed import World
 from .metrics import KS, diversity_metrics, rank_metrics
 from .models import SASRec, Sampling, default_sampling, make_noise, stochastic_sampling
@@ -28,20 +28,32 @@ class EvalSet:
     inputs: list[np.ndarray]   # model inputs (full history; the newest max_len are used)
     targets: np.ndarray        # (U,) internal item index
     seen: list[np.ndarray]     # items masked out of each ranking
+    times: list[np.ndarray] | None = None  # the inputs' timestamps (models with time gaps)
+
+    def batch(self, users, model: SASRec) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """These users' padded inputs (B, max_len) and, for a model with time gaps, their ages."""
+        L = model.cfg.max_len
+        seq = torch.from_numpy(pad_left([self.inputs[u] for u in users], L))
+        if not model.cfg.time_buckets:
+            return seq, None
+        if self.times is None:
+            raise ValueError("this model attends over time gaps, and the evaluation data has no timestamps")
+        return seq, torch.from_numpy(pad_ages([self.times[u] for u in users], L))
 
 
 def eval_sets(split: Split, max_users: int = 0, seed: int = 0) -> dict[str, EvalSet]:
     """Validation and test sets; `max_users` > 0 keeps a fixed random subset of users
     (the same for both), for catalogs where scoring every user each epoch is too slow."""
     sets = {
-        "valid": EvalSet(split.valid_inputs, split.valid_targets, split.valid_inputs),
-        "test": EvalSet(split.test_inputs, split.test_targets, split.test_inputs),
+        "valid": EvalSet(split.valid_inputs, split.valid_targets, split.valid_inputs, split.valid_times),
+        "test": EvalSet(split.test_inputs, split.test_targets, split.test_inputs, split.test_times),
     }
     n = len(split.valid_targets)
     if not max_users or max_users >= n:
         return sets
     keep = np.sort(np.random.default_rng(seed).choice(n, size=max_users, replace=False))
-    return {name: EvalSet([es.inputs[u] for u in keep], es.targets[keep], [es.seen[u] for u in keep])
+    return {name: EvalSet([es.inputs[u] for u in keep], es.targets[keep], [es.seen[u] for u in keep],
+                          None if es.times is None else [es.times[u] for u in keep])
             for name, es in sets.items()}
 
 
@@ -77,7 +89,6 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
     dropout = diversify.mc_dropout(model, mc_dropout, seed=0 if seed is None else seed) if mc_dropout > 0 \
         else contextlib.nullcontext()
     passes = mc_passes if mc_dropout > 0 else 1
-    L = model.cfg.max_len
     batch_size = batch_size or max(1, min(512, SCORE_BUDGET // (model.cfg.n_items + 1)))
     gen = torch.Generator().manual_seed(0 if seed is None else seed)
     n = len(data.targets)
@@ -87,18 +98,18 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
     with dropout:
         for start in range(0, len(mine), batch_size):
             users = mine[start:start + batch_size]
-            seq = torch.from_numpy(pad_left([data.inputs[u] for u in users], L)).to(device)
+            seq, ages = (None if t is None else t.to(device) for t in data.batch(users, model))
             noise = make_noise(model, sampling, len(seq), generator=gen, scale=noise_scale) if sampling else None
             if aggregate == "mean":
                 nz = None if noise is None else noise.to(device)
-                scores = model.scores(seq, sampling, nz).float().cpu()
+                scores = model.scores(seq, sampling, nz, ages).float().cpu()
                 for _ in range(passes - 1):
-                    scores += model.scores(seq, sampling, nz).float().cpu()
+                    scores += model.scores(seq, sampling, nz, ages).float().cpu()
                 scores /= passes
                 mask_seen(scores, [data.seen[u] for u in users])
             else:
                 scores = aggregated_list_scores(model, seq, sampling, noise, [data.seen[u] for u in users],
-                                                aggregate, device)
+                                                aggregate, device, ages)
             if rerank is not None:
                 scores = rerank(scores)
             tgt = torch.from_numpy(np.asarray(data.targets[users], dtype=np.int64))
@@ -120,9 +131,9 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
 
 
 def sample_scores(model: SASRec, seq: torch.Tensor, sampling: Sampling | None, noise: torch.Tensor | None,
-                  seen: list[np.ndarray], device) -> torch.Tensor:
+                  seen: list[np.ndarray], device, ages: torch.Tensor | None = None) -> torch.Tensor:
     """(B, S, N + 1) each sample's catalog scores on CPU, the seen items at -inf."""
-    h = model.sample_states(seq, sampling, None if noise is None else noise.to(device))
+    h = model.sample_states(seq, sampling, None if noise is None else noise.to(device), ages)
     scores = model.logits(h).float().cpu()
     B, S, n = scores.shape
     flat = scores.reshape(B * S, n)
@@ -131,7 +142,7 @@ def sample_scores(model: SASRec, seq: torch.Tensor, sampling: Sampling | None, n
 
 
 def aggregated_list_scores(model: SASRec, seq: torch.Tensor, sampling: Sampling | None, noise: torch.Tensor | None,
-                           seen: list[np.ndarray], how: str, device) -> torch.Tensor:
+                           seen: list[np.ndarray], how: str, device, ages: torch.Tensor | None = None) -> torch.Tensor:
     """Scores whose ranking is the aggregated top-20 list (positions as scores, the rest -inf),
     so the rank metrics read the list as they read any ranking."""
     from .models.aggregate import aggregate as combine
@@ -139,7 +150,7 @@ def aggregated_list_scores(model: SASRec, seq: torch.Tensor, sampling: Sampling 
     if sampling is None or sampling.samples(model.cfg.attention) < 2:
         raise ValueError(f"aggregate {how!r} needs a stochastic sampling with n_samples >= 2")
     k = max(KS)
-    items, _ = combine(sample_scores(model, seq, sampling, noise, seen, device), k, how)
+    items, _ = combine(sample_scores(model, seq, sampling, noise, seen, device, ages), k, how)
     out = torch.full((len(seq), model.cfg.n_items + 1), float("-inf"))
     out.scatter_(1, items, torch.arange(k, 0, -1, dtype=torch.float32).expand(len(seq), -1).contiguous())
     return out
@@ -161,9 +172,9 @@ def user_signals(model: SASRec, data: EvalSet, *, sampling: Sampling | None = No
     S = sampling.samples(model.cfg.attention) if sampling is not None else 1
     for start in range(0, len(data.targets), batch_size):
         users = np.arange(start, min(start + batch_size, len(data.targets)))
-        seq = torch.from_numpy(pad_left([data.inputs[u] for u in users], model.cfg.max_len))
+        seq, ages = data.batch(users, model)
         noise = make_noise(model, sampling, len(seq), generator=gen) if sampling else None
-        per = sample_scores(model, seq, sampling, noise, [data.seen[u] for u in users], "cpu")
+        per = sample_scores(model, seq, sampling, noise, [data.seen[u] for u in users], "cpu", ages)
         mean = per.mean(1)
         tgt = torch.from_numpy(np.asarray(data.targets[users], dtype=np.int64))
         out["rank"].append((mean > mean.gather(1, tgt[:, None])).sum(1).numpy())

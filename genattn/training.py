@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint
 from .config import ConfigError, RunConfig, TrainConfig
-from .data import SequenceDataset, Split, item_popularity, leave_one_out, load_source, training_windows
+from .data import (SequenceDataset, Split, item_popularity, leave_one_out, load_source, training_ages,
+                   training_windows)
 from .distributed import World
 from .evaluation import eval_sets, evaluate
 from .models import SampledBCE, SASRec, SampledSoftmax, default_sampling
@@ -125,6 +126,7 @@ class _Data:
     y: torch.Tensor
     n_targets: torch.Tensor    # predicted positions per window
     seconds: float             # time to load and prepare it
+    ages: torch.Tensor | None = None  # float32 ages of the windows' events (models with time gaps)
 
 
 def _prepare_data(run: RunConfig, tc: TrainConfig, device: torch.device, dataset: SequenceDataset | None) -> _Data:
@@ -137,6 +139,12 @@ def _prepare_data(run: RunConfig, tc: TrainConfig, device: torch.device, dataset
     pop = item_popularity([np.unique(s) for s in split.train], ds.n_items)
     sets = eval_sets(split, tc.eval_users, seed=tc.seed)
     x_np, y_np = training_windows(split.train, run.model.max_len)
+    ages = None
+    if run.model.time_buckets:
+        if split.train_times is None:
+            raise ConfigError(f"model.time_buckets = {run.model.time_buckets} needs the events' timestamps, "
+                              f"and the data {ds.source!r} has none")
+        ages = torch.from_numpy(training_ages(split.train_times, run.model.max_len))
     seconds = time.perf_counter() - t_data
     log.info("data: %d users, %d items, %d training windows in %.1f s (peak RSS %.0f MB)",
              ds.n_users, ds.n_items, len(x_np), seconds, peak_rss_mb())
@@ -144,7 +152,8 @@ def _prepare_data(run: RunConfig, tc: TrainConfig, device: torch.device, dataset
     n_targets = (y != 0).sum(1)
     if device.type == "cuda" and 2 * x.nbytes < 0.1 * torch.cuda.get_device_properties(device).total_memory:
         x, y = x.to(device), y.to(device)  # small next to the card: no copies per step
-    return _Data(ds=ds, popularity=pop, sets=sets, x=x, y=y, n_targets=n_targets, seconds=seconds)
+        ages = None if ages is None else ages.to(device)
+    return _Data(ds=ds, popularity=pop, sets=sets, x=x, y=y, n_targets=n_targets, seconds=seconds, ages=ages)
 
 
 @dataclass
@@ -282,10 +291,12 @@ def _train_epoch(t: _Trainer, state: dict, t0: float) -> dict:
             continue  # too few rows for every rank (all ranks skip alike)
         idx = batch[world.rank::world.size]
         batch_targets = int(data.n_targets[batch].sum())  # predicted positions, all ranks
-        xb, yb = (_rows(table, idx, device) for table in (data.x, data.y))
+        xb, yb = (_rows(table, idx, device).long() for table in (data.x, data.y))
+        ab = None if data.ages is None else _rows(data.ages, idx, device)
         beta = run.model.beta * min(1.0, (state["step"] + 1) / max(run.model.beta_warmup_steps, 1))
         with t.autocast():
-            out_d = t.net(xb, yb, rng=t.rng, beta=beta, loss=t.loss_fn, n_targets=batch_targets / world.size)
+            out_d = t.net(xb, yb, rng=t.rng, beta=beta, loss=t.loss_fn, n_targets=batch_targets / world.size,
+                          ages=ab)
         t.opt.zero_grad(set_to_none=True)
         out_d["loss"].backward()
         if run.train.grad_clip:
@@ -331,14 +342,14 @@ def _weights(model: torch.nn.Module) -> dict:
 
 
 def _rows(table: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch's int32 rows as int64 on `device`. From host memory to a GPU the rows are
+    """A batch's rows on `device`. From host memory to a GPU the rows are
     gathered into pinned memory (PyTorch's caching host allocator reuses it safely) and
     copied without blocking, so the copy overlaps the previous step's kernels."""
     if table.device == device:
-        return table[idx.to(device)].long()
+        return table[idx.to(device)]
     rows = torch.empty((len(idx), table.shape[1]), dtype=table.dtype, pin_memory=device.type == "cuda")
     torch.index_select(table, 0, idx, out=rows)
-    return rows.to(device, non_blocking=True).long()
+    return rows.to(device, non_blocking=True)
 
 
 def _flat_rng(per_rank: list[dict]) -> dict[str, torch.Tensor]:

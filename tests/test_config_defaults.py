@@ -28,7 +28,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "genattn" / "configs"
 # change of a default in code fails here.
 BACKBONE = dict(n_items=0, max_len=50, d_model=64, n_heads=2, n_blocks=2, dropout=0.2,
                 logstd_min=-5.0, logstd_max=2.0, beta=0.1, gamma=1.0, posterior_ce="all",
-                diffusion_steps=100, schedule="cosine", train_sample_steps=2)
+                diffusion_steps=100, schedule="cosine", train_sample_steps=2, time_buckets=0)
 GENERATIVE = dict(generative_blocks="last", pair_hidden=8, beta_warmup_steps=500, posterior_gain=1.0,
                   prior_ce="backbone", train_prior_noise=True)
 # Softmax uses none of the generative fields; it keeps the values its earlier runs recorded.

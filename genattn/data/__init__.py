@@ -7,7 +7,8 @@ inference runtime can import it without a deep-learning stack.
 
 from __future__ import annotations
 
-from .dataset import SequenceDataset, Split, build_dataset, item_popularity, leave_one_out, pad_left, training_windows
+from .dataset import (SequenceDataset, Split, build_dataset, item_popularity, leave_one_out, pad_ages, pad_left,
+                      training_ages, training_windows)
 from .readers import DataError, Interactions, ItemGenres, load_ml100k, locate_ml100k, read_interactions
 from .fetch import data_root, fetch_dataset, load_ml1m, locate_ml1m
 from .synthetic import synthetic_interactions
@@ -30,7 +31,9 @@ __all__ = [
     "Split",
     "leave_one_out",
     "pad_left",
+    "pad_ages",
     "training_windows",
+    "training_ages",
     "item_popularity",
     "load_source",
 ]

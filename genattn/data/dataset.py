@@ -25,6 +25,9 @@ __all__ = [
     "Split",
     "leave_one_out",
     "pad_left",
+    "pad_ages",
+    "training_windows",
+    "training_ages",
     "item_popularity",
 ]
 
@@ -38,6 +41,9 @@ class SequenceDataset:
     item_ids: list[Any]  # raw id of internal item index i is item_ids[i - 1]
     user_ids: list[Any]  # raw user id of sequences[u]
     sequences: list[np.ndarray]  # int64 internal item indices, oldest first
+    # float64 event timestamps (the source's unit, seconds for MovieLens), parallel to
+    # `sequences`; None when the dataset was built without them.
+    times: list[np.ndarray] | None = None
     item_genres: np.ndarray | None = None  # (n_items + 1, n_genres) bool, row 0 all False
     genre_names: list[str] | None = None
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
@@ -76,6 +82,13 @@ class Split:
     valid_targets: np.ndarray
     test_inputs: list[np.ndarray]
     test_targets: np.ndarray
+    # The inputs' timestamps, parallel to them (None when the dataset has none).
+    train_times: list[np.ndarray] | None = None
+    test_times: list[np.ndarray] | None = None
+
+    @property
+    def valid_times(self) -> list[np.ndarray] | None:
+        return self.train_times  # validation's inputs are the training sequences
 
 
 def build_dataset(inter: Interactions, min_user_events: int = _MIN_LOO_EVENTS, k_core: int = 0) -> SequenceDataset:
@@ -138,20 +151,25 @@ def build_dataset(inter: Interactions, min_user_events: int = _MIN_LOO_EVENTS, k
     del users, items, keep
     if _in_user_time_order(user_code, timestamps):
         sorted_items = item_code.astype(np.int64) + 1  # e.g. generated logs: no sort needed
+        sorted_times = timestamps
     else:
         # lexsort is stable: equal (user, timestamp) keep their original row order.
         order = np.lexsort((timestamps, user_code))
         sorted_items = item_code[order].astype(np.int64) + 1
+        sorted_times = timestamps[order]
         del order
     # Views into one buffer: one array object per user, none per event.
     ends = np.cumsum(np.bincount(user_code, minlength=len(user_vocab))).tolist()
-    sequences = [sorted_items[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+    bounds = list(zip([0, *ends[:-1]], ends))
+    sequences = [sorted_items[a:b] for a, b in bounds]
+    times = [sorted_times[a:b] for a, b in bounds]
 
     genre_matrix, genre_names = _genre_matrix(item_vocab, inter.item_genres)
     ds = SequenceDataset(
         item_ids=item_vocab.tolist(),
         user_ids=user_vocab.tolist(),
         sequences=sequences,
+        times=times,
         item_genres=genre_matrix,
         genre_names=genre_names,
         dropped=dropped,
@@ -180,6 +198,8 @@ def leave_one_out(ds: SequenceDataset) -> Split:
         valid_targets=np.array([s[-2] for s in ds.sequences], dtype=np.int64),
         test_inputs=[s[:-1] for s in ds.sequences],
         test_targets=np.array([s[-1] for s in ds.sequences], dtype=np.int64),
+        train_times=None if ds.times is None else [t[:-2] for t in ds.times],
+        test_times=None if ds.times is None else [t[:-1] for t in ds.times],
     )
 
 
@@ -206,6 +226,19 @@ def pad_left(seqs: list[np.ndarray], max_len: int, dtype: npt.DTypeLike = np.int
     return out
 
 
+def pad_ages(times: list[np.ndarray], max_len: int) -> np.ndarray:
+    """(N, max_len) float32: the newest ``max_len`` events' ages, each event's time before the
+    row's newest event (0 for the newest and for padding), laid out as ``pad_left`` lays out
+    the items. Relative to the row, so float32 keeps one-second steps over months of gaps."""
+    return pad_left([t[-1] - t[-max_len:] if len(t) else t for t in times], max_len, np.float32)
+
+
+def _windows(n: int, max_len: int):
+    """(lo, end) of each training window over n next-item pairs, newest first."""
+    for end in range(n, 0, -max_len):
+        yield max(0, end - max_len), end
+
+
 def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut each training sequence into non-overlapping windows of max_len next-item pairs,
     newest first, so long histories contribute all their items (left-padded).
@@ -213,11 +246,16 @@ def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, 
     inputs, targets = [], []
     for s in seqs:
         x, y = s[:-1], s[1:]
-        for end in range(len(x), 0, -max_len):
-            lo = max(0, end - max_len)
+        for lo, end in _windows(len(x), max_len):
             inputs.append(x[lo:end])
             targets.append(y[lo:end])
     return pad_left(inputs, max_len, np.int32), pad_left(targets, max_len, np.int32)
+
+
+def training_ages(times: list[np.ndarray], max_len: int) -> np.ndarray:
+    """The ages (`pad_ages`) of the inputs of each window `training_windows` cuts from the
+    sequences these timestamps belong to, row for row."""
+    return pad_ages([t[:-1][lo:end] for t in times for lo, end in _windows(len(t) - 1, max_len)], max_len)
 
 
 def item_popularity(seqs: list[np.ndarray], n_items: int) -> np.ndarray:

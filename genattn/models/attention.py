@@ -28,13 +28,14 @@ class PairPack:
     max_len 50 on ML-100K, 15% at 200) gives the same values and gradients for less work.
     Unpacked outputs hold `fill` at the skipped entries."""
 
-    def __init__(self, keep: Tensor, n_heads: int, rel: Tensor):
+    def __init__(self, keep: Tensor, n_heads: int, rel: Tensor, tgap: Tensor | None = None):
         B, _, Lq, L = keep.shape
         self.shape = (B, n_heads, Lq, L)
         self.idx = keep.expand(self.shape).reshape(-1).nonzero().squeeze(1)
         self.batch = self.idx // (n_heads * Lq * L)
         self.head = (self.idx // (Lq * L)) % n_heads
         self.rel = rel.reshape(-1)[self.idx % (Lq * L)]
+        self.tgap = None if tgap is None else tgap.reshape(-1)[self.batch * (Lq * L) + self.idx % (Lq * L)]
 
     def pack(self, t: Tensor) -> Tensor:
         """(B, H, Lq, L) -> (P,)"""
@@ -54,6 +55,7 @@ class AttnInputs:
     allowed: Tensor              # (B, 1, Lq, L) bool: causal, key not padding (diagonal always)
     valid_q: Tensor              # (B, 1, Lq, 1) bool: query is a real item (loss rows)
     rel: Tensor                  # (Lq, L) long: recency i - j clamped to [0, max_len - 1]
+    tgap: Tensor | None = None   # (B, Lq, L) long: time-gap bucket of (i, j) (time_buckets > 0)
     target_aff: Tensor | None = None   # (B, H, Lq, L) y_i . k_j / sqrt(d_h); training only
     rng: torch.Generator | None = None  # training noise
     sampling: Sampling | None = None    # prior path settings
@@ -101,16 +103,20 @@ class PairMLP(nn.Module):
     """Small MLP on each (query i, key j) pair of each head.
 
     The first layer is rank-1 in each scalar feature, plus a learned recency
-    embedding r(i - j) and a per-head bias; terms that do not change across
-    sampling steps are computed once (`const`) and reused (`run`).
+    embedding r(i - j), with `time_buckets` a learned embedding of the time-gap bucket,
+    and a per-head bias; terms that do not change across sampling steps are computed
+    once (`const`) and reused (`run`).
     Cost O(B·H·Lq·L·hidden²).
     """
 
-    def __init__(self, n_scalars: int, hidden: int, n_out: int, n_heads: int, max_len: int):
+    def __init__(self, n_scalars: int, hidden: int, n_out: int, n_heads: int, max_len: int,
+                 time_buckets: int = 0):
         super().__init__()
         self.w_in = nn.Parameter(torch.randn(n_scalars, hidden) * 0.5)
         self.rel = nn.Embedding(max_len, hidden)
         nn.init.normal_(self.rel.weight, std=0.1)
+        # Zeros, drawn from no RNG: the other parameters start as they would without time gaps.
+        self.gap = nn.Parameter(torch.zeros(time_buckets, hidden)) if time_buckets else None
         self.head_bias = nn.Parameter(torch.zeros(n_heads, hidden))
         self.mid = nn.Linear(hidden, hidden)
         self.out = nn.Linear(hidden, n_out)
@@ -118,14 +124,22 @@ class PairMLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def const(self, scalars: list[Tensor], rel: Tensor, first: int = 0, pairs: PairPack | None = None) -> Tensor:
-        """First-layer pre-activation from scalars[k] (B, H, Lq, L) using weights w_in[first + k]:
+    def const(self, scalars: list[Tensor], rel: Tensor, first: int = 0, pairs: PairPack | None = None,
+              tgap: Tensor | None = None) -> Tensor:
+        """First-layer pre-activation from scalars[k] (B, H, Lq, L) using weights w_in[first + k]
+        (and the time-gap buckets tgap (B, Lq, L) when the MLP has a gap embedding):
         (B, H, Lq, L, hidden), or (P, hidden) for the packed pairs."""
         w = self.w_in[first:first + len(scalars)]
+        if self.gap is not None and tgap is None:
+            raise ValueError("this model attends over time gaps (time_buckets > 0): pass the events' ages")
         if pairs is not None:
             h = self.rel(pairs.rel) + self.head_bias[pairs.head]  # (P, hidden)
+            if self.gap is not None:
+                h = h + self.gap[pairs.tgap]
             return h + torch.stack([pairs.pack(t) for t in scalars], dim=-1) @ w
         h = self.rel(rel) + self.head_bias[:, None, None, :]  # (H, Lq, L, hidden)
+        if self.gap is not None:
+            h = h + self.gap[tgap][:, None]  # (B, H, Lq, L, hidden)
         # One small matmul over the stacked scalars instead of a multiply and an add per
         # scalar on the (B, H, Lq, L, hidden) tensor: ~3x faster with its backward on CPU.
         return h + torch.stack(scalars, dim=-1) @ w
@@ -150,7 +164,7 @@ class Posterior(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.mlp = PairMLP(4, cfg.pair_hidden, 2, cfg.n_heads, cfg.max_len)
+        self.mlp = PairMLP(4, cfg.pair_hidden, 2, cfg.n_heads, cfg.max_len, cfg.time_buckets)
         self.lo, self.hi = cfg.logstd_min, cfg.logstd_max
         # posterior_gain 0 = no skip path (and no parameter: older checkpoints load as they were).
         self.gain = nn.Parameter(torch.full((cfg.n_heads, 1, 1), float(cfg.posterior_gain))) \
@@ -162,7 +176,7 @@ class Posterior(nn.Module):
     def forward(self, x: AttnInputs, s_rel: Tensor) -> tuple[Tensor, Tensor]:
         a = x.target_aff
         a_rel = row_context(a, x.allowed)
-        out = self.mlp.run(self.mlp.const([x.s, s_rel, a, a_rel], x.rel, pairs=x.pairs), x.pairs)
+        out = self.mlp.run(self.mlp.const([x.s, s_rel, a, a_rel], x.rel, pairs=x.pairs, tgap=x.tgap), x.pairs)
         mu = out[..., 0]
         if self.gain is not None:
             mu = mu + self.gain * a_rel.masked_fill(~x.allowed, 0.0)
@@ -177,13 +191,16 @@ class CausalSelfAttention(nn.Module):
         self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        # Zero at the start (plain S); no draw from the RNG, so the other parameters' initial
+        # values do not depend on whether time gaps are on.
+        self.time_bias = nn.Parameter(torch.zeros(cfg.time_buckets, cfg.n_heads)) if cfg.time_buckets else None
         self.weights = weights
 
     def split(self, t: Tensor) -> Tensor:
         B, L, _ = t.shape
         return t.view(B, L, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, L, d_h)
 
-    def forward(self, h: Tensor, allowed: Tensor, valid_q: Tensor, rel: Tensor, *,
+    def forward(self, h: Tensor, allowed: Tensor, valid_q: Tensor, rel: Tensor, tgap: Tensor | None = None, *,
                 target_q: Tensor | None = None, last_only: bool = False,
                 rng: torch.Generator | None = None, sampling: Sampling | None = None,
                 noise: NoiseReader | None = None) -> tuple[Tensor, Tensor]:
@@ -198,13 +215,17 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.split(q), self.split(k), self.split(v)  # (B, H, L*, d_h)
         scale = 1.0 / math.sqrt(self.d_head)
         s = (q @ k.transpose(-1, -2)) * scale  # (B, H, Lq, L)
+        if self.time_bias is not None:
+            if tgap is None:
+                raise ValueError("this model attends over time gaps (time_buckets > 0): pass the events' ages")
+            s = s + self.time_bias[tgap].permute(0, 3, 1, 2)  # (B, Lq, L, H) -> (B, H, Lq, L)
         aff = None
         if target_q is not None:
             aff = (self.split(target_q) @ k.transpose(-1, -2)) * scale  # (B, H, L, L)
         pairs = None
         if self.pack_pairs and self.training and not last_only and self.weights.kind != "softmax":
-            pairs = PairPack(allowed & valid_q, self.n_heads, rel)
-        inputs = AttnInputs(s=s, allowed=allowed, valid_q=valid_q, rel=rel, target_aff=aff,
+            pairs = PairPack(allowed & valid_q, self.n_heads, rel, tgap)
+        inputs = AttnInputs(s=s, allowed=allowed, valid_q=valid_q, rel=rel, tgap=tgap, target_aff=aff,
                             rng=rng, sampling=sampling, noise=noise, pairs=pairs)
         a, aux = self.weights(inputs)  # (B, H, Lq, L)
         out = (a @ v).transpose(1, 2).reshape(h.shape[0], -1, self.n_heads * self.d_head)

@@ -24,14 +24,14 @@ class Denoiser(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.mlp = PairMLP(3, cfg.pair_hidden, 1, cfg.n_heads, cfg.max_len)
+        self.mlp = PairMLP(3, cfg.pair_hidden, 1, cfg.n_heads, cfg.max_len, cfg.time_buckets)
         self.temb = nn.Embedding(cfg.diffusion_steps + 1, cfg.pair_hidden)
         nn.init.normal_(self.temb.weight, std=0.1)
 
     def condition(self, x: AttnInputs, s_rel: Tensor) -> Tensor:
         """Step-invariant part of the first layer, computed once per layer call:
         (B, H, Lq, L, hidden), or (P, hidden) for x.pairs."""
-        return self.mlp.const([x.s, s_rel], x.rel, first=1, pairs=x.pairs)
+        return self.mlp.const([x.s, s_rel], x.rel, first=1, pairs=x.pairs, tgap=x.tgap)
 
     def forward(self, x_t: Tensor | None, t: int | Tensor, cond: Tensor, pairs: PairPack | None = None) -> Tensor:
         """x_t None = all zeros (the deterministic start): its term is skipped, not computed.

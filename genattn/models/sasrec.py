@@ -36,7 +36,7 @@ class Block(nn.Module):
     def generative(self) -> bool:
         return self.attn.weights.kind != "softmax"
 
-    def forward(self, x: Tensor, pad: Tensor, masks: tuple[Tensor, Tensor, Tensor], *,
+    def forward(self, x: Tensor, pad: Tensor, masks: tuple, *,
                 last_only: bool = False, **attn_kw) -> tuple[Tensor, Tensor]:
         """x (B, L, D) -> (B, Lq, D); pad (B, L, 1) is 1 for real items."""
         h = self.ln1(x)
@@ -79,8 +79,9 @@ class SASRec(nn.Module):
             self.item_emb.weight[0].zero_()
 
     # ---- shared pieces -------------------------------------------------------------
-    def masks(self, seq: Tensor, last_only: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """allowed (B, 1, Lq, L), valid_q (B, 1, Lq, 1), rel (Lq, L) for the given queries."""
+    def masks(self, seq: Tensor, last_only: bool, ages: Tensor | None = None) -> tuple:
+        """allowed (B, 1, Lq, L), valid_q (B, 1, Lq, 1), rel (Lq, L) and the time-gap buckets
+        (B, Lq, L) (None without time gaps) for the given queries."""
         L = seq.shape[1]
         key_ok = (seq != 0)[:, None, None, :]  # (B, 1, 1, L)
         i = torch.arange(L, device=seq.device)
@@ -90,7 +91,19 @@ class SASRec(nn.Module):
         allowed = (causal & key_ok) | (qi[:, None] == i[None, :])
         valid_q = (seq[:, qi] != 0)[:, None, :, None]
         rel = (qi[:, None] - i[None, :]).clamp(0, self.cfg.max_len - 1)
-        return allowed, valid_q, rel
+        return allowed, valid_q, rel, self.gap_buckets(ages, qi)
+
+    def gap_buckets(self, ages: Tensor | None, qi: Tensor) -> Tensor | None:
+        """(B, Lq, L) long: floor(log2(1 + t_i - t_j)) of the seconds between query i's event and
+        key j's, clamped to the last bucket; from ages (B, L), each event's seconds before the
+        newest one. Keys after the query (masked anyway) fall in bucket 0."""
+        n = self.cfg.time_buckets
+        if not n:
+            return None
+        if ages is None:
+            raise ValueError(f"this model attends over time gaps (time_buckets={n}): pass the events' ages")
+        gap = (ages[:, None, :] - ages[:, qi, None]).float().clamp_min(0.0)  # (B, Lq, L)
+        return torch.log2(1.0 + gap).floor().clamp_max(n - 1).long()
 
     def embed(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         L = seq.shape[1]
@@ -107,16 +120,20 @@ class SASRec(nn.Module):
 
     def run_blocks(self, seq: Tensor, *, targets: Tensor | None = None, last_only: bool = False,
                    rng: torch.Generator | None = None, sampling: Sampling | None = None,
-                   noise: Tensor | None = None, samples: int = 1) -> tuple[Tensor, Tensor]:
+                   noise: Tensor | None = None, samples: int = 1,
+                   ages: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Hidden states (B·samples, L or 1, D) after the final LayerNorm, and summed aux loss.
 
         targets given -> posterior path (training); otherwise the prior path. samples > 1:
         rows are repeated (user-major) from the first generative block on, so the
         deterministic blocks before it run once; noise (B, samples·n) holds each user's
-        samples one after another.
+        samples one after another. ages (B, L): each event's seconds before the newest one
+        (models with time_buckets > 0 only).
         """
+        if ages is not None and ages.shape != seq.shape:
+            raise ValueError(f"ages {tuple(ages.shape)} must have the sequence's shape {tuple(seq.shape)}")
         x, pad = self.embed(seq)
-        full = self.masks(seq, last_only=False)
+        full = self.masks(seq, last_only=False, ages=ages)
         reader = NoiseReader(noise) if noise is not None else None
         aux = x.new_zeros(())
         expand = samples > 1
@@ -124,11 +141,13 @@ class SASRec(nn.Module):
             if expand and block.generative:
                 expand = False
                 x, pad, seq = (t.repeat_interleave(samples, dim=0) for t in (x, pad, seq))
-                full = self.masks(seq, last_only=False)
+                if ages is not None:
+                    ages = ages.repeat_interleave(samples, dim=0)
+                full = self.masks(seq, last_only=False, ages=ages)
                 if noise is not None:
                     reader = NoiseReader(noise.reshape(seq.shape[0], -1))
             last = last_only and n == len(self.blocks) - 1
-            masks = self.masks(seq, last_only=True) if last else full
+            masks = self.masks(seq, last_only=True, ages=ages) if last else full
             tq = self.target_queries(block, targets) if (targets is not None and block.generative) else None
             x, a = block(x, pad, masks, last_only=last, target_q=tq, rng=rng, sampling=sampling, noise=reader)
             aux = aux + a
@@ -144,7 +163,8 @@ class SASRec(nn.Module):
 
     # ---- training -----------------------------------------------------------------------
     def forward(self, seq: Tensor, targets: Tensor, *, rng: torch.Generator | None = None,
-                beta: float | None = None, loss=None, n_targets: float | None = None) -> dict[str, Tensor]:
+                beta: float | None = None, loss=None, n_targets: float | None = None,
+                ages: Tensor | None = None) -> dict[str, Tensor]:
         """Training loss. seq, targets (B, L); targets[b, i] is the item after seq[b, i], 0 = none.
 
         `loss` maps (states (P, D), targets (P,), item table) to per-position CE (models/loss.py;
@@ -162,7 +182,7 @@ class SASRec(nn.Module):
             return loss(h[mask], y, self.item_emb.weight if weight is None else weight).sum() / denom
 
         if cfg.attention == "softmax":
-            h, _ = self.run_blocks(seq)
+            h, _ = self.run_blocks(seq, ages=ages)
             total = ce(h)
             return {"loss": total, "ce": total.detach()}
         beta = cfg.beta if beta is None else beta
@@ -171,12 +191,12 @@ class SASRec(nn.Module):
             # (posterior, prior / denoiser): every other parameter enters it detached, so the
             # backbone is shaped by the served prior path alone.
             params = {f"model.{n}": (p if ".attn.weights." in n else p.detach()) for n, p in self.named_parameters()}
-            h_q, bound = torch.func.functional_call(_PosteriorPass(self), params, (seq, targets, rng))
+            h_q, bound = torch.func.functional_call(_PosteriorPass(self), params, (seq, targets, rng, ages))
             ce_q = ce(h_q, self.item_emb.weight.detach())
         else:
-            h_q, bound = self.run_blocks(seq, targets=targets, rng=rng)
+            h_q, bound = self.run_blocks(seq, targets=targets, rng=rng, ages=ages)
             ce_q = ce(h_q)
-        h_p, _ = self.run_blocks(seq, rng=rng)  # prior path: what is served
+        h_p, _ = self.run_blocks(seq, rng=rng, ages=ages)  # prior path: what is served
         ce_p = ce(h_p)
         total = ce_q + beta * bound + cfg.gamma * ce_p
         return {"loss": total, "ce": ce_p.detach(), "ce_posterior": ce_q.detach(), "bound": bound.detach()}
@@ -190,21 +210,24 @@ class SASRec(nn.Module):
             n += sampling.draws(block.attn.weights.kind) * cfg.n_heads * lq * L
         return n * (sampling.n_samples if n else 1)
 
-    def sample_states(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
+    def sample_states(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None,
+                      ages: Tensor | None = None) -> Tensor:
         """(B, S, D): each of the S samples' user state (S = 1 when deterministic)."""
         S = sampling.samples(self.cfg.attention) if sampling is not None else 1
-        h, _ = self.run_blocks(seq, last_only=True, sampling=sampling, noise=noise, samples=S)
+        h, _ = self.run_blocks(seq, last_only=True, sampling=sampling, noise=noise, samples=S, ages=ages)
         return h[:, -1].view(seq.shape[0], S, -1)
 
-    def user_state(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
+    def user_state(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None,
+                   ages: Tensor | None = None) -> Tensor:
         """(B, D); with S samples, the mean of the S sampled states (scores are linear in
         the state, so this is the mean of the S sampled score vectors)."""
-        h = self.sample_states(seq, sampling, noise)
+        h = self.sample_states(seq, sampling, noise, ages)
         return h.mean(1) if h.shape[1] > 1 else h[:, 0]
 
-    def scores(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None) -> Tensor:
+    def scores(self, seq: Tensor, sampling: Sampling | None = None, noise: Tensor | None = None,
+               ages: Tensor | None = None) -> Tensor:
         """Full-catalog scores (B, N + 1) for the next item; index 0 is -inf."""
-        return self.logits(self.user_state(seq, sampling, noise))
+        return self.logits(self.user_state(seq, sampling, noise, ages))
 
 
 class _PosteriorPass(nn.Module):
@@ -215,8 +238,8 @@ class _PosteriorPass(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, seq: Tensor, targets: Tensor, rng: torch.Generator | None):
-        return self.model.run_blocks(seq, targets=targets, rng=rng)
+    def forward(self, seq: Tensor, targets: Tensor, rng: torch.Generator | None, ages: Tensor | None = None):
+        return self.model.run_blocks(seq, targets=targets, rng=rng, ages=ages)
 
 
 def make_noise(model: SASRec, sampling: Sampling, batch: int, seed: int | None = None,

@@ -20,7 +20,7 @@ class VAEWeights(AttentionWeights):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.prior = PairMLP(2, cfg.pair_hidden, 2, cfg.n_heads, cfg.max_len)
+        self.prior = PairMLP(2, cfg.pair_hidden, 2, cfg.n_heads, cfg.max_len, cfg.time_buckets)
         with torch.no_grad():
             self.prior.out.bias[1] = -1.0
         self.posterior = Posterior(cfg)
@@ -29,7 +29,7 @@ class VAEWeights(AttentionWeights):
         self.train_sampling = Sampling(mode="sample" if cfg.train_prior_noise else "mean")
 
     def prior_params(self, x: AttnInputs, s_rel: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.prior.run(self.prior.const([x.s, s_rel], x.rel, pairs=x.pairs), x.pairs)
+        out = self.prior.run(self.prior.const([x.s, s_rel], x.rel, pairs=x.pairs, tgap=x.tgap), x.pairs)
         return out[..., 0], out[..., 1].clamp(self.lo, self.hi)  # (B, H, Lq, L) each
 
     def forward(self, x: AttnInputs) -> tuple[Tensor, Tensor]:
