@@ -198,3 +198,19 @@ def test_training_with_time_gaps_needs_timestamps(tmp_path, tiny_dataset):
                     train=TrainConfig(epochs=1, batch_size=32, seed=0, threads=1))
     with pytest.raises(ConfigError, match="timestamps"):
         train(run, tmp_path / "ck", dataset=replace(tiny_dataset, times=None), progress=False)
+
+
+@pytest.mark.parametrize("kind,blocks", KIND_LAYOUTS, ids=KIND_IDS)
+def test_serving_path_with_time_gaps_equals_the_full_forward_at_the_newest_position(kind, blocks):
+    """The serving path runs only the newest query row of the last block; with time gaps that row
+    must see the same gap buckets as in the full forward."""
+    torch.manual_seed(2)
+    model = randomize_generative(SASRec(tiny_config(kind, blocks, time_buckets=BUCKETS))).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.time_bias.normal_(0.0, 1.0)
+    seq = random_batch(6, model.cfg.max_len, model.cfg.n_items, seed=5)
+    ages = ages_for(seq, seed=3)
+    with torch.no_grad():
+        full, _ = model.run_blocks(seq, ages=ages)
+        torch.testing.assert_close(model.scores(seq, ages=ages), model.logits(full[:, -1]), rtol=1e-5, atol=1e-5)
