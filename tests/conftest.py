@@ -85,3 +85,35 @@ def random_batch(batch: int, max_len: int, n_items: int, seed: int = 0, min_len:
 def tiny_dataset() -> SequenceDataset:
     """60 users, 40 items, sequences of 5..12 events (with topic genres)."""
     return build_dataset(synthetic_interactions(n_users=60, n_items=40, n_topics=4, seq_len=(5, 12), seed=0))
+
+
+def assert_packing_changes_nothing(model: SASRec, seed: int = 3, **forward_kw) -> dict:
+    """Train-mode loss and gradients with the pair MLPs packed (PairPack) and evaluating every
+    pair must agree (the skipped entries are masked or left out of the bound); returns the
+    packed run's gradients. forward_kw go to the model's forward (e.g. ages=)."""
+    from genattn.models.attention import CausalSelfAttention
+
+    seq = random_batch(6, model.cfg.max_len, model.cfg.n_items, seed=seed)
+    seq[0] = 0  # an empty window too
+    targets = torch.roll(seq, -1, 1)
+    targets[:, -1] = 1
+    targets[seq == 0] = 0
+    runs = []
+    for pack in (True, False):
+        CausalSelfAttention.pack_pairs = pack
+        try:
+            model.zero_grad()
+            torch.manual_seed(5)  # the same dropout masks in both runs
+            out = model(seq, targets, rng=torch.Generator().manual_seed(1),
+                        **{k: (v(seq) if callable(v) else v) for k, v in forward_kw.items()})
+            out["loss"].backward()
+        finally:
+            CausalSelfAttention.pack_pairs = True
+        runs.append((out["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None}))
+    (loss_p, grads_p), (loss_f, grads_f) = runs
+    assert torch.allclose(loss_p, loss_f, atol=1e-6)
+    assert grads_p.keys() == grads_f.keys() and any(".attn.weights." in n for n in grads_p)
+    for name in grads_p:
+        assert torch.allclose(grads_p[name], grads_f[name], atol=1e-6), name
+    return grads_p

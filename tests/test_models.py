@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import KIND_IDS, KIND_LAYOUTS, random_batch, tiny_config
+from conftest import KIND_IDS, KIND_LAYOUTS, assert_packing_changes_nothing, random_batch, tiny_config
 from genattn.config import ConfigError, ModelConfig
 from genattn.models import SASRec, Sampling, default_sampling, make_noise
 
@@ -601,28 +601,5 @@ def test_packed_pair_mlps_give_the_loss_and_gradients_of_evaluating_every_pair(m
                                                                                 posterior_ce):
     """Training evaluates the pair MLPs only on allowed keys of real query rows (PairPack): the
     skipped entries are masked or left out of the bound, so nothing may change but the work."""
-    from genattn.models.attention import CausalSelfAttention
-
     model = make_model(kind, blocks, posterior_ce=posterior_ce, train_sample_steps=2).train()
-    seq = random_batch(6, model.cfg.max_len, model.cfg.n_items, seed=3)
-    seq[0] = 0  # an empty window too
-    targets = torch.roll(seq, -1, 1)
-    targets[:, -1] = 1
-    targets[seq == 0] = 0
-    runs = []
-    for pack in (True, False):
-        CausalSelfAttention.pack_pairs = pack
-        try:
-            model.zero_grad()
-            torch.manual_seed(5)  # the same dropout masks in both runs
-            out = model(seq, targets, rng=torch.Generator().manual_seed(1))
-            out["loss"].backward()
-        finally:
-            CausalSelfAttention.pack_pairs = True
-        runs.append((out["loss"].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                            if p.grad is not None}))
-    (loss_p, grads_p), (loss_f, grads_f) = runs
-    assert torch.allclose(loss_p, loss_f, atol=1e-6)
-    assert grads_p.keys() == grads_f.keys() and any(".attn.weights." in n for n in grads_p)
-    for name in grads_p:
-        assert torch.allclose(grads_p[name], grads_f[name], atol=1e-6), name
+    assert_packing_changes_nothing(model)
