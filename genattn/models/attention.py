@@ -73,6 +73,11 @@ class AttentionWeights(nn.Module):
         raise NotImplementedError
 
 
+def ages_missing(time_buckets: int) -> ValueError:
+    """The error of a model with time gaps called without the events' ages."""
+    return ValueError(f"this model attends over time gaps (time_buckets={time_buckets}): pass the events' ages")
+
+
 def masked_softmax(z: Tensor, allowed: Tensor) -> Tensor:
     return torch.softmax(z.masked_fill(~allowed, NEG_INF), dim=-1)
 
@@ -131,7 +136,7 @@ class PairMLP(nn.Module):
         (B, H, Lq, L, hidden), or (P, hidden) for the packed pairs."""
         w = self.w_in[first:first + len(scalars)]
         if self.gap is not None and tgap is None:
-            raise ValueError("this model attends over time gaps (time_buckets > 0): pass the events' ages")
+            raise ages_missing(len(self.gap))
         if pairs is not None:
             h = self.rel(pairs.rel) + self.head_bias[pairs.head]  # (P, hidden)
             if self.gap is not None:
@@ -217,7 +222,7 @@ class CausalSelfAttention(nn.Module):
         s = (q @ k.transpose(-1, -2)) * scale  # (B, H, Lq, L)
         if self.time_bias is not None:
             if tgap is None:
-                raise ValueError("this model attends over time gaps (time_buckets > 0): pass the events' ages")
+                raise ages_missing(len(self.time_bias))
             s = s + self.time_bias[tgap].permute(0, 3, 1, 2)  # (B, Lq, L, H) -> (B, H, Lq, L)
         aff = None
         if target_q is not None:

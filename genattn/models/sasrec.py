@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import AttentionWeights, CausalSelfAttention, SoftmaxWeights
+from .attention import AttentionWeights, CausalSelfAttention, SoftmaxWeights, ages_missing
 from .diffusion import DiffusionWeights
 from .loss import full_ce
 from .sampling import NoiseReader, Sampling
@@ -101,7 +101,7 @@ class SASRec(nn.Module):
         if not n:
             return None
         if ages is None:
-            raise ValueError(f"this model attends over time gaps (time_buckets={n}): pass the events' ages")
+            raise ages_missing(n)
         gap = (ages[:, None, :] - ages[:, qi, None]).float().clamp_min(0.0)  # (B, Lq, L)
         return torch.log2(1.0 + gap).floor().clamp_max(n - 1).long()
 
