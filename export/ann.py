@@ -145,26 +145,29 @@ def build_index(vectors: np.ndarray, opts: AnnOptions) -> tuple[object, dict]:
     return index, params
 
 
-def state_feeds(spec: GraphSpec, seqs: np.ndarray, noise_size: int, seed: int = 21) -> dict[str, np.ndarray]:
-    feeds = {INPUT_SEQ: seqs}
+def state_feeds(spec: GraphSpec, inputs: dict[str, np.ndarray], noise_size: int,
+                seed: int = 21) -> dict[str, np.ndarray]:
+    """The state graph's feeds for `inputs` (item_seq, and item_ages where the graph takes them)."""
+    feeds = dict(inputs)
     if noise_size:
-        feeds[INPUT_NOISE] = np.random.default_rng(seed).standard_normal((len(seqs), noise_size), dtype=np.float32)
-    return feeds
+        feeds[INPUT_NOISE] = np.random.default_rng(seed).standard_normal((len(inputs[INPUT_SEQ]), noise_size),
+                                                                         dtype=np.float32)
+    return {n: feeds[n] for n in spec.input_names}
 
 
-def recall_queries(spec: GraphSpec, n_items: int, real: np.ndarray | None, n: int,
+def recall_queries(spec: GraphSpec, n_items: int, real: dict[str, np.ndarray] | None, n: int,
                    noise_size: int) -> tuple[dict[str, np.ndarray], str]:
     """Inputs of the users the recall is measured on: real histories, else synthetic ones."""
-    if real is not None and len(real):
-        return state_feeds(spec, real[:n], noise_size), "real"
+    if real is not None and len(real[INPUT_SEQ]):
+        return state_feeds(spec, {name: a[:n] for name, a in real.items()}, noise_size), "real"
     ex = example_inputs(spec, n, n_items, seed=31)
-    return state_feeds(spec, ex[INPUT_SEQ].numpy(), noise_size), "synthetic"
+    return state_feeds(spec, {name: t.numpy() for name, t in ex.items() if name != INPUT_NOISE}, noise_size), \
+        "synthetic"
 
 
 def torch_states(graph: StateGraph, feeds: dict[str, np.ndarray]) -> np.ndarray:
     with torch.no_grad(), eval_mode(graph):
-        out = graph(torch.from_numpy(feeds[INPUT_SEQ]),
-                    torch.from_numpy(feeds[INPUT_NOISE]) if INPUT_NOISE in feeds else None)
+        out = graph(**{name: torch.from_numpy(a) for name, a in feeds.items()})
     return out.float().numpy()
 
 

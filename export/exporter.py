@@ -15,11 +15,11 @@ import torch
 
 import genattn
 from genattn.checkpoint import CheckpointError, checkpoint_data, load_checkpoint
-from genattn.data import DataError, leave_one_out, pad_left
+from genattn.data import DataError, leave_one_out, pad_ages, pad_left
 from genattn.fileio import atomic_dir
 from genattn.models import Sampling
-from genattn_runtime.bundle import (ANN_FORMAT_VERSION, FORMAT, FORMAT_VERSION, MANIFEST_FILE, SAMPLES_FORMAT_VERSION,
-                                    file_entry, manifest_text)
+from genattn_runtime.bundle import (ANN_FORMAT_VERSION, FORMAT, FORMAT_VERSION, INPUT_AGES, INPUT_SEQ, MANIFEST_FILE,
+                                    SAMPLES_FORMAT_VERSION, TIME_FORMAT_VERSION, file_entry, manifest_text)
 
 from .ann import AnnOptions
 from .graph import MAX_K, ExportError, GraphSpec, ServingGraph, StateGraph, finalize_onnx, to_onnx
@@ -76,16 +76,24 @@ def _tool_versions() -> dict:
     return out
 
 
-def _real_sequences(ck, n: int) -> np.ndarray | None:
-    """Test-split inputs of the checkpoint's own data, when it can be rebuilt here."""
+def _real_feeds(ck, n: int) -> dict[str, np.ndarray] | None:
+    """Test-split inputs (item_seq, and item_ages for a model over time gaps) of the checkpoint's own
+    data, when it can be rebuilt here."""
     if n <= 0:
         return None
     try:
-        ds = checkpoint_data(ck)
+        split = leave_one_out(checkpoint_data(ck))
     except (DataError, CheckpointError, OSError) as e:
         log.warning("parity on random sequences only: the checkpoint's data is not usable here (%s)", e)
         return None
-    return pad_left(leave_one_out(ds).test_inputs[:n], ck.run.model.max_len)
+    L = ck.run.model.max_len
+    feeds = {INPUT_SEQ: pad_left(split.test_inputs[:n], L)}
+    if ck.run.model.time_buckets:
+        if split.test_times is None:  # training needed them, so only data changed since has none
+            log.warning("parity on random sequences only: the checkpoint's data has no timestamps now")
+            return None
+        feeds[INPUT_AGES] = pad_ages(split.test_times[:n], L)
+    return feeds
 
 
 def _signing_key(path: str | Path | None):
@@ -153,9 +161,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
     triton_name = _triton_name(opts, out)  # likewise a bad Triton name or a clash in its repository
     ck = load_checkpoint(checkpoint)
     model, cfg = ck.model.eval(), ck.run.model
-    if cfg.time_buckets:
-        raise ExportError(f"{checkpoint}: the model attends over time gaps (model.time_buckets = {cfg.time_buckets}), "
-                          "and a bundle's inputs have no event times yet; export a model trained without them")
+    if cfg.time_buckets and opts.fp16:
+        # The event ages (seconds, up to ~1e9) and the gap buckets' bounds (up to 2^time_buckets)
+        # do not fit fp16, and the converter has no notion of "keep this subgraph fp32" by data.
+        raise ExportError(f"{checkpoint}: --fp16 cannot export a model over time gaps (model.time_buckets = "
+                          f"{cfg.time_buckets}): its event-age arithmetic overflows fp16; export fp32")
     sampling = opts.sampling(cfg.attention)
     if sampling is not None and cfg.attention == "diffusion" and sampling.n_steps > cfg.diffusion_steps:
         raise ExportError(f"--steps {sampling.n_steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
@@ -186,8 +196,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
         if trt_problems:
             log.warning("graph would not pass the TensorRT contract check: %s", trt_problems)
 
-        real = _real_sequences(ck, max(opts.verify_users, opts.ann.recall_users if opts.ann else 0))
-        parity_cases = cases(spec, cfg.n_items, None if real is None else real[:opts.verify_users], noise_size)
+        real = _real_feeds(ck, max(opts.verify_users, opts.ann.recall_users if opts.ann else 0))
+        parity_cases = cases(spec, cfg.n_items, None if real is None else
+                             {name: a[:opts.verify_users] for name, a in real.items()}, noise_size)
         files = {"model.onnx": onnx_path}
         ann_entry = None
         if opts.ann is not None:
@@ -235,7 +246,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
 
         manifest = {
             "format": FORMAT,
-            "format_version": (ANN_FORMAT_VERSION if ann_entry else
+            "format_version": (TIME_FORMAT_VERSION if cfg.time_buckets else ANN_FORMAT_VERSION if ann_entry else
                                SAMPLES_FORMAT_VERSION if sample_outputs else FORMAT_VERSION),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "attention": cfg.attention,

@@ -3,6 +3,8 @@
 Inputs  item_seq int64 [batch, max_len] (left-padded internal indices)
         exclude_items int64 [batch, max_len] (optional; indices scored -inf)
         noise float32 [batch, noise_size] (stochastic samplers only)
+        item_ages float32 [batch, max_len] (models with time gaps only: each event's seconds before
+                  the row's newest; the graph buckets the gaps itself, as training does)
 Outputs top_items int64 [batch, K], top_scores float32 [batch, K] (the mean of the S samples' scores),
         with S >= 2 stochastic samples also interleave_items/_scores, vote_items/_scores [batch, K]
         and confidence float32 [batch, 1] (genattn/models/aggregate.py), then scores (optional);
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from genattn.models import SASRec, Sampling
 from genattn.models.aggregate import confidence, interleave, vote
-from genattn_runtime.bundle import (INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
+from genattn_runtime.bundle import (INPUT_AGES, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
                                     OUTPUT_SCORES, OUTPUT_STATE, sample_output_specs)
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class GraphSpec:
             ins.append(TensorSpec(INPUT_EXCLUDE, "int64", ["batch", L]))
         if noise_size:
             ins.append(TensorSpec(INPUT_NOISE, "float32", ["batch", noise_size]))
+        if model.cfg.time_buckets:
+            ins.append(TensorSpec(INPUT_AGES, "float32", ["batch", L]))
         outs = [TensorSpec(OUTPUT_ITEMS, "int64", ["batch", k]), TensorSpec(OUTPUT_SCORES, score_dtype, ["batch", k])]
         if sample_outputs:
             outs += [TensorSpec(name, score_dtype if dtype == "float32" and name != OUTPUT_CONFIDENCE else dtype,
@@ -112,9 +116,9 @@ class ServingGraph(nn.Module):
         self.eval()
 
     def sample_scores(self, item_seq: Tensor, exclude_items: Tensor | None = None,
-                      noise: Tensor | None = None) -> Tensor:
+                      noise: Tensor | None = None, item_ages: Tensor | None = None) -> Tensor:
         """Each sample's full-catalog scores (B, S, N + 1), the excluded items at -inf."""
-        h = self.model.sample_states(item_seq, self.sampling, noise if self.noise else None)
+        h = self.model.sample_states(item_seq, self.sampling, noise if self.noise else None, item_ages)
         scores = self.model.logits(h)
         if self.exclude and exclude_items is not None:
             idx = exclude_items[:, None, :].expand(-1, scores.shape[1], -1)
@@ -122,26 +126,26 @@ class ServingGraph(nn.Module):
         return scores
 
     def masked_scores(self, item_seq: Tensor, exclude_items: Tensor | None = None,
-                      noise: Tensor | None = None) -> Tensor:
+                      noise: Tensor | None = None, item_ages: Tensor | None = None) -> Tensor:
         """Full-catalog scores (B, N + 1) with the excluded items at -inf: what top-K ranks."""
         if self.sample_outputs:  # the same per-sample scores the other outputs read
-            return self.sample_scores(item_seq, exclude_items, noise).mean(1)
-        scores = self.model.scores(item_seq, self.sampling, noise if self.noise else None)
+            return self.sample_scores(item_seq, exclude_items, noise, item_ages).mean(1)
+        scores = self.model.scores(item_seq, self.sampling, noise if self.noise else None, item_ages)
         if self.exclude and exclude_items is not None:
             scores = scores.scatter(1, exclude_items, float("-inf"))
         return scores
 
     def forward(self, item_seq: Tensor, exclude_items: Tensor | None = None,
-                noise: Tensor | None = None) -> tuple[Tensor, ...]:
+                noise: Tensor | None = None, item_ages: Tensor | None = None) -> tuple[Tensor, ...]:
         samples: tuple[Tensor, ...] = ()
         if self.sample_outputs:
-            per = self.sample_scores(item_seq, exclude_items, noise)
+            per = self.sample_scores(item_seq, exclude_items, noise, item_ages)
             scores = per.mean(1)
             top = per.topk(self.k, dim=-1, sorted=True).indices  # each sample's list, shared by the three
             samples = (*interleave(per, self.k, top), *vote(per, self.k, depth=self.agg["vote_depth"], top=top),
                        confidence(per, self.agg["confidence_k"], top)[:, None])
         else:
-            scores = self.masked_scores(item_seq, exclude_items, noise)
+            scores = self.masked_scores(item_seq, exclude_items, noise, item_ages)
         top_scores, top_items = scores.topk(self.k, dim=1, largest=True, sorted=True)
         out = (top_items, top_scores, *samples)
         return out + (scores,) if self.full_scores else out
@@ -156,8 +160,8 @@ class StateGraph(nn.Module):
         self.model, self.sampling, self.noise = model, sampling, noise
         self.eval()
 
-    def forward(self, item_seq: Tensor, noise: Tensor | None = None) -> Tensor:
-        return self.model.user_state(item_seq, self.sampling, noise if self.noise else None)  # (B, D)
+    def forward(self, item_seq: Tensor, noise: Tensor | None = None, item_ages: Tensor | None = None) -> Tensor:
+        return self.model.user_state(item_seq, self.sampling, noise if self.noise else None, item_ages)  # (B, D)
 
 
 def example_inputs(spec: GraphSpec, batch: int, n_items: int, seed: int = 0) -> dict[str, Tensor]:
@@ -168,6 +172,8 @@ def example_inputs(spec: GraphSpec, batch: int, n_items: int, seed: int = 0) -> 
         shape = (batch, t.shape[1])
         if t.name == INPUT_NOISE:
             out[t.name] = torch.randn(shape, generator=g)
+        elif t.name == INPUT_AGES:  # filled in below, once the sequences' padding is known
+            continue
         else:
             seq = torch.randint(1, n_items + 1, shape, generator=g)
             lengths = torch.randint(0, shape[1] + 1, (batch,), generator=g)
@@ -175,7 +181,22 @@ def example_inputs(spec: GraphSpec, batch: int, n_items: int, seed: int = 0) -> 
             out[t.name] = torch.where(pos >= shape[1] - lengths[:, None], seq, torch.zeros_like(seq))
     if INPUT_EXCLUDE in out:
         out[INPUT_EXCLUDE] = out[INPUT_SEQ].clone()
+    if INPUT_AGES in spec.input_names:
+        out[INPUT_AGES] = example_ages(out[INPUT_SEQ], g)
     return out
+
+
+def example_ages(seq: Tensor, g: torch.Generator) -> Tensor:
+    """Ages for left-padded `seq`: whole-second gaps from 1 s to about half a year between neighbours,
+    log-uniform, half of them exactly 2^k - 1 s (1 + gap on a bucket's edge, where log2 alone errs),
+    0 for padding."""
+    shape = seq.shape
+    spread = torch.pow(2.0, torch.rand(shape, generator=g) * 24).floor()
+    edge = torch.pow(2.0, torch.randint(0, 25, shape, generator=g).double()).float() - 1
+    gaps = torch.where(torch.rand(shape, generator=g) < 0.5, edge, spread)  # gaps[:, j]: event j to j + 1
+    ages = torch.zeros_like(gaps)
+    ages[:, :-1] = gaps[:, :-1].flip(1).cumsum(1).flip(1)  # the newest event is age 0
+    return torch.where(seq > 0, ages, torch.zeros_like(ages))
 
 
 def to_onnx(graph: ServingGraph, spec: GraphSpec, path: Path, *, opset: int = 18, dynamo: bool = True) -> None:

@@ -47,8 +47,9 @@ def ort_session(path: str, threads: int = 0):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def cases(spec: GraphSpec, n_items: int, real: np.ndarray | None, noise_size: int) -> list[ParityCase]:
-    """Random batches of sizes other than the traced one, an all-padding row, and real data."""
+def cases(spec: GraphSpec, n_items: int, real: dict[str, np.ndarray] | None, noise_size: int) -> list[ParityCase]:
+    """Random batches of sizes other than the traced one, an all-padding row, and real data
+    (`real`: item_seq, plus item_ages where the graph takes them)."""
     out = []
     for b, seed in ((1, 11), (7, 12), (33, 13)):
         ex = example_inputs(spec, b, n_items, seed=seed)
@@ -57,13 +58,14 @@ def cases(spec: GraphSpec, n_items: int, real: np.ndarray | None, noise_size: in
             if INPUT_EXCLUDE in ex:
                 ex[INPUT_EXCLUDE][0] = 0
         out.append(ParityCase(f"random_b{b}", {k: v.numpy() for k, v in ex.items()}))
-    if real is not None and len(real):
-        feeds = {INPUT_SEQ: real}
+    if real is not None and len(real[INPUT_SEQ]):
+        seq = real[INPUT_SEQ]
+        feeds = dict(real)
         if INPUT_EXCLUDE in spec.input_names:
-            feeds[INPUT_EXCLUDE] = real.copy()
+            feeds[INPUT_EXCLUDE] = seq.copy()
         if noise_size:
-            feeds[INPUT_NOISE] = np.random.default_rng(14).standard_normal((len(real), noise_size), dtype=np.float32)
-        out.append(ParityCase(f"real_b{len(real)}", feeds))
+            feeds[INPUT_NOISE] = np.random.default_rng(14).standard_normal((len(seq), noise_size), dtype=np.float32)
+        out.append(ParityCase(f"real_b{len(seq)}", {n: feeds[n] for n in spec.input_names}))
     return out
 
 

@@ -37,7 +37,10 @@ ANN_FORMAT_VERSION = 3  # 3: version 2 + an "ann" section; the graph outputs the
                         # for ANN bundles, so a runtime without ANN support refuses them by version)
 SAMPLES_FORMAT_VERSION = 4  # 4: version 2 + the sample outputs below and "sampler.aggregate" (written only
                             # for stochastic bundles of S >= 2 samples; older runtimes refuse them by version)
-SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION, ANN_FORMAT_VERSION, SAMPLES_FORMAT_VERSION)
+TIME_FORMAT_VERSION = 5  # 5: version 2, 3 or 4 + the item_ages input, for models that attend over the time
+                         # between events (model.time_buckets > 0); the "ann" and "sampler.aggregate" sections
+                         # may appear as in 3 / 4. Written only for such models; older runtimes refuse them by version
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION, ANN_FORMAT_VERSION, SAMPLES_FORMAT_VERSION, TIME_FORMAT_VERSION)
 
 MANIFEST_FILE = "manifest.json"
 DIGEST_FIELD = "manifest_digest"
@@ -47,6 +50,8 @@ MAX_MANIFEST_BYTES = 16 << 20  # real manifests are a few KB; a bound keeps a ho
 INPUT_SEQ = "item_seq"            # int64 [batch, max_len], left-padded internal indices
 INPUT_EXCLUDE = "exclude_items"   # int64 [batch, max_len], indices scored -inf (0 = none)
 INPUT_NOISE = "noise"             # float32 [batch, noise_size], standard normal; stochastic bundles only
+INPUT_AGES = "item_ages"          # float32 [batch, max_len], seconds of each event before the row's newest
+                                  # (0 for padding), laid out as item_seq; time-gap bundles only (version 5)
 OUTPUT_ITEMS = "top_items"        # int64 [batch, K], internal indices, best first
 OUTPUT_SCORES = "top_scores"      # float32 [batch, K]
 OUTPUT_ALL = "scores"             # float32 [batch, n_items + 1]; optional
@@ -168,6 +173,11 @@ class Manifest:
     @property
     def noise_size(self) -> int:
         return self.raw["sampler"]["noise_size"]
+
+    @property
+    def time_buckets(self) -> int:
+        """How many log2-seconds gap buckets the graph attends over; 0 = it takes no event times."""
+        return self.raw["model"].get("time_buckets", 0) if INPUT_AGES in self.input_names else 0
 
     @property
     def inputs(self) -> list[dict]:
@@ -328,7 +338,8 @@ def _expect_tensors(s: _Schema, got: list[dict], want: list[tuple[str, str, int]
 
 
 def validate_manifest(raw: Any, f: Path) -> dict:
-    """Digest and strict schema of FORMAT_VERSION 2 (and 3: ANN); returns `raw` or raises a BundleError naming the field."""
+    """Digest and strict schema of format versions 2-5 (3: ANN, 4: sample outputs, 5: event times); returns
+    `raw` or raises a BundleError naming the field."""
     s = _Schema(f)
     if not isinstance(raw, dict):
         raise BundleError(f"{f}: must hold a JSON object, got {_type_name(raw)}")
@@ -384,12 +395,16 @@ def validate_manifest(raw: Any, f: Path) -> dict:
         want_in.append((INPUT_EXCLUDE, "int64", max_len))
     if noise_size:
         want_in.append((INPUT_NOISE, "float32", noise_size))
+    if _time_buckets(s, model, version):
+        want_in.append((INPUT_AGES, "float32", max_len))
     _expect_tensors(s, tensors["inputs"], want_in, "graph.inputs")
     if ann is not None:
         want_out = [(OUTPUT_STATE, "float32", ann["dim"])]
     else:
         want_out = [(OUTPUT_ITEMS, "int64", k), (OUTPUT_SCORES, "float32", k)]
     if _aggregate_section(s, sampler, version, k, noise_size) is not None:
+        if ann is not None:
+            raise s.fail("sampler.aggregate", "is set on an ANN bundle, whose graph outputs the user state only")
         want_out += sample_output_specs(k)
     if OUTPUT_ALL in [t["name"] for t in tensors["outputs"]] and ann is None:
         want_out.append((OUTPUT_ALL, "float32", n_items + 1))
@@ -452,15 +467,36 @@ ANN_PARAMS = {"hnsw": ("m", "ef_construction", "ef_search"), "ivfpq": ("nlist", 
               "flat-fp16": ()}
 
 
-def _aggregate_section(s: _Schema, sampler: dict, version: int, k: int, noise_size: int) -> dict | None:
-    """"sampler.aggregate": present exactly in version 4, on a stochastic graph; its sample count (>= 2),
-    the depth of the lists the vote counts and the k of the confidence's overlap (both <= K)."""
-    if version != SAMPLES_FORMAT_VERSION:
-        if "aggregate" in sampler:
-            raise s.fail("sampler.aggregate", f"needs format_version {SAMPLES_FORMAT_VERSION}, the manifest "
-                                              f"says {version}")
+def _time_buckets(s: _Schema, model: dict, version: int) -> int:
+    """"model.time_buckets": >= 1 exactly in version 5 (whose graph then takes item_ages), else 0 or absent."""
+    n = s.integer(model, "time_buckets", "model.time_buckets", optional=version != TIME_FORMAT_VERSION) or 0
+    if version == TIME_FORMAT_VERSION and n < 1:
+        raise s.fail("model.time_buckets", f"must be >= 1 in format_version {TIME_FORMAT_VERSION} (a graph that "
+                                           "attends over time gaps), got 0")
+    if version != TIME_FORMAT_VERSION and n:
+        raise s.fail("model.time_buckets", f"is {n}: a graph over time gaps needs format_version "
+                                           f"{TIME_FORMAT_VERSION}, the manifest says {version}")
+    return n
+
+
+def _section(s: _Schema, obj: dict, key: str, where: str, version: int, own: int) -> dict | None:
+    """An optional feature section: required in its own format version, allowed in version 5 (which
+    adds event times to any of 2-4), refused in the others."""
+    if version == TIME_FORMAT_VERSION:
+        return s.obj(obj, key, where, optional=True)
+    if version != own:
+        if key in obj:
+            raise s.fail(where, f"needs format_version {own}, the manifest says {version}")
         return None
-    agg = s.obj(sampler, "aggregate", "sampler.aggregate")
+    return s.obj(obj, key, where)
+
+
+def _aggregate_section(s: _Schema, sampler: dict, version: int, k: int, noise_size: int) -> dict | None:
+    """"sampler.aggregate": present exactly in version 4 (or 5), on a stochastic graph; its sample count (>= 2),
+    the depth of the lists the vote counts and the k of the confidence's overlap (both <= K)."""
+    agg = _section(s, sampler, "aggregate", "sampler.aggregate", version, SAMPLES_FORMAT_VERSION)
+    if agg is None:
+        return None
     if noise_size == 0:
         raise s.fail("sampler.aggregate", "is set but the sampler is deterministic (one sample has nothing to merge)")
     s.integer(agg, "samples", "sampler.aggregate.samples", lo=2)
@@ -470,13 +506,11 @@ def _aggregate_section(s: _Schema, sampler: dict, version: int, k: int, noise_si
 
 
 def _ann_section(s: _Schema, raw: dict, version: int, n_items: int, model: dict) -> dict | None:
-    """The "ann" entry: present exactly in version 3; its kind, file, size, width, parameters and the
+    """The "ann" entry: present exactly in version 3 (or 5); its kind, file, size, width, parameters and the
     recall export measured (the runtime sets the search parameters from it)."""
-    if version != ANN_FORMAT_VERSION:
-        if "ann" in raw:
-            raise s.fail("ann", f"needs format_version {ANN_FORMAT_VERSION}, the manifest says {version}")
+    ann = _section(s, raw, "ann", "ann", version, ANN_FORMAT_VERSION)
+    if ann is None:
         return None
-    ann = s.obj(raw, "ann", "ann")
     kind = s.string(ann, "kind", "ann.kind")
     if kind not in ANN_KINDS:
         raise s.fail("ann.kind", f"must be one of {ANN_KINDS}, got {kind!r:.40}")

@@ -25,7 +25,7 @@ import click
 from .backends import BACKENDS, BackendOptions
 from .errors import GenattnRuntimeError, InputError
 
-LINE_FIELDS = {"history", "k", "exclude_seen", "seed", "diversity", "aggregate"}
+LINE_FIELDS = {"history", "times", "k", "exclude_seen", "seed", "diversity", "aggregate"}
 ID_FIELDS = ("id", "user", "user_id")
 
 log = logging.getLogger("genattn_runtime.cli")
@@ -200,9 +200,27 @@ def _parse_history(text: str) -> list:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _parse_times(text: str | None) -> list | None:
+    """--times: numbers, comma-separated or a JSON list (the checks of their order and count are
+    Recommender.prepare's, as for the HTTP field)."""
+    if text is None:
+        return None
+    text = text.strip()
+    try:
+        value = json.loads(text) if text.startswith("[") else [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise click.BadParameter(f"expected numbers (seconds), comma-separated or a JSON list: {e}",
+                                 param_hint="--times") from None
+    if not isinstance(value, list):
+        raise click.BadParameter("JSON form must be a list of numbers", param_hint="--times")
+    return value
+
+
 @click.command("recommend", cls=OneLineErrors)
 @_bundle_arg
 @click.option("--history", help="one user's item ids, oldest first: 12,7,33 (or a JSON list)")
+@click.option("--times", help="with --history: when each event happened, in seconds (Unix time), e.g. "
+              "881250949,881251012,881252000; bundles over time gaps need it (a line's own field: \"times\")")
 @click.option("--input", "input_path", type=click.Path(allow_dash=True, dir_okay=False),
               help="JSON lines file ('-' = stdin): {\"history\": [...], \"k\": 10} or a bare list per line")
 @click.option("--output", "output_path", type=click.Path(dir_okay=False, writable=True),
@@ -227,12 +245,15 @@ def _parse_history(text: str) -> list:
 @_threads_opt
 @_ann_opts
 @click.option("-v", "--verbose", is_flag=True, help="log the backend choice and timings to stderr")
-def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, seed, diversity, aggregate, batch_size,
-                  no_progress, backend, strict, unknown, threads, verbose, trusted_keys, nprobe, ef_search):
+def recommend_cmd(bundle, history, times, input_path, output_path, k, include_seen, seed, diversity, aggregate,
+                  batch_size, no_progress, backend, strict, unknown, threads, verbose, trusted_keys, nprobe, ef_search):
     """Top-k items for one history (--history) or a JSON-lines file (--input)."""
     _logging(verbose)
     if (history is None) == (input_path is None):
         raise click.UsageError("give exactly one of --history or --input")
+    if times is not None and history is None:
+        raise click.UsageError("--times goes with --history (in an --input file, give each line a \"times\" field)")
+    stamps = _parse_times(times)
     ctx = click.get_current_context()
     out = ctx.with_resource(_Output(output_path))  # before the work: fail now, not after it
     src = ctx.with_resource(_open_input(input_path)) if input_path is not None else None
@@ -241,7 +262,7 @@ def recommend_cmd(bundle, history, input_path, output_path, k, include_seen, see
     if history is not None:
         ids = _parse_history(history)
         try:
-            result = rec.recommend(ids, seed=seed, **defaults)
+            result = rec.recommend(ids, seed=seed, times=stamps, **defaults)
         except InputError as e:
             raise click.ClickException(str(e)) from None
         out.write(json.dumps(result.to_dict()) + "\n")
@@ -334,7 +355,7 @@ def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
     h = item["history"]
     if isinstance(h, list) and h and all(isinstance(x, list) for x in h):
         raise InputError("'history' is one user's list of ids, not a list of lists")
-    return {"histories": h, "seed": item.get("seed", seed),
+    return {"histories": h, "seed": item.get("seed", seed), "times": item.get("times"),
             **{key: item.get(key, value) for key, value in defaults.items()}}
 
 

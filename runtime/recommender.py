@@ -5,9 +5,10 @@
     rec.recommend([12, 7, 33], k=10)                 # one history -> Recommendation
     rec.recommend([[12, 7], ["a"], []], k=5)         # a batch -> [Recommendation, ...]
     rec.recommend_indices(item_seq, k=10)            # (B, max_len) int64 -> (items, scores)
+    rec.recommend([12, 7, 33], times=[t0, t1, t2])   # a bundle over time gaps: each event's time (seconds)
 
 Pipeline of one call: `prepare` (validate, map ids to indices, keep the newest
-max_len, build the exclusion and noise inputs) -> `run_prepared` (one session run for
+max_len, build the exclusion, noise and event-age inputs) -> `run_prepared` (one session run for
 any number of prepared calls: the HTTP micro-batcher groups requests here) -> decode
 (post-filter, indices back to raw ids).
 
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, BackendOptions, create_backend
-from .bundle import (AGGREGATE_OUTPUTS, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
+from .bundle import (AGGREGATE_OUTPUTS, INPUT_AGES, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
                      OUTPUT_SCORES, ItemTable, Manifest,
                      check_files, read_manifest, verify_files)
 from .errors import (BundleError, GenattnRuntimeError, InferenceError, InputError, RecommenderClosedError,
@@ -81,6 +82,7 @@ class PreparedRequest:
     exclude: np.ndarray | None       # (m, max_len) int64 when the graph has exclude_items (ANN: wider, all seen)
     noise: np.ndarray | None         # (m, noise_size) float32 when the graph has noise
     aggregate: str = "mean"          # which of the graph's lists to read (AGGREGATE_OUTPUTS)
+    ages: np.ndarray | None = None   # (m, max_len) float32 when the graph takes item_ages
 
     @property
     def n_model_rows(self) -> int:
@@ -114,6 +116,7 @@ class Recommender:
         self._released = False
         self.max_len, self.n_items, self.k_max = manifest.max_len, manifest.n_items, manifest.k
         self.noise_size = manifest.noise_size
+        self.time_buckets = manifest.time_buckets  # > 0: the graph attends over the time between events
         # Seen items are removed before top-K: by the graph's exclude_items input, or by the ANN search
         # (which takes the same input and over-fetches).
         self.exclude_in_graph = manifest.exclude_in_graph or manifest.ann is not None
@@ -213,6 +216,8 @@ class Recommender:
             feeds[INPUT_EXCLUDE] = np.zeros_like(seq)
         if self.noise_size:
             feeds[INPUT_NOISE] = np.zeros((2, self.noise_size), dtype=np.float32)
+        if self.time_buckets:
+            feeds[INPUT_AGES] = np.zeros((2, L), dtype=np.float32)
         where = f"bundle {self.manifest.path}: the graph ({self.backend})"
         try:
             out = self._run_backend(feeds)
@@ -297,6 +302,7 @@ class Recommender:
         sampler = {k: v for k, v in raw["sampler"].items() if k != "scheduler"}
         return {"attention": self.manifest.attention, "sampler": sampler,
                 "deterministic": self.noise_size == 0, "k": self.k_max, "max_len": self.max_len,
+                "time_buckets": self.time_buckets,
                 "n_items": self.n_items, "backend": self.backend, "providers": self.providers,
                 "exclude_in_graph": self.exclude_in_graph, "unknown_items": self.unknown_items,
                 "format_version": raw["format_version"], "created": raw.get("created"),
@@ -306,7 +312,8 @@ class Recommender:
 
     # ------------------------------------------------------------------ high level
     def recommend(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
-                  unknown_items: str | None = None, diversity: float | None = None, aggregate: str | None = None):
+                  unknown_items: str | None = None, diversity: float | None = None, aggregate: str | None = None,
+                  times=None):
         """Top-k raw item ids with scores.
 
         histories: one history (a list of ids, oldest first) -> Recommendation, or a
@@ -321,14 +328,18 @@ class Recommender:
         "mean" (None: the top of the mean scores), "interleave" (each sample's best in turn:
         more of the user's interests) or "vote" (items most samples list first). Such a
         bundle also sets `Recommendation.confidence`: the samples' top-10 overlap in [0, 1].
+        times: when each history event happened, in seconds on any one clock (Unix time, as the
+        training data's timestamps), shaped like `histories` (a list per history), oldest first and
+        never decreasing. A bundle over time gaps (`time_buckets` > 0 in `metadata()`) needs them
+        for every non-empty history; other bundles check and ignore them, so one client can call both.
         """
         prep = self.prepare(histories, k=k, exclude_seen=exclude_seen, seed=seed, unknown_items=unknown_items,
-                            diversity=diversity, aggregate=aggregate)
+                            diversity=diversity, aggregate=aggregate, times=times)
         return self.run_prepared([prep])[0]
 
     def recommend_batch(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
                         unknown_items: str | None = None, diversity: float | None = None,
-                        aggregate: str | None = None) -> list[Recommendation]:
+                        aggregate: str | None = None, times=None) -> list[Recommendation]:
         """Like `recommend` but `histories` is always a batch (so `[]` is zero users)."""
         if isinstance(histories, (list, tuple)) and len(histories) == 0:
             self._check_open()
@@ -336,7 +347,7 @@ class Recommender:
             return []
         if not isinstance(histories, (list, tuple)) or not all(isinstance(h, (list, tuple)) for h in histories):
             raise InputError("histories: expected a list of histories (lists of item ids)")
-        return self.recommend(histories, k, exclude_seen, seed, unknown_items, diversity, aggregate)
+        return self.recommend(histories, k, exclude_seen, seed, unknown_items, diversity, aggregate, times)
 
     # ------------------------------------------------------------------ stages
     def check_diversity(self, diversity) -> float:
@@ -481,7 +492,7 @@ class Recommender:
 
     def prepare(self, histories, k: int = 10, exclude_seen: bool = True, seed: int | None = None,
                 unknown_items: str | None = None, diversity: float | None = None,
-                aggregate: str | None = None) -> PreparedRequest:
+                aggregate: str | None = None, times=None) -> PreparedRequest:
         """Validate and encode one call (raises InputError / UnknownItemError)."""
         self._check_open()
         k = self.check_k(k)
@@ -495,11 +506,12 @@ class Recommender:
         if policy not in UNKNOWN_POLICIES:
             raise InputError(f"unknown_items must be one of {UNKNOWN_POLICIES}, got {policy!r}")
         hists, single = self._split_histories(histories)
+        stamps = self._split_times(times, hists, single)
         L = self.max_len
         # An ANN search takes the seen items older than the window with the window's (exclude wider
         # than max_len), so it neither over-fetches for them nor leaves them to decoding.
         ann = self.manifest.ann is not None
-        rows, windows, model_rows, all_unknown, older = [], [], [], [], []
+        rows, windows, model_rows, all_unknown, older, ages = [], [], [], [], [], []
         for b, h in enumerate(hists):
             where = "history" if single else f"histories[{b}]"
             idx, unknown = self._encode(h, where)
@@ -521,6 +533,9 @@ class Recommender:
             if idx:
                 model_rows.append(b)
                 windows.append(window)
+                if self.time_buckets:
+                    t = stamps[b] if not unknown else stamps[b][self._known(h, where)]
+                    ages.append(t[-1] - t[-L:])  # seconds before the newest event, as training computes them
         if all_unknown and policy == "error":
             ids = [x for _, u in all_unknown for x in u]
             where = ("" if single else
@@ -548,8 +563,56 @@ class Recommender:
             noise = rng.standard_normal((len(hists), self.noise_size), dtype=np.float32)[model_rows]
             if scale != 1.0:
                 noise *= np.float32(scale)
+        age = None
+        if self.time_buckets:
+            age = np.zeros((m, L), dtype=np.float32)
+            for r, a in enumerate(ages):
+                age[r, L - len(a):] = a
         return PreparedRequest(rows=rows, k=k, single=single, seq=seq, exclude=exclude, noise=noise,
-                               aggregate=aggregate)
+                               aggregate=aggregate, ages=age)
+
+    def _split_times(self, times, hists: list, single: bool) -> list[np.ndarray] | None:
+        """`times` checked against the histories: one float64 array per history, or None where the
+        bundle takes no times and none were given (InputError names what is wrong)."""
+        if times is None:
+            if self.time_buckets and any(len(h) for h in hists):
+                raise InputError(f"times: this bundle attends over the time between events (time_buckets="
+                                 f"{self.time_buckets}); pass `times`, when each history event happened (seconds)")
+            return None
+        if isinstance(times, np.ndarray):
+            times = times.tolist()
+        rows = [times] if single else times
+        if not isinstance(rows, (list, tuple)) or (not single and len(rows) != len(hists)):
+            got = f"{len(rows)} lists" if isinstance(rows, (list, tuple)) else _describe(rows)
+            raise InputError(f"times: expected one list of times per history ({len(hists)}), got {got}")
+        out = []
+        for b, (t, h) in enumerate(zip(rows, hists)):
+            where = "times" if single else f"times[{b}]"
+            if isinstance(t, (str, bytes)) or not isinstance(t, (list, tuple, np.ndarray)):
+                raise _bad(where, f"expected a list of numbers (seconds), got {_describe(t)}")
+            try:
+                a = np.asarray(t)
+            except ValueError:
+                raise _bad(where, "expected a flat list of numbers (seconds)") from None
+            if a.size and (a.ndim != 1 or a.dtype.kind not in "iuf"):
+                raise _bad(where, f"expected a flat list of numbers (seconds), got {a.dtype.name} values "
+                                  f"of shape {a.shape}")
+            a = a.astype(np.float64).reshape(-1)
+            if len(a) != len(h):
+                raise _bad(where, f"{len(a)} times for {len(h)} history items; give one time per item")
+            if not np.isfinite(a).all():
+                raise _bad(where, f"time {int(np.argmin(np.isfinite(a)))} is not a finite number")
+            back = np.flatnonzero(np.diff(a) < 0)
+            if back.size:
+                j = int(back[0]) + 1
+                raise _bad(where, f"times must not decrease (histories are oldest first): time {j} ({a[j]:g}) "
+                                  f"is before time {j - 1} ({a[j - 1]:g})")
+            out.append(a)
+        return out
+
+    def _known(self, hist, where: str) -> np.ndarray:
+        """Which of `hist`'s ids the catalog knows (bool per id): the times of unknown ids go with them."""
+        return np.array([bool(self._encode([x], where)[0]) for x in hist], dtype=bool)
 
     def _feeds(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray]:
         parts = [p for p in preps if p.n_model_rows]
@@ -560,6 +623,8 @@ class Recommender:
                 feeds[INPUT_EXCLUDE] = p.exclude
             if p.noise is not None:
                 feeds[INPUT_NOISE] = p.noise
+            if p.ages is not None:
+                feeds[INPUT_AGES] = p.ages
             return feeds
         feeds = {INPUT_SEQ: np.concatenate([p.seq for p in parts])}
         if self.exclude_in_graph:  # an ANN bundle's exclude may be wider than max_len: padded to the widest
@@ -569,6 +634,8 @@ class Recommender:
                                                    for p in parts])
         if self.noise_size:
             feeds[INPUT_NOISE] = np.concatenate([p.noise for p in parts])
+        if self.time_buckets:
+            feeds[INPUT_AGES] = np.concatenate([p.ages for p in parts])
         return feeds
 
     def _infer(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray] | None:
@@ -637,12 +704,15 @@ class Recommender:
 
     # ------------------------------------------------------------------ low level
     def recommend_indices(self, item_seq: np.ndarray, k: int | None = None, exclude: np.ndarray | None = None,
-                          noise: np.ndarray | None = None, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          noise: np.ndarray | None = None, seed: int | None = None,
+                          ages: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """For callers who batch themselves: internal indices in, internal indices out.
 
         item_seq: int (B, max_len), left-padded with 0, values in 0..n_items.
         exclude: int (B, max_len) indices to mask (0 = none); None = mask nothing.
         noise: float32 (B, noise_size) for stochastic bundles; None = drawn from `seed`.
+        ages: float (B, max_len), bundles over time gaps only: each event's seconds before the
+        row's newest event (0 there and at padding), laid out as item_seq.
         Returns items int64 (B, k) and scores float32 (B, k), best first; k defaults to K.
         A masked position shows as index 0 with score -inf.
         """
@@ -665,6 +735,18 @@ class Recommender:
             feeds[INPUT_NOISE] = np.ascontiguousarray(noise, dtype=np.float32)
         elif noise is not None:
             raise InputError("this bundle is deterministic: it takes no noise")
+        if self.time_buckets:
+            if ages is None:
+                raise InputError(f"ages: this bundle attends over time gaps (time_buckets={self.time_buckets}); "
+                                 f"pass float ({B}, {self.max_len}) event ages")
+            ages = np.asarray(ages)
+            if ages.shape != seq.shape or ages.dtype.kind not in "iuf":
+                raise InputError(f"ages must be float ({B}, {self.max_len}), got {ages.dtype} {ages.shape}")
+            if not (np.isfinite(ages).all() and (ages >= 0).all()):
+                raise InputError("ages must be finite seconds >= 0 (each event's time before the row's newest)")
+            feeds[INPUT_AGES] = np.ascontiguousarray(ages, dtype=np.float32)
+        elif ages is not None:
+            raise InputError("this bundle does not attend over time gaps: it takes no ages")
         if B == 0:
             self._check_open()
             return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)

@@ -1,8 +1,8 @@
 """HTTP service: FastAPI app around one Recommender, with a micro-batching queue.
 
     POST /recommend   {"history": [...], "k": 10, "exclude_seen": true, "seed": null, "diversity": null,
-                       "aggregate": null}
-                      {"histories": [[...], ...], "k": 10, ...}
+                       "aggregate": null, "times": null}
+                      {"histories": [[...], ...], "times": [[...], ...], "k": 10, ...}
     GET  /healthz     {"status": "ok"} (503 while shutting down)
     GET  /metadata    bundle summary, backend and the service's limits
     GET  /metrics     Prometheus text format
@@ -45,7 +45,7 @@ from .recommender import PreparedRequest, Recommender
 log = logging.getLogger("genattn_runtime.service")
 
 ENDPOINTS = ("/recommend", "/healthz", "/metadata", "/metrics")
-REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed", "diversity", "aggregate"}
+REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed", "diversity", "aggregate", "times"}
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -449,6 +449,10 @@ _REQUEST_SCHEMA = {
                           "description": "bundles exported with S >= 2 samples: the top of the mean scores "
                                          "(mean), each sample's best in turn (interleave) or the items most "
                                          "samples list (vote); such bundles also answer `confidence`"},
+            "times": {"type": ["array", "null"], "default": None,
+                      "description": "when each history event happened, in seconds (Unix time), shaped like "
+                                     "'history' / 'histories', never decreasing; required by bundles over time "
+                                     "gaps (/metadata: time_buckets > 0), checked and ignored by the others"},
         }}}}},
 }
 
@@ -509,7 +513,8 @@ def create_app(recommender: Recommender, max_batch: int = MAX_BATCH, max_wait_ms
                 return {"results": []}
             prep = recommender.prepare(histories, k=payload.get("k", 10),
                                        exclude_seen=payload.get("exclude_seen", True), seed=payload.get("seed"),
-                                       diversity=payload.get("diversity"), aggregate=payload.get("aggregate"))
+                                       diversity=payload.get("diversity"), aggregate=payload.get("aggregate"),
+                                       times=payload.get("times"))
         except UnknownItemError as e:
             raise HTTPError(400, "unknown_items", str(e), unknown_items=e.unknown) from None
         except InputError as e:

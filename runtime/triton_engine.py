@@ -17,6 +17,8 @@ Model `genattn` (the batch dimension, first, is the users of one request; at mos
              history_keys  BYTES [B, W]  the same as UTF-8 strings (string catalogs) } one of them
              history_len   INT32 [B, 1]  optional: ids used per row (the first history_len[b]
                                          of row b; the rest is padding). Absent: whole rows.
+             history_times FP64  [B, W]  optional: when each id's event happened (seconds), laid
+                                         out as the ids; required by bundles over time gaps
     outputs  items         INT64 [B, k]  raw item ids, best first (BYTES when the catalog's ids
                                          are not all integers); padding after `count`: -1 / ""
              scores        FP32  [B, k]  their scores (padding: -inf)
@@ -62,7 +64,7 @@ from .errors import GenattnRuntimeError, InferenceError, InputError
 log = logging.getLogger("genattn_runtime.triton")
 
 MODEL_NAME = "genattn"
-IN_IDS, IN_KEYS, IN_LEN = "history", "history_keys", "history_len"
+IN_IDS, IN_KEYS, IN_LEN, IN_TIMES = "history", "history_keys", "history_len", "history_times"
 OUT_ITEMS, OUT_SCORES, OUT_COUNT, OUT_INFO, OUT_CONFIDENCE = "items", "scores", "count", "info", "confidence"
 PARAMETERS = ("k", "exclude_seen", "seed", "diversity", "aggregate")
 DEFAULT_K = 10
@@ -147,7 +149,7 @@ def model_config(cfg: EngineConfig, string_ids: bool, confidence: bool = False):
         "backend": "python",
         "max_batch_size": cfg.max_users,
         "input": [tensor(IN_IDS, "TYPE_INT64", [-1], **ragged), tensor(IN_KEYS, "TYPE_STRING", [-1], **ragged),
-                  tensor(IN_LEN, "TYPE_INT32", [1], **ragged)],
+                  tensor(IN_LEN, "TYPE_INT32", [1], **ragged), tensor(IN_TIMES, "TYPE_FP64", [-1], **ragged)],
         "output": [tensor(OUT_ITEMS, "TYPE_STRING" if string_ids else "TYPE_INT64", [-1]),
                    tensor(OUT_SCORES, "TYPE_FP32", [-1]), tensor(OUT_COUNT, "TYPE_INT32", [1]),
                    tensor(OUT_INFO, "TYPE_STRING", [1])]
@@ -236,6 +238,16 @@ def parse_histories(ids: np.ndarray | None, keys: np.ndarray | None, lengths: np
     return out
 
 
+def parse_times(times: np.ndarray | None, hists: list[list], width: int) -> list[list] | None:
+    """The optional history_times tensor -> one list of times per user, cut like the histories."""
+    if times is None:
+        return None
+    if times.shape != (len(hists), width):
+        raise InputError(f"'{IN_TIMES}' must have the history's shape [{len(hists)}, {width}], "
+                         f"got {list(times.shape)}")
+    return [row[:len(h)] for row, h in zip(times.tolist(), hists)]
+
+
 def encode_outputs(recs: list, k: int, string_ids: bool, confidence: bool = False) -> dict[str, np.ndarray]:
     """Recommendations of one request -> the model's output arrays (with `confidence` when the model
     declares it)."""
@@ -278,14 +290,15 @@ class RequestHandler:
         self.string_ids, self.confidence = model_shape(rec)
 
     def handle(self, requests: list[tuple]) -> list:
-        """requests: (ids, keys, lengths, parameters) per request."""
+        """requests: (ids, keys, lengths, parameters[, times]) per request."""
         out: list = [None] * len(requests)
         ready = []  # (position, prepared, k)
-        for i, (ids, keys, lengths, params) in enumerate(requests):
+        for i, (ids, keys, lengths, params, *times) in enumerate(requests):
             try:
                 kw = parse_parameters(params)
                 hists = parse_histories(ids, keys, lengths, self.cfg.max_body_bytes)
-                prep = self.rec.prepare(hists, **kw)
+                width = (ids if ids is not None else keys).shape[1]
+                prep = self.rec.prepare(hists, times=parse_times(times[0] if times else None, hists, width), **kw)
             except InputError as e:  # UnknownItemError included
                 out[i] = e
             else:
@@ -335,8 +348,8 @@ class TritonPythonModel:
 
     def execute(self, requests):
         pb = self.pb
-        parsed = [(self._tensor(r, IN_IDS), self._tensor(r, IN_KEYS), self._tensor(r, IN_LEN), r.parameters())
-                  for r in requests]
+        parsed = [(self._tensor(r, IN_IDS), self._tensor(r, IN_KEYS), self._tensor(r, IN_LEN), r.parameters(),
+                   self._tensor(r, IN_TIMES)) for r in requests]
         responses = []
         for res in self.handler.handle(parsed):
             if isinstance(res, InputError):

@@ -27,8 +27,9 @@ from runtime_fixtures import K, bundle, bundle_root, ids, rec  # noqa: F401 (fix
 
 from genattn_runtime import Recommender
 from genattn_runtime.errors import InferenceError, InputError
-from genattn_runtime.triton_engine import (IN_IDS, IN_KEYS, IN_LEN, MODEL_NAME, EngineConfig, RequestHandler,
-                                           TritonEngineError, check_available, model_config, parse_parameters)
+from genattn_runtime.triton_engine import (IN_IDS, IN_KEYS, IN_LEN, IN_TIMES, MODEL_NAME, EngineConfig,
+                                           RequestHandler, TritonEngineError, check_available, model_config,
+                                           parse_parameters)
 
 pytestmark = pytest.mark.slow
 
@@ -204,7 +205,7 @@ def test_model_config_served(http):
     assert cfg["backend"] == "python"
     assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == MAX_WAIT_MS * 1000
     assert not cfg["dynamic_batching"].get("default_queue_policy")  # keeps the batcher's prefetching
-    assert {i["name"] for i in cfg["input"]} == {IN_IDS, IN_KEYS, IN_LEN}
+    assert {i["name"] for i in cfg["input"]} == {IN_IDS, IN_KEYS, IN_LEN, IN_TIMES}
     assert {o["name"] for o in cfg["output"]} == {"items", "scores", "count", "info"}
 
 

@@ -73,6 +73,9 @@ class SASRec(nn.Module):
             blocks.append(Block(cfg, weights))
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(cfg.d_model)
+        # The gap buckets' exact bounds 2^k (not saved: a function of time_buckets; no RNG draw).
+        self.register_buffer("gap_edges", torch.tensor([2.0 ** k for k in range(cfg.time_buckets + 1)]),
+                             persistent=False)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
@@ -102,8 +105,14 @@ class SASRec(nn.Module):
             return None
         if ages is None:
             raise ages_missing(n)
-        gap = (ages[:, None, :] - ages[:, qi, None]).float().clamp_min(0.0)  # (B, Lq, L)
-        return torch.log2(1.0 + gap).floor().clamp_max(n - 1).long()
+        span = (ages[:, None, :] - ages[:, qi, None]).float().clamp_min(0.0) + 1.0  # (B, Lq, L), 1 + gap
+        b = torch.log2(span).floor().clamp(0, n - 1).long()
+        # log2 may miss an exact power of two by an ulp (an exported graph computes it as ln x / ln 2,
+        # and whole-second gaps hit 2^k - 1 often): the bucket's exact bounds settle it, so torch and
+        # every runtime put a gap in the same bucket.
+        edges = self.gap_edges
+        b = b + (span >= edges[b + 1]).long() - (span < edges[b]).long()
+        return b.clamp(0, n - 1)
 
     def embed(self, seq: Tensor) -> tuple[Tensor, Tensor]:
         L = seq.shape[1]
