@@ -12,7 +12,9 @@ file is NAME_LOSS (e.g. vae_bce). Trained checkpoints are kept under
 --runs/<dataset>/<key>_seed<s>: a finished run is reused and an interrupted one resumed,
 and a run folder holding another configuration is refused. Each entry keeps a record per
 training seed (metrics, best epoch, epochs run, stop reason, validation curve, commit),
-so running one more seed later merges into it. Results:
+so running one more seed later merges into it. Before a session ends, `--park` copies the
+unfinished runs to benchmarks/results/accuracy_<dataset>_inflight/ (to commit): a fresh checkout
+resumes them from there. Results:
 benchmarks/results/accuracy_<dataset>.{json,md}; entries other invocations wrote are kept.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from genattn.metrics import mean_std
 from genattn.models import default_sampling, stochastic_sampling
 from genattn.training import train
 
+from .inflight import ORIGIN, drop, park, unpark
 from .machine import git_commit, machine_info, repo_path
 from .record import update_results
 
@@ -79,7 +82,7 @@ def resolve(spec: str) -> tuple[str, Path]:
 
 def origin_path(out: Path) -> Path:
     """Beside the run folder, not in it: a checkpoint save replaces the folder whole."""
-    return out.with_name(out.name + ".origin.json")
+    return out.with_name(out.name + ORIGIN)
 
 
 def origin(out: Path) -> dict | None:
@@ -111,9 +114,17 @@ def train_or_resume(run, out: Path, started_by: dict | None = None) -> Path:
 
 
 def trained(name: str, cfg_path: Path | None, seed: int, runs: Path, data: str, sets: dict,
-            started_by: dict | None = None) -> Path:
+            started_by: dict | None = None, carried: Path | None = None) -> Path:
+    """The run folder of one configuration and seed, trained, resumed, or resumed from its parked
+    copy under `carried` (benchmarks/inflight.py)."""
     over = merged(sets, {"train": {"seed": seed}, "data": {"source": data}})
-    return train_or_resume(load_run_config(cfg_path, over), runs / f"{name}_seed{seed}", started_by)
+    run_dir = runs / f"{name}_seed{seed}"
+    if carried is not None:
+        unpark(carried, run_dir)
+    train_or_resume(load_run_config(cfg_path, over), run_dir, started_by)
+    if carried is not None:
+        drop(carried, run_dir)
+    return run_dir
 
 
 def stochastic(kind: str, base):
@@ -200,6 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="override a config value for every configuration (e.g. train.epochs=30)")
     ap.add_argument("--runs", default="runs/accuracy")
     ap.add_argument("--out", help="results path without suffix (default benchmarks/results/accuracy_<data>)")
+    ap.add_argument("--park", action="store_true",
+                    help="copy the unfinished runs' checkpoints to <out>_inflight/ (to commit) and exit; a "
+                         "fresh checkout resumes them from there")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     specs = [resolve(s) for s in a.configs.split(",")]
@@ -209,6 +223,11 @@ def main(argv: list[str] | None = None) -> dict:
     sets = parse_sets(a.sets)
     out = a.out or f"benchmarks/results/accuracy_{short_name(a.data)}"
     runs = Path(a.runs) / a.data
+    carried = Path(out + "_inflight")
+    if a.park:
+        parked = park(runs, carried, set(), "*_seed*")
+        print(f"parked {len(parked)} unfinished run(s) in {carried}: {', '.join(parked) or 'none'}")
+        return {}
 
     ds = load_source(load_run_config(None, {"data": {**sets["data"], "source": a.data}}).data)
     split_sets = eval_sets(leave_one_out(ds))
@@ -222,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
         key = f"{name}_{loss}"  # kind (or configuration) and training loss
         for seed in seeds:
             me = {"command": command, "commit": commit, "machine": machine["cpu"]}
-            run_dir = trained(key, cfg_path, seed, runs, a.data, sets, started_by=me)
+            run_dir = trained(key, cfg_path, seed, runs, a.data, sets, started_by=me, carried=carried)
             ck = load_checkpoint(run_dir)
             model_cfg = asdict(ck.run.model)
             model_cfg.pop("n_items", None)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
 import zlib
@@ -42,6 +41,7 @@ from genattn.config import load_run_config
 from genattn.fileio import write_text_atomic
 
 from .accuracy import CONFIGS, merged, parse_sets, short_name, train_or_resume
+from .inflight import drop, park, unpark
 from .machine import git_commit, machine_info
 from .record import update_results
 
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     carried = Path(out + "_inflight")
     if a.park:
         done = _read(out)
-        parked = park(runs, carried, {run_name(r["kind"], r["loss"], r["trial"]) for r in done.get("trials", [])})
+        parked = park(runs, carried, {run_name(r["kind"], r["loss"], r["trial"]) for r in done.get("trials", [])},
+                      "*_trial*")
         print(f"parked {len(parked)} unfinished trial(s) in {carried}: {', '.join(parked) or 'none'}")
         return done
     fixed = parse_sets(a.sets)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
             select(doc, Path(out + "_selected"))
 
         update_results(out + ".json", add, render)
-        shutil.rmtree(carried / run_dir.name, ignore_errors=True)  # finished: its parked copy is history
+        drop(carried, run_dir)
     return _read(out)
 
 
@@ -196,42 +197,6 @@ def _read(out: str) -> dict:
 
 def run_name(kind: str, loss: str, trial: int) -> str:
     return f"{kind}_{loss}_trial{trial}"
-
-
-def _unfinished(run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.json"
-    return (run_dir / "state.json").is_file() and not (
-        metrics.is_file() and "test" in json.loads(metrics.read_text()))
-
-
-def park(runs: Path, carried: Path, finished: set[str]) -> list[str]:
-    """Copy each unfinished trial's run folder from `runs` into `carried` (a temporary name, then
-    renamed over the older copy); drop carried folders of trials in `finished`."""
-    names = []
-    for d in sorted(runs.glob("*_trial*")) if runs.is_dir() else []:
-        if d.name in finished or not _unfinished(d):
-            continue
-        tmp = carried / f".{d.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(d, tmp)
-        shutil.rmtree(carried / d.name, ignore_errors=True)
-        tmp.rename(carried / d.name)
-        names.append(d.name)
-    for d in sorted(carried.iterdir()) if carried.is_dir() else []:
-        if d.name in finished:
-            shutil.rmtree(d)
-    return names
-
-
-def unpark(carried: Path, run_dir: Path) -> bool:
-    """A trial with no checkpoint of its own under --runs starts from its parked copy, if any."""
-    src = carried / run_dir.name
-    if (run_dir / "state.json").is_file() or not (src / "state.json").is_file():
-        return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.copytree(src, run_dir)
-    log.info("%s: resuming from the parked checkpoint %s", run_dir.name, src)
-    return True
 
 
 def select(doc: dict, folder: Path) -> None:

@@ -54,7 +54,7 @@ def test_park_and_unpark_carry_unfinished_trials(tmp_path):
     a trial without its own checkpoint resumes from the parked copy, never over a newer one."""
     import json
 
-    from benchmarks.search import park, unpark
+    from benchmarks.inflight import park, unpark
 
     runs, carried = tmp_path / "runs", tmp_path / "inflight"
     for name, test in (("vae_full_trial3", False), ("softmax_full_trial3", True), ("diffusion_full_trial3", False)):
@@ -63,7 +63,7 @@ def test_park_and_unpark_carry_unfinished_trials(tmp_path):
         (d / "state.json").write_text(json.dumps({"progress": {"epoch": 7}}))
         (d / "metrics.json").write_text(json.dumps({"test": {}} if test else {"best_epoch": 5}))
     (carried / "vae_full_trial1").mkdir(parents=True)  # parked earlier, finished since
-    parked = park(runs, carried, finished={"vae_full_trial1", "diffusion_full_trial3"})
+    parked = park(runs, carried, finished={"vae_full_trial1", "diffusion_full_trial3"}, pattern="*_trial*")
     assert parked == ["vae_full_trial3"]
     assert sorted(p.name for p in carried.iterdir()) == ["vae_full_trial3"]
     assert json.loads((carried / "vae_full_trial3" / "state.json").read_text())["progress"]["epoch"] == 7
@@ -73,3 +73,26 @@ def test_park_and_unpark_carry_unfinished_trials(tmp_path):
     assert not unpark(carried, fresh)  # its own, newer checkpoint wins
     assert json.loads((fresh / "state.json").read_text())["progress"]["epoch"] == 9
     assert not unpark(carried, tmp_path / "fresh" / "vae_full_trial4")  # nothing parked
+
+
+def test_parked_runs_carry_their_origin_and_finished_ones_are_dropped(tmp_path):
+    """benchmarks.accuracy's runs: the provenance file beside a run folder travels with it, and a
+    parked copy whose run has since finished here is dropped at the next park."""
+    import json
+
+    from benchmarks.inflight import park, unpark
+
+    runs, carried = tmp_path / "runs", tmp_path / "inflight"
+    d = runs / "vae_full_seed1"
+    d.mkdir(parents=True)
+    (d / "state.json").write_text("{}")
+    (runs / "vae_full_seed1.origin.json").write_text(json.dumps({"commit": "abc"}))
+    assert park(runs, carried, set(), "*_seed*") == ["vae_full_seed1"]
+    assert json.loads((carried / "vae_full_seed1.origin.json").read_text()) == {"commit": "abc"}
+    fresh = tmp_path / "fresh"
+    assert unpark(carried, fresh / "vae_full_seed1")
+    assert json.loads((fresh / "vae_full_seed1.origin.json").read_text()) == {"commit": "abc"}
+    (d / "metrics.json").write_text(json.dumps({"test": {}}))  # finished here since
+    assert park(runs, carried, set(), "*_seed*") == []
+    assert not carried.joinpath("vae_full_seed1").exists()
+    assert not carried.joinpath("vae_full_seed1.origin.json").exists()
