@@ -229,7 +229,9 @@ def inspect(bundle, as_json, trusted_keys) -> None:
     lines = [
         f"bundle      {bundle}  (format {r['format']} v{r['format_version']}, created {r.get('created')})",
         f"model       {r['attention']} attention, {r['model']['n_blocks']} blocks, d={r['model']['d_model']}, "
-        f"heads={r['model']['n_heads']}, max_len={r['max_len']}, items={r['n_items']}",
+        f"heads={r['model']['n_heads']}, max_len={r['max_len']}, items={r['n_items']}"
+        + (f", time gaps in {r['model']['time_buckets']} buckets (recommend needs each event's time)"
+           if r["model"].get("time_buckets") else ""),
         "sampler     " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "scheduler"),
         "inputs      " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in r["graph"]["inputs"]),
         "outputs     " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in r["graph"]["outputs"]),

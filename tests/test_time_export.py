@@ -246,3 +246,13 @@ def test_bundle_check_of_time_manifests(exported, tmp_path, edit, says):
     rewrite_manifest(b, edit)
     with pytest.raises(BundleError, match=says):
         Recommender.load(b, backend="cpu")
+
+
+def test_inspect_names_the_time_gaps(exported):
+    from click.testing import CliRunner
+
+    from genattn.cli import main
+
+    run = CliRunner().invoke(main, ["inspect", str(exported["softmax"][1])])
+    assert run.exit_code == 0, run.output
+    assert f"time gaps in {BUCKETS} buckets" in run.output and "item_ages float32" in run.output
