@@ -191,6 +191,17 @@ def test_http_equals_recommender(http, rec, ids):
     _check(res, [rec.recommend(ids[:4], k=3, exclude_seen=False)], 3)
 
 
+def test_history_times_reach_the_model(http, rec, ids):
+    """Event times travel as FP64 beside the ids (cut by history_len); this bundle has no time gaps,
+    so it checks them (the bad cases below) and answers as without them."""
+    import tritonclient.http as httpclient
+
+    hists = [ids[:4], ids[2:5]]
+    times = _raw_input(httpclient, IN_TIMES, np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 0.0]]), "FP64")
+    res = http.infer(MODEL_NAME, _inputs(httpclient, hists) + [times], parameters={"k": 5})
+    _check(res, rec.recommend_batch(hists, k=5, times=[[1, 2, 3, 4], [5, 6, 7]]), 5)
+
+
 def test_grpc_string_keys_equal_recommender(grpc, rec, ids):
     import tritonclient.grpc as grpcclient
 
@@ -248,6 +259,12 @@ BAD = {
                           r"holds 4104 bytes; the limit is 4096"),
     "not UTF-8": (lambda m, ids: [_raw_input(m, IN_KEYS, np.array([[b"\xff\xfe"]], dtype=object), "BYTES")],
                   {}, r"not UTF-8"),
+    "decreasing times": (lambda m, ids: _inputs(m, [ids[:3]]) + [_raw_input(m, IN_TIMES, np.array([[5.0, 4.0, 6.0]]),
+                                                                             "FP64")],
+                         {}, r"times must not decrease"),
+    "times of another width": (lambda m, ids: _inputs(m, [ids[:3]]) + [_raw_input(m, IN_TIMES, np.ones((1, 2)),
+                                                                                   "FP64")],
+                               {}, r"'history_times' must have the history's shape \[1, 3\]"),
     # refused by Triton itself, before the model
     "too many users": (lambda m, ids: _inputs(m, [ids[:2]] * (MAX_USERS + 1)), {}, r"batch.size|max_batch_size"),
     "wrong dtype": (lambda m, ids: [_raw_input(m, IN_IDS, np.ones((1, 3), np.float32), "FP32")], {},
