@@ -1,11 +1,14 @@
-"""Batch-1 `Recommender.recommend` of this checkout against an earlier commit's runtime, on one
-bundle, in alternating fresh processes (A, B, A, B ...) so both see the same machine load.
+"""Batch-1 `Recommender.recommend` in alternating fresh processes (A, B, A, B ...) so both sides
+see the same machine load: this checkout's runtime against an earlier commit's on one bundle, or
+two bundles under this runtime (e.g. a model over time gaps against the same weights without).
 
     python -m benchmarks.runtime_ab BUNDLE --before 9abe345 --rounds 4
+    python -m benchmarks.runtime_ab BUNDLE --other BUNDLE_B --rounds 4 --out benchmarks/results/time_gaps_ab
 
 The earlier runtime comes from a temporary git worktree of REV (its `runtime/` imported as
-`genattn_runtime`); the bundle must be one both runtimes read. Results:
-benchmarks/results/runtime_ab.{json,md}.
+`genattn_runtime`); the bundle must be one both runtimes read. A bundle over time gaps gets
+event times with its histories (the same seeded gaps on every side). Results:
+benchmarks/results/runtime_ab.{json,md} (default --out).
 """
 from __future__ import annotations
 
@@ -33,12 +36,15 @@ rec = Recommender.load(sys.argv[1], backend="cpu", threads=1)
 ids = list(rec.items.item_ids)
 rng = np.random.default_rng(0)
 hists = [[ids[i] for i in rng.choice(len(ids), min(30, len(ids)), replace=False)] for _ in range(200)]
-for h in hists[:50]:
-    rec.recommend(h, k=10)
+# event times (seconds, gaps of 1 s to ~1 day) for a bundle over time gaps; their own stream
+gaps = np.random.default_rng(1).integers(1, 86400, (len(hists), len(hists[0])))
+kw = [{"times": np.cumsum(g).astype(float).tolist()} if getattr(rec, "time_buckets", 0) else {} for g in gaps]
+for h, w in zip(hists[:50], kw):
+    rec.recommend(h, k=10, **w)
 ts = []
 while len(ts) < int(sys.argv[2]):
-    for h in hists:
-        t0 = time.perf_counter(); rec.recommend(h, k=10); ts.append(time.perf_counter() - t0)
+    for h, w in zip(hists, kw):
+        t0 = time.perf_counter(); rec.recommend(h, k=10, **w); ts.append(time.perf_counter() - t0)
 print(json.dumps({"p50_ms": float(np.median(ts)) * 1e3, "p90_ms": float(np.percentile(ts, 90)) * 1e3}))
 """
 
@@ -57,12 +63,16 @@ def run_child(bundle: str, calls: int, pythonpath: str | None) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle")
-    ap.add_argument("--before", required=True, help="git revision whose runtime is compared")
+    side = ap.add_mutually_exclusive_group(required=True)
+    side.add_argument("--before", help="git revision whose runtime is compared on BUNDLE")
+    side.add_argument("--other", help="a second bundle, both under this checkout's runtime")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--out", default="benchmarks/results/runtime_ab")
     a = ap.parse_args(argv)
     command = "python -m benchmarks.runtime_ab " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.other is not None:
+        return _bundles(a, command)
     rows = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
         tree, pkgs = Path(tmp) / "tree", Path(tmp) / "pkgs"
@@ -89,6 +99,29 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {i} | {b['p50_ms']:.3f} | {f['p50_ms']:.3f} | {b['p90_ms']:.3f} | {f['p90_ms']:.3f} |")
     lines += ["", f"Median p50: before {summary['before']:.3f} ms, after {summary['after']:.3f} ms "
               f"(after / before {doc['ratio_after_before']:.3f})."]
+    write_text_atomic(Path(a.out + ".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return doc
+
+
+def _bundles(a, command: str) -> dict:
+    """BUNDLE (A) against --other (B), both under this runtime."""
+    rows = {"a": [], "b": []}
+    for _ in range(a.rounds):
+        rows["a"].append(run_child(a.bundle, a.calls, None))
+        rows["b"].append(run_child(a.other, a.calls, None))
+    summary = {side: float(np.median([r["p50_ms"] for r in rs])) for side, rs in rows.items()}
+    names = {"a": Path(a.bundle).name, "b": Path(a.other).name}
+    doc = {"command": command, "machine": machine_info(), "commit": git_commit(), "bundles": names,
+           "rounds": rows, "median_p50_ms": summary, "ratio_a_b": summary["a"] / summary["b"]}
+    write_json_atomic(Path(a.out + ".json"), doc)
+    lines = [f"# Batch-1 latency: {names['a']} (A) against {names['b']} (B)", "",
+             f"Command: `{command}`  ", f"Machine: {doc['machine']['cpu']}; commit {doc['commit']}; "
+             "alternating fresh processes, ONNX Runtime CPU, 1 thread, k = 10, 30-id histories", "",
+             "| round | A p50 ms | B p50 ms | A p90 ms | B p90 ms |", "|---|---|---|---|---|"]
+    for i, (x, y) in enumerate(zip(rows["a"], rows["b"])):
+        lines.append(f"| {i} | {x['p50_ms']:.3f} | {y['p50_ms']:.3f} | {x['p90_ms']:.3f} | {y['p90_ms']:.3f} |")
+    lines += ["", f"Median p50: A {summary['a']:.3f} ms, B {summary['b']:.3f} ms (A / B {doc['ratio_a_b']:.3f})."]
     write_text_atomic(Path(a.out + ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return doc

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from genattn.models import SASRec, Sampling
 from genattn.models.aggregate import confidence, interleave, vote
-from genattn_runtime.bundle import (INPUT_AGES, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
-                                    OUTPUT_SCORES, OUTPUT_STATE, sample_output_specs)
+from genattn_runtime.bundle import (INPUT_AGES, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_ALL, OUTPUT_CONFIDENCE,
+                                    OUTPUT_ITEMS, OUTPUT_SCORES, OUTPUT_STATE, sample_output_specs)
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, BackendOptions, create_backend
-from .bundle import (AGGREGATE_OUTPUTS, INPUT_AGES, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_CONFIDENCE, OUTPUT_ITEMS,
-                     OUTPUT_SCORES, ItemTable, Manifest,
-                     check_files, read_manifest, verify_files)
+from .bundle import (AGGREGATE_OUTPUTS, INPUT_AGES, INPUT_EXCLUDE, INPUT_NOISE, INPUT_SEQ, OUTPUT_CONFIDENCE,
+                     OUTPUT_ITEMS, OUTPUT_SCORES, ItemTable, Manifest, check_files, read_manifest, verify_files)
 from .errors import (BundleError, GenattnRuntimeError, InferenceError, InputError, RecommenderClosedError,
                      UnknownItemError)
 
@@ -91,6 +90,15 @@ class PreparedRequest:
 
 def _bad(where: str, what: str) -> InputError:
     return InputError(f"{where}: {what}")
+
+
+def _bad_times(a: np.ndarray, where: str):
+    """Raise the InputError naming the first time that is not finite, or the first that decreases."""
+    if not np.isfinite(a).all():
+        raise _bad(where, f"time {int(np.argmin(np.isfinite(a)))} is not a finite number")
+    j = int(np.flatnonzero(a[1:] < a[:-1])[0]) + 1
+    raise _bad(where, f"times must not decrease (histories are oldest first): time {j} ({a[j]:g}) "
+                      f"is before time {j - 1} ({a[j - 1]:g})")
 
 
 def _describe(x: Any) -> str:
@@ -597,16 +605,11 @@ class Recommender:
             if a.size and (a.ndim != 1 or a.dtype.kind not in "iuf"):
                 raise _bad(where, f"expected a flat list of numbers (seconds), got {a.dtype.name} values "
                                   f"of shape {a.shape}")
-            a = a.astype(np.float64).reshape(-1)
+            a = a.astype(np.float64, copy=False).reshape(-1)
             if len(a) != len(h):
                 raise _bad(where, f"{len(a)} times for {len(h)} history items; give one time per item")
-            if not np.isfinite(a).all():
-                raise _bad(where, f"time {int(np.argmin(np.isfinite(a)))} is not a finite number")
-            back = np.flatnonzero(np.diff(a) < 0)
-            if back.size:
-                j = int(back[0]) + 1
-                raise _bad(where, f"times must not decrease (histories are oldest first): time {j} ({a[j]:g}) "
-                                  f"is before time {j - 1} ({a[j - 1]:g})")
+            if not (np.isfinite(a).all() and (a[1:] >= a[:-1]).all()):  # one pass each on the hot path
+                _bad_times(a, where)
             out.append(a)
         return out
 

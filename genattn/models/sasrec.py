@@ -73,8 +73,9 @@ class SASRec(nn.Module):
             blocks.append(Block(cfg, weights))
         self.blocks = nn.ModuleList(blocks)
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        # The gap buckets' exact bounds 2^k (not saved: a function of time_buckets; no RNG draw).
-        self.register_buffer("gap_edges", torch.tensor([2.0 ** k for k in range(cfg.time_buckets + 1)]),
+        # Each gap bucket's exact bounds (2^k, 2^(k+1)), one row per bucket (not saved: a function of
+        # time_buckets; no RNG draw).
+        self.register_buffer("gap_edges", torch.tensor([[2.0 ** k, 2.0 ** (k + 1)] for k in range(cfg.time_buckets)]),
                              persistent=False)
         nn.init.normal_(self.item_emb.weight, std=0.02)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
@@ -82,9 +83,11 @@ class SASRec(nn.Module):
             self.item_emb.weight[0].zero_()
 
     # ---- shared pieces -------------------------------------------------------------
-    def masks(self, seq: Tensor, last_only: bool, ages: Tensor | None = None) -> tuple:
+    def masks(self, seq: Tensor, last_only: bool, ages: Tensor | None = None, full: tuple | None = None) -> tuple:
         """allowed (B, 1, Lq, L), valid_q (B, 1, Lq, 1), rel (Lq, L) and the time-gap buckets
-        (B, Lq, L) (None without time gaps) for the given queries."""
+        (B, Lq, L) (None without time gaps) for the given queries. `full`: the masks of every query
+        of these rows, whose newest row of buckets the last-only masks take instead of bucketing
+        the gaps again (in a serving graph that is a dozen ops fewer)."""
         L = seq.shape[1]
         key_ok = (seq != 0)[:, None, None, :]  # (B, 1, 1, L)
         i = torch.arange(L, device=seq.device)
@@ -94,7 +97,8 @@ class SASRec(nn.Module):
         allowed = (causal & key_ok) | (qi[:, None] == i[None, :])
         valid_q = (seq[:, qi] != 0)[:, None, :, None]
         rel = (qi[:, None] - i[None, :]).clamp(0, self.cfg.max_len - 1)
-        return allowed, valid_q, rel, self.gap_buckets(ages, qi)
+        gaps = full[3][:, -1:] if last_only and full is not None and full[3] is not None else self.gap_buckets(ages, qi)
+        return allowed, valid_q, rel, gaps
 
     def gap_buckets(self, ages: Tensor | None, qi: Tensor) -> Tensor | None:
         """(B, Lq, L) long: floor(log2(1 + t_i - t_j)) of the seconds between query i's event and
@@ -107,11 +111,11 @@ class SASRec(nn.Module):
             raise ages_missing(n)
         span = (ages[:, None, :] - ages[:, qi, None]).float().clamp_min(0.0) + 1.0  # (B, Lq, L), 1 + gap
         b = torch.log2(span).floor().clamp(0, n - 1).long()
-        # log2 may miss an exact power of two by an ulp (an exported graph computes it as ln x / ln 2,
-        # and whole-second gaps hit 2^k - 1 often): the bucket's exact bounds settle it, so torch and
+        # log2 may miss an exact power of two by an ulp (ONNX Runtime's gives 14.99... for 2^15, and
+        # whole-second gaps hit 2^k - 1 often): the bucket's exact bounds settle it, so torch and
         # every runtime put a gap in the same bucket.
-        edges = self.gap_edges
-        b = b + (span >= edges[b + 1]).long() - (span < edges[b]).long()
+        lo, hi = F.embedding(b, self.gap_edges).unbind(-1)  # one Gather of both bounds when exported
+        b = b + (span >= hi).long() - (span < lo).long()
         return b.clamp(0, n - 1)
 
     def embed(self, seq: Tensor) -> tuple[Tensor, Tensor]:
@@ -156,7 +160,7 @@ class SASRec(nn.Module):
                 if noise is not None:
                     reader = NoiseReader(noise.reshape(seq.shape[0], -1))
             last = last_only and n == len(self.blocks) - 1
-            masks = self.masks(seq, last_only=True, ages=ages) if last else full
+            masks = self.masks(seq, last_only=True, ages=ages, full=full) if last else full
             tq = self.target_queries(block, targets) if (targets is not None and block.generative) else None
             x, a = block(x, pad, masks, last_only=last, target_q=tq, rng=rng, sampling=sampling, noise=reader)
             aux = aux + a
