@@ -256,3 +256,34 @@ def test_inspect_names_the_time_gaps(exported):
     run = CliRunner().invoke(main, ["inspect", str(exported["softmax"][1])])
     assert run.exit_code == 0, run.output
     assert f"time gaps in {BUCKETS} buckets" in run.output and "item_ages float32" in run.output
+
+
+def test_prepared_calls_with_times_batch_into_one_run(rec):
+    """The micro-batcher's path: several prepared calls, each with its own times, in one run."""
+    ids = rec.items.item_ids
+    calls = [(ids[:5], _edge_times(5)), (ids[7:9], _edge_times(2, start=3e8)), (ids[3:6], _edge_times(3))]
+    preps = [rec.prepare(h, k=5, times=t) for h, t in calls]
+    joint = rec.run_prepared(preps)
+    for (h, t), got in zip(calls, joint):
+        alone = rec.recommend(h, k=5, times=t)
+        assert got.items == alone.items
+        np.testing.assert_allclose(got.scores, alone.scores, rtol=1e-5)
+
+
+def test_ann_bundle_over_time_gaps(exported, rec, tmp_path):
+    """An ANN bundle's state graph takes the ages too; an exact (flat) index answers as the exact bundle."""
+    from genattn_export import ExportOptions, export_bundle
+    from genattn_export.ann import AnnOptions
+
+    m = export_bundle(exported["softmax"][0], tmp_path / "ann",
+                      ExportOptions(k=K, verify_users=16, ann=AnnOptions(kind="flat-fp16", recall_users=50)))
+    assert m["format_version"] == TIME_FORMAT_VERSION and "ann" in m
+    assert [t["name"] for t in m["graph"]["inputs"]] == ["item_seq", INPUT_AGES]
+    with Recommender.load(tmp_path / "ann", backend="cpu", threads=1) as ann:
+        ids = rec.items.item_ids[:6]
+        times = _edge_times(6)
+        got, want = ann.recommend(ids, k=5, times=times), rec.recommend(ids, k=5, times=times)
+        assert got.items == want.items
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-2, atol=1e-3)  # the fp16 table's rounding
+        with pytest.raises(InputError, match="times"):
+            ann.recommend(ids, k=5)
