@@ -10,7 +10,7 @@ import logging
 import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,10 @@ def _prepare_data(run: RunConfig, tc: TrainConfig, device: torch.device, dataset
     evaluation users."""
     t_data = time.perf_counter()
     ds = dataset if dataset is not None else load_source(run.data)
+    if not run.model.time_buckets and ds.times is not None:
+        # Only a model over time gaps reads the timestamps: a float64 per event (the size of the item
+        # arrays) is not kept through training for nothing.
+        ds = replace(ds, times=None)
     split: Split = leave_one_out(ds)
     # Users who had each item in training (distinct, so novelty's p(i) <= 1); also the cold-start ranking.
     pop = item_popularity([np.unique(s) for s in split.train], ds.n_items)

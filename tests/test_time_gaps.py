@@ -203,3 +203,17 @@ def test_serving_path_with_time_gaps_equals_the_full_forward_at_the_newest_posit
     with torch.no_grad():
         full, _ = model.run_blocks(seq, ages=ages)
         torch.testing.assert_close(model.scores(seq, ages=ages), model.logits(full[:, -1]), rtol=1e-5, atol=1e-5)
+
+
+def test_training_keeps_timestamps_only_for_a_model_over_time_gaps(tiny_dataset):
+    """A float64 per event is dropped up front when nothing reads it (the caller's dataset keeps its own)."""
+    from genattn.training import _prepare_data
+
+    tc = TrainConfig(epochs=1, batch_size=32, seed=0, threads=1)
+    cpu = torch.device("cpu")
+    plain = _prepare_data(RunConfig(model=tiny_config("softmax", n_items=0), train=tc), tc, cpu, tiny_dataset)
+    timed = _prepare_data(RunConfig(model=tiny_config("softmax", time_buckets=BUCKETS, n_items=0), train=tc), tc,
+                          cpu, tiny_dataset)
+    assert plain.ds.times is None and plain.sets["test"].times is None and plain.ages is None
+    assert timed.ds.times is not None and timed.sets["test"].times is not None and timed.ages is not None
+    assert tiny_dataset.times is not None
