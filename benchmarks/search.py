@@ -247,6 +247,7 @@ def render(doc: dict) -> str:
         name = r["kind"] if r["loss"] == "full" else f"{r['kind']}_{r['loss']}"
         done[name] = done.get(name, 0) + 1
     counted = ", ".join(f"{k} {v}" for k, v in doc.get("trial_counts", {}).items()) or "none yet"
+    lines += paired(doc)
     lines += ["", "Finished trials per kind: " + ", ".join(f"{k} {v}" for k, v in sorted(done.items())) + ".",
               f"Selected among the trial numbers every kind of a loss has finished (equal counts): {counted}.", "",
               "Commands, machines, commits:", ""]
@@ -257,6 +258,31 @@ def render(doc: dict) -> str:
             seen.add(key)
             lines.append(f"- `{r['command']}` on {r['machine']}, seed {r['seed']}, commit {r['commit']}")
     return "\n".join(lines) + "\n"
+
+
+def paired(doc: dict) -> list[str]:
+    """Per loss, each trial's validation NDCG@10 side by side: trial t shares its backbone and training
+    knobs across kinds, so a row is a paired comparison; each generative kind's wins over softmax and
+    its mean difference over the trials both finished."""
+    out = []
+    for loss in sorted({r["loss"] for r in doc.get("trials", [])}):
+        got: dict[int, dict[str, float]] = {}
+        for r in doc["trials"]:
+            if r["loss"] == loss:
+                got.setdefault(r["trial"], {})[r["kind"]] = r["valid_ndcg@10"]
+        kinds = [k for k in KIND_SPACE if any(k in row for row in got.values())]
+        out += ["", f"Paired by trial ({loss}): validation NDCG@10 of each kind on the same shared knobs.", "",
+                "| trial | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for t in sorted(got):
+            out.append(f"| {t} | " + " | ".join(f"{got[t][k]:.4f}" if k in got[t] else "" for k in kinds) + " |")
+        for k in kinds:
+            both = [t for t in got if k in got[t] and "softmax" in got[t]]
+            if k == "softmax" or not both:
+                continue
+            d = [got[t][k] - got[t]["softmax"] for t in both]
+            out.append(f"\n{k} against softmax: ahead in {sum(x > 0 for x in d)} of {len(d)} paired trials, "
+                       f"mean difference {np.mean(d):+.4f}.")
+    return out
 
 
 if __name__ == "__main__":

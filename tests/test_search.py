@@ -96,3 +96,15 @@ def test_parked_runs_carry_their_origin_and_finished_ones_are_dropped(tmp_path):
     assert park(runs, carried, set(), "*_seed*") == []
     assert not carried.joinpath("vae_full_seed1").exists()
     assert not carried.joinpath("vae_full_seed1.origin.json").exists()
+
+
+def test_paired_table_compares_each_trial_across_kinds():
+    from benchmarks.search import paired
+
+    doc = {"trials": [_row("softmax", 0, 0.11), _row("vae", 0, 0.12), _row("softmax", 1, 0.10),
+                      _row("vae", 1, 0.07), _row("vae", 2, 0.30), _row("softmax", 0, 0.05, "bce")]}
+    text = "\n".join(paired(doc))
+    assert "| 0 | 0.1100 | 0.1200 |" in text and "| 2 |  | 0.3000 |" in text
+    # trial 2 has no softmax run: the wins and the mean are over trials 0 and 1 only
+    assert "vae against softmax: ahead in 1 of 2 paired trials, mean difference -0.0100." in text
+    assert "Paired by trial (bce)" in text
