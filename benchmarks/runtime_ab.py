@@ -71,8 +71,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="benchmarks/results/runtime_ab")
     a = ap.parse_args(argv)
     command = "python -m benchmarks.runtime_ab " + " ".join(argv if argv is not None else sys.argv[1:])
-    if a.other is not None:
-        return _bundles(a, command)
+    if a.other is not None:  # two bundles under this runtime, alternating
+        rows = {"a": [], "b": []}
+        for _ in range(a.rounds):
+            rows["a"].append(run_child(a.bundle, a.calls, None))
+            rows["b"].append(run_child(a.other, a.calls, None))
+        names = {"a": Path(a.bundle).name, "b": Path(a.other).name}
+        return _report(a.out, command, rows, f"Batch-1 latency: {names['a']} (A) against {names['b']} (B)",
+                       {"bundles": names})
     rows = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
         tree, pkgs = Path(tmp) / "tree", Path(tmp) / "pkgs"
@@ -86,43 +92,29 @@ def main(argv: list[str] | None = None) -> dict:
                 rows["after"].append(run_child(a.bundle, a.calls, None))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
-    summary = {side: float(np.median([r["p50_ms"] for r in rs])) for side, rs in rows.items()}
-    doc = {"command": command, "machine": machine_info(), "commit": git_commit(), "before": a.before,
-           "bundle": Path(a.bundle).name, "rounds": rows, "median_p50_ms": summary,
-           "ratio_after_before": summary["after"] / summary["before"]}
-    write_json_atomic(Path(a.out + ".json"), doc)
-    lines = [f"# Runtime batch-1 latency: this checkout against {a.before}", "",
-             f"Command: `{command}`  ", f"Machine: {doc['machine']['cpu']}; commit {doc['commit']}; "
-             "alternating fresh processes, ONNX Runtime CPU, 1 thread, k = 10, 30-id histories", "",
-             "| round | before p50 ms | after p50 ms | before p90 ms | after p90 ms |", "|---|---|---|---|---|"]
-    for i, (b, f) in enumerate(zip(rows["before"], rows["after"])):
-        lines.append(f"| {i} | {b['p50_ms']:.3f} | {f['p50_ms']:.3f} | {b['p90_ms']:.3f} | {f['p90_ms']:.3f} |")
-    lines += ["", f"Median p50: before {summary['before']:.3f} ms, after {summary['after']:.3f} ms "
-              f"(after / before {doc['ratio_after_before']:.3f})."]
-    write_text_atomic(Path(a.out + ".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return doc
+    return _report(a.out, command, rows, f"Runtime batch-1 latency: this checkout against {a.before}",
+                   {"before": a.before, "bundle": Path(a.bundle).name})
 
 
-def _bundles(a, command: str) -> dict:
-    """BUNDLE (A) against --other (B), both under this runtime."""
-    rows = {"a": [], "b": []}
-    for _ in range(a.rounds):
-        rows["a"].append(run_child(a.bundle, a.calls, None))
-        rows["b"].append(run_child(a.other, a.calls, None))
+def _report(out: str, command: str, rows: dict[str, list], title: str, extra: dict) -> dict:
+    """Write <out>.json and <out>.md for the two sides of `rows`, in order; the ratio is after / before,
+    or A / B."""
+    x, y = rows
+    num, den = (y, x) if x == "before" else (x, y)
+    show = {"a": "A", "b": "B"}
+    X, Y, N, D = (show.get(s, s) for s in (x, y, num, den))
     summary = {side: float(np.median([r["p50_ms"] for r in rs])) for side, rs in rows.items()}
-    names = {"a": Path(a.bundle).name, "b": Path(a.other).name}
-    doc = {"command": command, "machine": machine_info(), "commit": git_commit(), "bundles": names,
-           "rounds": rows, "median_p50_ms": summary, "ratio_a_b": summary["a"] / summary["b"]}
-    write_json_atomic(Path(a.out + ".json"), doc)
-    lines = [f"# Batch-1 latency: {names['a']} (A) against {names['b']} (B)", "",
-             f"Command: `{command}`  ", f"Machine: {doc['machine']['cpu']}; commit {doc['commit']}; "
-             "alternating fresh processes, ONNX Runtime CPU, 1 thread, k = 10, 30-id histories", "",
-             "| round | A p50 ms | B p50 ms | A p90 ms | B p90 ms |", "|---|---|---|---|---|"]
-    for i, (x, y) in enumerate(zip(rows["a"], rows["b"])):
-        lines.append(f"| {i} | {x['p50_ms']:.3f} | {y['p50_ms']:.3f} | {x['p90_ms']:.3f} | {y['p90_ms']:.3f} |")
-    lines += ["", f"Median p50: A {summary['a']:.3f} ms, B {summary['b']:.3f} ms (A / B {doc['ratio_a_b']:.3f})."]
-    write_text_atomic(Path(a.out + ".md"), "\n".join(lines) + "\n")
+    ratio = summary[num] / summary[den]
+    doc = {"command": command, "machine": machine_info(), "commit": git_commit(), **extra, "rounds": rows,
+           "median_p50_ms": summary, f"ratio_{num}_{den}": ratio}
+    write_json_atomic(Path(out + ".json"), doc)
+    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Machine: {doc['machine']['cpu']}; commit "
+             f"{doc['commit']}; alternating fresh processes, ONNX Runtime CPU, 1 thread, k = 10, 30-id histories", "",
+             f"| round | {X} p50 ms | {Y} p50 ms | {X} p90 ms | {Y} p90 ms |", "|---|---|---|---|---|"]
+    for i, (p, q) in enumerate(zip(rows[x], rows[y])):
+        lines.append(f"| {i} | {p['p50_ms']:.3f} | {q['p50_ms']:.3f} | {p['p90_ms']:.3f} | {q['p90_ms']:.3f} |")
+    lines += ["", f"Median p50: {X} {summary[x]:.3f} ms, {Y} {summary[y]:.3f} ms ({N} / {D} {ratio:.3f})."]
+    write_text_atomic(Path(out + ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return doc
 

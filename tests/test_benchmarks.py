@@ -185,3 +185,18 @@ def test_triton_summary_sets_each_cell_beside_fastapi():
     assert by["http", "wrk", 32]["target_met"] is False  # fewer req/s than FastAPI
     assert by["http", "perf_analyzer", 32]["target_met"] is False  # errors
     assert by["grpc", "perf_analyzer", 16]["fastapi_req_per_s"] == 1500.0
+
+
+def test_runtime_ab_report_names_its_ratio_by_mode(tmp_path):
+    """runtime_ab: after / before for two runtimes, A / B for two bundles, in the JSON and the page."""
+    from benchmarks.runtime_ab import _report
+
+    def r(v):
+        return {"p50_ms": v, "p90_ms": v + 0.1}
+
+    doc = _report(str(tmp_path / "rt"), "cmd", {"before": [r(1.0), r(3.0)], "after": [r(2.0), r(2.0)]}, "T",
+                  {"before": "abc"})
+    assert doc["ratio_after_before"] == 1.0 and doc["before"] == "abc"
+    doc = _report(str(tmp_path / "bd"), "cmd", {"a": [r(3.0)], "b": [r(2.0)]}, "T", {})
+    assert doc["ratio_a_b"] == 1.5
+    assert "(A / B 1.500)" in (tmp_path / "bd.md").read_text()
