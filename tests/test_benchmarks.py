@@ -200,3 +200,20 @@ def test_runtime_ab_report_names_its_ratio_by_mode(tmp_path):
     doc = _report(str(tmp_path / "bd"), "cmd", {"a": [r(3.0)], "b": [r(2.0)]}, "T", {})
     assert doc["ratio_a_b"] == 1.5
     assert "(A / B 1.500)" in (tmp_path / "bd.md").read_text()
+
+
+def test_device_scripts_parse_and_name_existing_configs():
+    """The lent-GPU scripts cannot be run here: at least they parse, and every config they train exists."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for script in sorted((root / "benchmarks").glob("device_*.sh")):
+        assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0, script.name
+    text = (root / "benchmarks" / "device_ml1m.sh").read_text()
+    sel = re.search(r'^SEL=(\S+)', text, re.M).group(1)
+    configs = re.findall(r'^\s+"[\w]+\|([^|]+)\|', text, re.M)
+    assert len(configs) == 6
+    for cfg in configs:
+        assert (root / cfg.replace("$SEL", sel)).is_file(), cfg
