@@ -217,3 +217,30 @@ def test_training_keeps_timestamps_only_for_a_model_over_time_gaps(tiny_dataset)
     assert plain.ds.times is None and plain.sets["test"].times is None and plain.ages is None
     assert timed.ds.times is not None and timed.sets["test"].times is not None and timed.ages is not None
     assert tiny_dataset.times is not None
+
+
+@pytest.mark.parametrize("kind,blocks", [kb for kb in KIND_LAYOUTS if kb[0] != "softmax"],
+                         ids=[i for i in KIND_IDS if i != "softmax"])
+def test_sample_average_with_time_gaps_is_the_mean_of_single_samples(kind, blocks):
+    """S samples repeat each row's masks and gap buckets rather than bucketing again: the served
+    mean equals the mean of S single-sample passes, each with its slice of the noise."""
+    from dataclasses import replace
+
+    from genattn.models import Sampling, make_noise
+
+    torch.manual_seed(4)
+    model = randomize_generative(SASRec(tiny_config(kind, blocks, time_buckets=BUCKETS))).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("time_bias") or name.endswith(".gap"):
+                p.normal_(0.0, 1.0)
+    one = Sampling(mode="sample") if kind == "vae" else Sampling(n_steps=3, eta=1.0, start="noise")
+    four = replace(one, n_samples=4)
+    n1 = model.noise_size(one)
+    seq = random_batch(3, model.cfg.max_len, model.cfg.n_items, seed=21)
+    ages = ages_for(seq, seed=2)
+    noise = make_noise(model, four, len(seq), seed=3)
+    with torch.no_grad():
+        served = model.scores(seq, four, noise, ages)
+        singles = torch.stack([model.scores(seq, one, noise[:, s * n1:(s + 1) * n1], ages) for s in range(4)])
+    torch.testing.assert_close(served[:, 1:], singles.mean(0)[:, 1:], atol=1e-5, rtol=1e-5)

@@ -156,7 +156,11 @@ class SASRec(nn.Module):
                 x, pad, seq = (t.repeat_interleave(samples, dim=0) for t in (x, pad, seq))
                 if ages is not None:
                     ages = ages.repeat_interleave(samples, dim=0)
-                full = self.masks(seq, last_only=False, ages=ages)
+                # The masks and gap buckets are functions of the rows, so they repeat with them
+                # (bucketing the repeated gaps again would cost a dozen ops on S times the pairs).
+                allowed, valid_q, rel, gaps = full
+                full = (allowed.repeat_interleave(samples, dim=0), valid_q.repeat_interleave(samples, dim=0), rel,
+                        None if gaps is None else gaps.repeat_interleave(samples, dim=0))
                 if noise is not None:
                     reader = NoiseReader(noise.reshape(seq.shape[0], -1))
             last = last_only and n == len(self.blocks) - 1
