@@ -16,20 +16,15 @@
 # 200 (the configurations'). MINUTES (default 8) caps each call: a run cut mid-epoch resumes from
 # its last finished epoch. DEVICE / DATA / EPOCHS override for a dry run on CPU.
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
-OUT="${OUT:-$ROOT/device_out}"
+# shellcheck source=benchmarks/device_env.sh
+. "$(dirname "$0")/device_env.sh"
 RUNS="${RUNS:-$ROOT/runs/ml1m_gpu}"
 MINUTES="${MINUTES:-8}"
 DEVICE="${DEVICE:-cuda}"
 DATA="${DATA:-ml-1m}"
 EPOCHS="${EPOCHS:-}"
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export GENATTN_DATA="${GENATTN_DATA:-$ROOT/data}"
 mkdir -p "$OUT/runs" "$RUNS"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >> "$OUT/nvidia-smi.txt"
 
 SEL=benchmarks/results/search_ml100k_selected
 # name|config|extra flags

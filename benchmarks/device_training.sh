@@ -11,14 +11,8 @@
 # each cell 4 s after warm-up. Then a 2-process NCCL run of the documented command is
 # tried only when the machine has 2+ GPUs. Installs nothing: the working tree is on PYTHONPATH.
 set -euo pipefail
-export PYTHONUNBUFFERED=1
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
-OUT="${OUT:-$ROOT/device_out}"
-mkdir -p "$OUT"
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed" >> "$OUT/nvidia-smi.txt"
+# shellcheck source=benchmarks/device_env.sh
+. "$(dirname "$0")/device_env.sh"
 
 COMMON=(--device cuda --batches 1024 --negatives 4096 --seconds 4 --min-steps 5 --warmup 3)
 timeout 170 "$PY" -m benchmarks.training "${COMMON[@]}" --kinds softmax --items 1e3,1e4,1e5,1e6 \
