@@ -101,6 +101,12 @@ def _bad_times(a: np.ndarray, where: str):
                       f"is before time {j - 1} ({a[j - 1]:g})")
 
 
+def _float32(x: float) -> float:
+    """x as the graph's float32 holds it (inf past its range, without numpy's overflow warning)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(x))
+
+
 def _describe(x: Any) -> str:
     r = repr(x)
     return f"{type(x).__name__} {r if len(r) <= 40 else r[:37] + '...'}"
@@ -610,6 +616,8 @@ class Recommender:
                 raise _bad(where, f"{len(a)} times for {len(h)} history items; give one time per item")
             if not (np.isfinite(a).all() and (a[1:] >= a[:-1]).all()):  # one pass each on the hot path
                 _bad_times(a, where)
+            if len(a) and not math.isfinite(_float32(a[-1] - a[0])):  # the graph's ages are float32
+                raise _bad(where, f"the times span {a[-1] - a[0]:.3g} s, more than the model's float32 ages hold")
             out.append(a)
         return out
 
@@ -745,9 +753,12 @@ class Recommender:
             ages = np.asarray(ages)
             if ages.shape != seq.shape or ages.dtype.kind not in "iuf":
                 raise InputError(f"ages must be float ({B}, {self.max_len}), got {ages.dtype} {ages.shape}")
+            with np.errstate(over="ignore"):  # too large for float32 is refused just below, not warned about
+                ages = np.ascontiguousarray(ages, dtype=np.float32)  # checked as the graph gets them
             if not (np.isfinite(ages).all() and (ages >= 0).all()):
-                raise InputError("ages must be finite seconds >= 0 (each event's time before the row's newest)")
-            feeds[INPUT_AGES] = np.ascontiguousarray(ages, dtype=np.float32)
+                raise InputError("ages must be seconds >= 0 that float32 holds (each event's time before the "
+                                 "row's newest)")
+            feeds[INPUT_AGES] = ages
         elif ages is not None:
             raise InputError("this bundle does not attend over time gaps: it takes no ages")
         if B == 0:

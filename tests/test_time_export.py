@@ -134,7 +134,12 @@ def test_unknown_ids_drop_their_times_and_batches_equal_singles(rec):
     (lambda r, ids: r.recommend([ids, ids], k=5, times=[[1, 2, 3, 4], 7]), r"times\[1\]"),
     (lambda r, ids: r.recommend_indices(np.zeros((1, MAX_LEN), np.int64)), "ages"),
     (lambda r, ids: r.recommend_indices(np.zeros((1, MAX_LEN), np.int64), ages=-np.ones((1, MAX_LEN))), ">= 0"),
-], ids=["missing", "count", "order", "nan", "strings", "string", "rows", "row-type", "indices", "negative"])
+    # finite in float64 but not in the graph's float32: would reach the graph as inf - inf = NaN
+    (lambda r, ids: r.recommend(ids, k=5, times=[0, 1, 2, 1e300]), "float32"),
+    (lambda r, ids: r.recommend_indices(np.zeros((1, MAX_LEN), np.int64), ages=np.full((1, MAX_LEN), 1e300)),
+     "float32"),
+], ids=["missing", "count", "order", "nan", "strings", "string", "rows", "row-type", "indices", "negative",
+        "span", "huge-ages"])
 def test_bad_times_are_typed_errors(rec, call, says):
     with pytest.raises(InputError, match=says):
         call(rec, rec.items.item_ids[:4])
