@@ -83,7 +83,7 @@ def posterior_stats(model, seq: torch.Tensor, targets: torch.Tensor, seed: int =
         runs[name] = (post[-1][1], aux, den)
     (mu, ls), aux, den = runs["true"]
     (mu2, _), _, _ = runs["swapped"]
-    m = model.masks(seq, last_only=False)
+    m = model.masks(seq)
     rows = m[0] & m[1]
     out["posterior_std"] = entry_mean(ls.exp(), rows)
     out["posterior_mean_shift"] = entry_mean((mu - mu2).abs(), rows)

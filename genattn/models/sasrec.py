@@ -83,22 +83,25 @@ class SASRec(nn.Module):
             self.item_emb.weight[0].zero_()
 
     # ---- shared pieces -------------------------------------------------------------
-    def masks(self, seq: Tensor, last_only: bool, ages: Tensor | None = None, full: tuple | None = None) -> tuple:
-        """allowed (B, 1, Lq, L), valid_q (B, 1, Lq, 1), rel (Lq, L) and the time-gap buckets
-        (B, Lq, L) (None without time gaps) for the given queries. `full`: the masks of every query
-        of these rows, whose newest row of buckets the last-only masks take instead of bucketing
-        the gaps again (in a serving graph that is a dozen ops fewer)."""
+    def masks(self, seq: Tensor, ages: Tensor | None = None) -> tuple:
+        """allowed (B, 1, L, L), valid_q (B, 1, L, 1), rel (L, L) and the time-gap buckets (B, L, L)
+        (None without time gaps), every query row; `newest_row` takes the serving path's."""
         L = seq.shape[1]
         key_ok = (seq != 0)[:, None, None, :]  # (B, 1, 1, L)
         i = torch.arange(L, device=seq.device)
-        qi = i[-1:] if last_only else i
-        causal = qi[:, None] >= i[None, :]  # (Lq, L)
+        causal = i[:, None] >= i[None, :]  # (L, L)
         # The diagonal is always allowed so a padding query's row is never empty (no NaN).
-        allowed = (causal & key_ok) | (qi[:, None] == i[None, :])
-        valid_q = (seq[:, qi] != 0)[:, None, :, None]
-        rel = (qi[:, None] - i[None, :]).clamp(0, self.cfg.max_len - 1)
-        gaps = full[3][:, -1:] if last_only and full is not None and full[3] is not None else self.gap_buckets(ages, qi)
-        return allowed, valid_q, rel, gaps
+        allowed = (causal & key_ok) | (i[:, None] == i[None, :])
+        valid_q = (seq != 0)[:, None, :, None]
+        rel = (i[:, None] - i[None, :]).clamp(0, self.cfg.max_len - 1)
+        return allowed, valid_q, rel, self.gap_buckets(ages, i)
+
+    @staticmethod
+    def newest_row(masks: tuple) -> tuple:
+        """The newest query's row of `masks`: what the last block needs on the serving path (a slice,
+        so the gaps are not bucketed twice)."""
+        allowed, valid_q, rel, gaps = masks
+        return allowed[:, :, -1:], valid_q[:, :, -1:], rel[-1:], None if gaps is None else gaps[:, -1:]
 
     def gap_buckets(self, ages: Tensor | None, qi: Tensor) -> Tensor | None:
         """(B, Lq, L) long: floor(log2(1 + t_i - t_j)) of the seconds between query i's event and
@@ -146,25 +149,23 @@ class SASRec(nn.Module):
         if ages is not None and ages.shape != seq.shape:
             raise ValueError(f"ages {tuple(ages.shape)} must have the sequence's shape {tuple(seq.shape)}")
         x, pad = self.embed(seq)
-        full = self.masks(seq, last_only=False, ages=ages)
+        full = self.masks(seq, ages)
         reader = NoiseReader(noise) if noise is not None else None
         aux = x.new_zeros(())
         expand = samples > 1
         for n, block in enumerate(self.blocks):
             if expand and block.generative:
                 expand = False
-                x, pad, seq = (t.repeat_interleave(samples, dim=0) for t in (x, pad, seq))
-                if ages is not None:
-                    ages = ages.repeat_interleave(samples, dim=0)
+                x, pad = (t.repeat_interleave(samples, dim=0) for t in (x, pad))
                 # The masks and gap buckets are functions of the rows, so they repeat with them
                 # (bucketing the repeated gaps again would cost a dozen ops on S times the pairs).
                 allowed, valid_q, rel, gaps = full
                 full = (allowed.repeat_interleave(samples, dim=0), valid_q.repeat_interleave(samples, dim=0), rel,
                         None if gaps is None else gaps.repeat_interleave(samples, dim=0))
                 if noise is not None:
-                    reader = NoiseReader(noise.reshape(seq.shape[0], -1))
+                    reader = NoiseReader(noise.reshape(x.shape[0], -1))
             last = last_only and n == len(self.blocks) - 1
-            masks = self.masks(seq, last_only=True, ages=ages, full=full) if last else full
+            masks = self.newest_row(full) if last else full
             tq = self.target_queries(block, targets) if (targets is not None and block.generative) else None
             x, a = block(x, pad, masks, last_only=last, target_q=tq, rng=rng, sampling=sampling, noise=reader)
             aux = aux + a
