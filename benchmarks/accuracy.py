@@ -92,10 +92,21 @@ def origin(out: Path) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def train_or_resume(run, out: Path, started_by: dict | None = None) -> Path:
+def train_or_resume(run, out: Path, started_by: dict | None = None, carried: Path | None = None) -> Path:
     """Train `run` into `out`; a finished run is reused, an interrupted one resumed from
     its last epoch, so a benchmark can span sessions. `started_by` (command, commit, machine)
-    is written to `origin_path(out)` when the training starts fresh."""
+    is written to `origin_path(out)` when the training starts fresh. `carried`: where `--park` keeps
+    unfinished runs for a fresh checkout (benchmarks/inflight.py); a run with no folder of its own
+    starts from its parked copy, whose copy is dropped once the run has finished."""
+    if carried is not None:
+        unpark(carried, out)
+    _train_or_resume(run, out, started_by)
+    if carried is not None:
+        drop(carried, out)
+    return out
+
+
+def _train_or_resume(run, out: Path, started_by: dict | None) -> None:
     metrics = out / "metrics.json"
     if (out / "config.json").is_file():
         have = read_config(out)  # the checkpoint's own reader: fields added since are filled as trained
@@ -103,28 +114,20 @@ def train_or_resume(run, out: Path, started_by: dict | None = None) -> Path:
         if not same_config(asdict(have), asdict(want)) or have.data.source != run.data.source:
             raise SystemExit(f"{out} holds a run of another configuration; remove it or pass another --runs")
     if metrics.is_file() and "test" in json.loads(metrics.read_text()):
-        return out
+        return
     resume = (out / "state.json").is_file()
     if resume:
         log.info("resuming %s", out)
     elif started_by is not None:
         write_json_atomic(origin_path(out), started_by)
     train(run, out, resume=resume, progress=sys.stderr.isatty())
-    return out
 
 
 def trained(name: str, cfg_path: Path | None, seed: int, runs: Path, data: str, sets: dict,
             started_by: dict | None = None, carried: Path | None = None) -> Path:
-    """The run folder of one configuration and seed, trained, resumed, or resumed from its parked
-    copy under `carried` (benchmarks/inflight.py)."""
+    """The run folder of one configuration and seed (train_or_resume)."""
     over = merged(sets, {"train": {"seed": seed}, "data": {"source": data}})
-    run_dir = runs / f"{name}_seed{seed}"
-    if carried is not None:
-        unpark(carried, run_dir)
-    train_or_resume(load_run_config(cfg_path, over), run_dir, started_by)
-    if carried is not None:
-        drop(carried, run_dir)
-    return run_dir
+    return train_or_resume(load_run_config(cfg_path, over), runs / f"{name}_seed{seed}", started_by, carried)
 
 
 def stochastic(kind: str, base):

@@ -41,7 +41,7 @@ from genattn.config import load_run_config
 from genattn.fileio import write_text_atomic
 
 from .accuracy import CONFIGS, merged, parse_sets, short_name, train_or_resume
-from .inflight import drop, park, unpark
+from .inflight import park
 from .machine import git_commit, machine_info
 from .record import update_results
 
@@ -166,10 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         if any(same_trial(r, kind, a.loss, t, params, budget) for r in done.get("trials", [])):
             continue
         run_dir = runs / run_name(kind, a.loss, t)
-        unpark(carried, run_dir)
         t0 = time.perf_counter()
         train_or_resume(load_run_config(CONFIGS / f"{kind}.toml", merged(fixed, params, {"data": {"source": a.data}})),
-                        run_dir)
+                        run_dir, carried=carried)
         m = load_checkpoint(run_dir).metrics
         row = {"kind": kind, "loss": a.loss, "trial": t, "params": params, "budget": budget,
                "valid_ndcg@10": m["best_valid_ndcg@10"], "best_epoch": m["best_epoch"],
@@ -185,7 +184,6 @@ def main(argv: list[str] | None = None) -> dict:
             select(doc, Path(out + "_selected"))
 
         update_results(out + ".json", add, render)
-        drop(carried, run_dir)
     return _read(out)
 
 
