@@ -450,8 +450,9 @@ class TritonEngine:
         except BaseException:
             self.stop()
             raise
-        log.info("genattn serve --engine triton: model '%s' on HTTP %s, gRPC %s, metrics %s:%d", MODEL_NAME,
-                 self.http_url, self.grpc_url, self.host, self.metrics_port)
+        # The repository folder is named so that an operator (and the shutdown test) can see it go.
+        log.info("genattn serve --engine triton: model '%s' on HTTP %s, gRPC %s, metrics %s:%d; repository %s",
+                 MODEL_NAME, self.http_url, self.grpc_url, self.host, self.metrics_port, self._dir)
         return self
 
     def _model_ready(self) -> bool:

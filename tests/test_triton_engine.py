@@ -380,7 +380,8 @@ def test_clean_shutdown(server):
     time.sleep(0.5)  # the reader thread takes the last lines
     text = "".join(server["out"])
     assert "Traceback" not in text
-    repos = re.findall(r"model_repository_path\[0\]\s*\|\s*(\S+)", text)
+    # the engine's own line, not Triton's startup table (whose lines other output may interleave)
+    repos = re.findall(r"genattn serve --engine triton: model .*; repository (\S+)", text)
     assert repos and not os.path.exists(repos[0])
     for port in (int(server["http"].rsplit(":", 1)[1]), server["metrics"]):
         with socket.socket() as s:
