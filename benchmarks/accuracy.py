@@ -10,7 +10,9 @@ stochastic serving, S averaged samples, and the diffusion step sweep.
 A configuration is NAME (genattn/configs/NAME.toml) or NAME=PATH; its key in the results
 file is NAME_LOSS (e.g. vae_bce). Trained checkpoints are kept under
 --runs/<dataset>/<key>_seed<s>: a finished run is reused and an interrupted one resumed,
-and a run folder holding another configuration is refused. Each entry keeps a record per
+and a run folder holding another configuration is refused; a seed the results file already
+records with the same configuration is not retrained when its run folder is absent (a fresh
+checkout). Each entry keeps a record per
 training seed (metrics, best epoch, epochs run, stop reason, validation curve, commit),
 so running one more seed later merges into it. Before a session ends, `--park` copies the
 unfinished runs to benchmarks/results/accuracy_<dataset>_inflight/ (to commit): a fresh checkout
@@ -123,11 +125,23 @@ def _train_or_resume(run, out: Path, started_by: dict | None) -> None:
     train(run, out, resume=resume, progress=sys.stderr.isatty())
 
 
-def trained(name: str, cfg_path: Path | None, seed: int, runs: Path, data: str, sets: dict,
-            started_by: dict | None = None, carried: Path | None = None) -> Path:
-    """The run folder of one configuration and seed (train_or_resume)."""
-    over = merged(sets, {"train": {"seed": seed}, "data": {"source": data}})
-    return train_or_resume(load_run_config(cfg_path, over), runs / f"{name}_seed{seed}", started_by, carried)
+def seed_run(cfg_path: Path | None, seed: int, data: str, sets: dict):
+    """The RunConfig of one configuration and training seed."""
+    return load_run_config(cfg_path, merged(sets, {"train": {"seed": seed}, "data": {"source": data}}))
+
+
+def recorded(path: Path, key: str, seed: int, run) -> dict | None:
+    """The results entry `key` when it already holds `seed` trained with `run`'s configuration:
+    a fresh checkout has none of the finished run folders, and retraining them would only
+    reproduce the record (the seed's own provenance says where it came from)."""
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    entry = doc.get(key)
+    if not (isinstance(entry, dict) and str(seed) in entry.get("per_seed", {})):
+        return None
+    model = asdict(run.model)
+    model.pop("n_items", None)
+    want = {"model": model, "train": asdict(run.train)}
+    return entry if same_config(entry["config"], want) else None
 
 
 def stochastic(kind: str, base):
@@ -244,7 +258,15 @@ def main(argv: list[str] | None = None) -> dict:
         key = f"{name}_{loss}"  # kind (or configuration) and training loss
         for seed in seeds:
             me = {"command": command, "commit": commit, "machine": machine["cpu"]}
-            run_dir = trained(key, cfg_path, seed, runs, a.data, sets, started_by=me, carried=carried)
+            run = seed_run(cfg_path, seed, a.data, sets)
+            run_dir = runs / f"{key}_seed{seed}"
+            done = None if (run_dir / "config.json").is_file() else recorded(Path(out + ".json"), key, seed, run)
+            if done is not None:
+                log.info("%s seed %d: recorded in %s.json with this configuration; not retrained (remove the "
+                         "seed's record to redo it)", key, seed, out)
+                result[key] = done
+                continue
+            train_or_resume(run, run_dir, started_by=me, carried=carried)
             ck = load_checkpoint(run_dir)
             model_cfg = asdict(ck.run.model)
             model_cfg.pop("n_items", None)
