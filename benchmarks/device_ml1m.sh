@@ -11,9 +11,9 @@
 #     python -m benchmarks.accuracy --data ml-1m --runs runs/ml1m_gpu_eval ...   (see docs/model.md)
 #
 # The runs: the ML-100K search's selected configuration of every kind at max_len 200 (the anchors'
-# length), full CE, plus softmax and the VAE under BCE (the paper's protocol), and the softmax
-# defaults at max_len 200 (the anchors' 64-dim, 2-block, lr 1e-3 SASRec). Patience 20, epoch cap
-# 200 (the configurations'). MINUTES (default 8) caps each call: a run cut mid-epoch resumes from
+# length), full CE, plus softmax and the VAE under BCE (the paper's protocol), and softmax in the
+# anchors' own setting (benchmarks/configs/softmax_anchor.toml: 64-dim, 2 blocks, lr 1e-3).
+# Patience 20, epoch cap 200 (the configurations'). MINUTES (default 8) caps each call: a run cut mid-epoch resumes from
 # its last finished epoch. DEVICE / DATA / EPOCHS override for a dry run on CPU.
 set -uo pipefail
 # shellcheck source=benchmarks/device_env.sh
@@ -29,7 +29,7 @@ mkdir -p "$OUT/runs" "$RUNS"
 SEL=benchmarks/results/search_ml100k_selected
 # name|config|extra flags
 JOBS=(
-  "softmax_defaults_full_seed0|genattn/configs/softmax.toml|"
+  "softmax_anchor_full_seed0|benchmarks/configs/softmax_anchor.toml|"
   "softmax_tuned_full_seed0|$SEL/softmax.toml|"
   "vae_tuned_full_seed0|$SEL/vae.toml|"
   "diffusion_tuned_full_seed0|$SEL/diffusion.toml|"

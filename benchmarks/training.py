@@ -56,7 +56,7 @@ def _cell(spec: dict) -> dict:
     torch.manual_seed(0)
     dev = torch.device(spec["device"])
     run = load_run_config(REPO / "genattn" / "configs" / f"{spec['kind']}.toml",
-                          {"model": {"max_len": MAX_LEN}})
+                          {"model": {"max_len": MAX_LEN, "d_model": 64, "n_blocks": 2}})  # the backbone of its earlier results
     run.model.n_items = spec["n_items"]
     tc = TrainConfig(loss=spec["loss"], negatives=spec["negatives"], device=spec["device"],
                      in_batch_negatives=spec["in_batch"],

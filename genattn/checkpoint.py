@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import SAVED_DEFAULTS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _build
+from .config import SAVED_DEFAULTS, SAVED_TRAIN_DEFAULTS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _build
 from .fileio import atomic_dir
 
 FORMAT, VERSION = "genattn-checkpoint", 1
@@ -112,7 +112,7 @@ def read_config(path: str | Path) -> RunConfig:
         # Fields a config.json lacks were added after it was written: it was trained with the
         # defaults of the time (SAVED_DEFAULTS), not with today's per-kind ones.
         return RunConfig(model=_build(ModelConfig, {**SAVED_DEFAULTS, **raw["model"]}, "model"),
-                         train=_build(TrainConfig, raw["train"], "train"), data=_build(DataConfig, raw["data"], "data"))
+                         train=_build(TrainConfig, {**SAVED_TRAIN_DEFAULTS, **raw["train"]}, "train"), data=_build(DataConfig, raw["data"], "data"))
     except KeyError as e:
         raise CheckpointError(f"{f}: missing table {e}") from e
     except (ConfigError, TypeError) as e:

@@ -18,32 +18,42 @@ from conftest import TINY
 import genattn.training
 from genattn.checkpoint import load_checkpoint, read_config, save_checkpoint
 from genattn.cli import main
-from genattn.config import (ATTENTION_KINDS, KIND_DEFAULTS, ModelConfig, RunConfig, TrainConfig,
+from genattn.config import (ATTENTION_KINDS, KIND_DEFAULTS, ConfigError, ModelConfig, RunConfig, TrainConfig,
                             load_run_config)
 from genattn.models import SASRec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "genattn" / "configs"
 
 # Written out by hand (docs/model.md, "Per-kind defaults"), not read from the code, so that a
-# change of a default in code fails here.
-BACKBONE = dict(n_items=0, max_len=50, d_model=64, n_heads=2, n_blocks=2, dropout=0.2,
-                logstd_min=-5.0, logstd_max=2.0, beta=0.1, gamma=1.0, posterior_ce="all",
-                diffusion_steps=100, schedule="cosine", train_sample_steps=2, time_buckets=0)
-GENERATIVE = dict(generative_blocks="last", pair_hidden=8, beta_warmup_steps=500, posterior_gain=1.0,
-                  prior_ce="backbone", train_prior_noise=True)
+# change of a default in code fails here. They are the equal-budget search's selection on ML-100K
+# validation (benchmarks/results/search_ml100k_selected/).
+SHARED = dict(n_items=0, n_heads=2, logstd_min=-5.0, logstd_max=2.0, posterior_ce="all",
+              diffusion_steps=100, schedule="cosine", train_sample_steps=2, time_buckets=0)
 # Softmax uses none of the generative fields; it keeps the values its earlier runs recorded.
 FIRST_OBJECTIVE = dict(generative_blocks="all", pair_hidden=16, beta_warmup_steps=1000, posterior_gain=0.0,
                        prior_ce="through", train_prior_noise=False)
 DOCUMENTED_MODEL = {
-    "softmax": {**BACKBONE, "attention": "softmax", **FIRST_OBJECTIVE},
-    "vae": {**BACKBONE, "attention": "vae", **GENERATIVE},
-    "diffusion": {**BACKBONE, "attention": "diffusion", **GENERATIVE},
+    "softmax": {**SHARED, "attention": "softmax", "max_len": 100, "d_model": 32, "n_blocks": 3, "dropout": 0.2,
+                "beta": 0.1, "gamma": 1.0, **FIRST_OBJECTIVE},
+    "vae": {**SHARED, "attention": "vae", "max_len": 50, "d_model": 32, "n_blocks": 1, "dropout": 0.5,
+            "generative_blocks": "last", "pair_hidden": 16, "beta": 0.1, "beta_warmup_steps": 500, "gamma": 2.0,
+            "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False},
+    "diffusion": {**SHARED, "attention": "diffusion", "max_len": 100, "d_model": 32, "n_blocks": 3, "dropout": 0.2,
+                  "generative_blocks": "last", "pair_hidden": 16, "beta": 0.3, "beta_warmup_steps": 2000,
+                  "gamma": 1.0, "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False},
 }
-DOCUMENTED_TRAIN = dict(epochs=200, batch_size=128, lr=1e-3, patience=20, max_minutes=0.0, loss="full")
+BUDGET = dict(epochs=200, batch_size=128, patience=20, max_minutes=0.0, loss="full")  # one budget for every kind
+DOCUMENTED_TRAIN = {
+    "softmax": {**BUDGET, "lr": 2e-3, "weight_decay": 0.01},
+    "vae": {**BUDGET, "lr": 1e-3, "weight_decay": 0.01},
+    "diffusion": {**BUDGET, "lr": 2e-3, "weight_decay": 0.01},
+}
+# What the backbone and training defaulted to before they became per kind (old checkpoints).
+OLD_BACKBONE = dict(max_len=50, d_model=64, n_blocks=2, dropout=0.2, beta=0.1, gamma=1.0)
 
 # A config.json model table written by a version whose dataclass defaults were the first
 # objective: every field explicit, as save_checkpoint writes it.
-OLD_SAVED_VAE = {**BACKBONE, "n_items": 40, "attention": "vae", **FIRST_OBJECTIVE}
+OLD_SAVED_VAE = {**SHARED, **OLD_BACKBONE, "n_items": 40, "attention": "vae", **FIRST_OBJECTIVE}
 
 
 def cli_run_config(*args) -> RunConfig:
@@ -70,7 +80,7 @@ def test_cli_attention_gives_the_documented_defaults(tmp_path, kind):
     run = cli_run_config("--attention", kind, "-o", tmp_path / "ck", "--no-progress")
     assert asdict(run.model) == DOCUMENTED_MODEL[kind]
     train = asdict(run.train)
-    assert {k: train[k] for k in DOCUMENTED_TRAIN} == DOCUMENTED_TRAIN
+    assert {k: train[k] for k in DOCUMENTED_TRAIN[kind]} == DOCUMENTED_TRAIN[kind]
     assert run.data.source == "auto"
     assert run == load_run_config(None, {"model": {"attention": kind}})
 
@@ -86,8 +96,25 @@ def test_python_api_gives_the_documented_defaults(kind):
 
 def test_default_kind_and_train_budget():
     assert asdict(ModelConfig()) == DOCUMENTED_MODEL["softmax"]
-    tc = asdict(TrainConfig())
-    assert {k: tc[k] for k in DOCUMENTED_TRAIN} == DOCUMENTED_TRAIN
+    tc = asdict(RunConfig().train)
+    assert {k: tc[k] for k in DOCUMENTED_TRAIN["softmax"]} == DOCUMENTED_TRAIN["softmax"]
+    # Alone, a TrainConfig leaves the per-kind fields open; a RunConfig fills them from its model's kind.
+    assert TrainConfig().lr is None and TrainConfig().weight_decay is None
+
+
+def test_train_defaults_follow_the_model_kind_and_explicit_values_win():
+    shared = TrainConfig(patience=7)
+    vae = RunConfig(model=ModelConfig(attention="vae"), train=shared)
+    soft = RunConfig(model=ModelConfig(attention="softmax"), train=shared)
+    assert (vae.train.lr, soft.train.lr) == (1e-3, 2e-3)
+    assert shared.lr is None  # resolved on a copy: one TrainConfig can serve runs of several kinds
+    assert vae.train.patience == soft.train.patience == 7
+    explicit = RunConfig(model=ModelConfig(attention="vae"), train=TrainConfig(lr=5e-4, weight_decay=0.0))
+    assert (explicit.train.lr, explicit.train.weight_decay) == (5e-4, 0.0)
+    run = load_run_config(None, {"model": {"attention": "diffusion"}, "train": {"lr": 3e-4}})
+    assert (run.train.lr, run.train.weight_decay) == (3e-4, 0.01)
+    with pytest.raises(ConfigError, match="weight_decay"):
+        TrainConfig(weight_decay=-1.0)
 
 
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
@@ -122,7 +149,7 @@ def test_explicit_values_win(tmp_path, kind):
     assert asdict(run.model) == {**DOCUMENTED_MODEL[kind], "max_len": 20, "posterior_gain": 0.5, "prior_ce": "through"}
     assert run.train.patience == 7
     # An override of None means "not given".
-    assert load_run_config(None, {"model": {"attention": kind, "posterior_gain": None}}).model.posterior_gain == 1.0
+    assert load_run_config(None, {"model": {"attention": kind, "posterior_gain": None}}).model.posterior_gain == 2.0
 
 
 def test_old_saved_config_round_trips_unchanged(tmp_path):
@@ -151,8 +178,13 @@ def test_checkpoint_written_before_a_field_existed_keeps_the_old_value(tmp_path)
     raw = json.loads(f.read_text())
     for name in ("posterior_gain", "prior_ce", "train_prior_noise", "posterior_ce"):
         del raw["model"][name]
+    # lr and weight_decay always were in config.json; were one missing, it was the then default
+    # (1e-3, 0.0), not today's per-kind one (the resumed optimiser would change otherwise).
+    assert raw["train"]["weight_decay"] == 0.01
+    del raw["train"]["weight_decay"], raw["train"]["lr"]
     f.write_text(json.dumps(raw))
     assert read_config(tmp_path / "ck").model == cfg
+    assert (read_config(tmp_path / "ck").train.lr, read_config(tmp_path / "ck").train.weight_decay) == (1e-3, 0.0)
     assert load_checkpoint(tmp_path / "ck").run.model == cfg
 
 
@@ -160,8 +192,8 @@ def test_checkpoint_written_before_a_field_existed_keeps_the_old_value(tmp_path)
 def test_default_generative_model_generates_in_the_last_block_only(kind):
     model = SASRec(ModelConfig(**{**TINY, "attention": kind, "pair_hidden": None}))
     assert [b.attn.weights.kind for b in model.blocks] == ["softmax", kind]
-    assert model.cfg.pair_hidden == 8
-    if kind == "vae":  # the posterior's skip path exists (posterior_gain 1.0)
+    assert model.cfg.pair_hidden == 16
+    if kind == "vae":  # the posterior's skip path exists (posterior_gain 2.0)
         assert any(name.endswith(".gain") for name, _ in model.named_parameters())
 
 

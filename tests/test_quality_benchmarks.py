@@ -80,20 +80,20 @@ def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(benc
     assert kept["commit"] == "abc1234" and kept["evaluated_by"]["commit"] != "abc1234"
     assert len(after["valid_curves"]) == 3
     with pytest.raises(SystemExit, match="another configuration"):  # never reuse a run of other settings
-        accuracy.main(argv + ["--set", "train.lr=0.002"])
+        accuracy.main(argv + ["--set", "train.lr=0.004"])
     other = [a if a != str(d / "runs") else str(d / "runs2") for a in argv]
-    accuracy.main(other + ["--set", "train.lr=0.002"])  # a different configuration: not a seed of the old one
+    accuracy.main(other + ["--set", "train.lr=0.004"])  # a different configuration: not a seed of the old one
     replaced = json.loads((d / "acc.json").read_text())["softmax_full"]
-    assert replaced["seeds"] == [2] and replaced["config"]["train"]["lr"] == 0.002
+    assert replaced["seeds"] == [2] and replaced["config"]["train"]["lr"] == 0.004
     # A fresh checkout (no run folders): a seed recorded with this configuration is not retrained...
     fresh = [a if a != str(d / "runs") else str(d / "runs3") for a in argv]
-    accuracy.main(fresh + ["--set", "train.lr=0.002"])
+    accuracy.main(fresh + ["--set", "train.lr=0.004"])
     assert not (d / "runs3" / "synthetic" / "softmax_full_seed2").exists()
     assert json.loads((d / "acc.json").read_text())["softmax_full"] == replaced
     # ...but one recorded with another configuration is (and replaces the entry).
-    accuracy.main(fresh + ["--set", "train.lr=0.003"])
+    accuracy.main(fresh + ["--set", "train.lr=0.005"])
     assert (d / "runs3" / "synthetic" / "softmax_full_seed2" / "metrics.json").is_file()
-    assert json.loads((d / "acc.json").read_text())["softmax_full"]["config"]["train"]["lr"] == 0.003
+    assert json.loads((d / "acc.json").read_text())["softmax_full"]["config"]["train"]["lr"] == 0.005
 
 
 def test_frontier_points_and_verdict(bench):
