@@ -7,7 +7,8 @@ raw ids out) and the bare session.
 
 Defaults served: vae its prior mean, diffusion `--steps` DDIM steps from zeros (1, the
 export default). Random-init models of each kind's default config (latency depends on
-the shapes, not the weights), exported through the latency suite's bundle cache.
+the shapes, not the weights), each at its own default max_len unless `--max-len` sets one
+for all, exported through the latency suite's bundle cache.
 """
 from __future__ import annotations
 
@@ -22,10 +23,25 @@ from genattn.fileio import write_json_atomic, write_text_atomic
 from genattn_runtime import Recommender
 
 from .latency import ROOT, Bundles, model_key
-from .machine import machine_info
+from .machine import git_commit, machine_info
 
 
-def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int, sample_outputs: bool = True) -> Path:
+def kind_key(kind: str, steps: int, max_len: int):
+    """The latency suite's key of the kind's default model, at `max_len` (0: the kind's own)."""
+    from genattn.config import ModelConfig
+
+    return model_key(kind, steps, max_len or ModelConfig(attention=kind).max_len, 1682)
+
+
+def shape(key) -> dict:
+    from .latency import model_config
+
+    m = model_config(key).model
+    return {"max_len": m.max_len, "d_model": m.d_model, "n_blocks": m.n_blocks}
+
+
+def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int, sample_outputs: bool = True,
+                      max_len: int = 0) -> Path:
     """A random-init model of the kind's default config exported with S sampled maps (and, with
     sample_outputs, the samples' own lists and agreement besides their mean)."""
     import numpy as _np
@@ -35,11 +51,13 @@ def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int, sample_o
 
     from .latency import make_model, model_config
 
-    folder = cache / f"{kind}-s{steps}-samples{samples}{'' if sample_outputs else '-mean-only'}"
+    key = kind_key(kind, steps, max_len)
+    # The folder names the model's shape: a change of the kind's defaults never reuses an old bundle.
+    folder = cache / (f"{kind}-s{steps}-samples{samples}{'' if sample_outputs else '-mean-only'}-"
+                      + "L{max_len}-D{d_model}-B{n_blocks}".format(**shape(key)))
     bundle = folder / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    key = model_key(kind, steps, 50, 1682)
     save_checkpoint(folder / "checkpoint", make_model(key, 0), model_config(key), item_ids=list(range(1, 1683)),
                     popularity=_np.zeros(1683, dtype=_np.int64), n_users=1)
     opts = (ExportOptions(vae_mode="sample", samples=samples, verify_users=0, sample_outputs=sample_outputs)
@@ -59,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="how the S-sample bundles combine their samples (interleave / vote: the samples' own lists)")
     ap.add_argument("--mean-only-too", action="store_true",
                     help="also time the S-sample bundles exported without the sample outputs (--no-sample-outputs)")
+    ap.add_argument("--max-len", type=int, default=0, help="one max_len for every kind (0: each kind's default)")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "latency_cache"))
     ap.add_argument("--out", default="benchmarks/results/serving_ratio")
     a = ap.parse_args(argv)
@@ -66,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     recs = {}
     try:
         for kind in ("softmax", "vae", "diffusion"):
-            recs[kind] = Recommender.load(bundles.get(model_key(kind, a.steps, 50, 1682)), backend="cpu",
+            recs[kind] = Recommender.load(bundles.get(kind_key(kind, a.steps, a.max_len)), backend="cpu",
                                           threads=a.threads)
     finally:
         bundles.close()
@@ -74,12 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
     for S in [int(x) for x in a.samples.split(",") if x]:
         for kind in ("vae", "diffusion"):
             sampled.add(f"{kind} S={S}")
-            recs[f"{kind} S={S}"] = Recommender.load(stochastic_bundle(Path(a.cache), kind, a.steps, S),
+            recs[f"{kind} S={S}"] = Recommender.load(stochastic_bundle(Path(a.cache), kind, a.steps, S,
+                                                                       max_len=a.max_len),
                                                      backend="cpu", threads=a.threads)
             if a.mean_only_too:
                 recs[f"{kind} S={S}, mean only"] = Recommender.load(
-                    stochastic_bundle(Path(a.cache), kind, a.steps, S, sample_outputs=False), backend="cpu",
-                    threads=a.threads)
+                    stochastic_bundle(Path(a.cache), kind, a.steps, S, sample_outputs=False, max_len=a.max_len),
+                    backend="cpu", threads=a.threads)
     rng = np.random.default_rng(0)
     histories = [list(rng.integers(1, 1683, size=int(rng.integers(5, 60)))) for _ in range(64)]
     e2e: dict[str, list[float]] = {k: [] for k in recs}
@@ -92,23 +112,26 @@ def main(argv: list[str] | None = None) -> dict:
             if i >= 200:
                 e2e[kind].append(dt)
     res = {"command": "python -m benchmarks.serving_ratio " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": machine_info(), "batch": 1, "backend": "ONNX Runtime CPU (runtime end to end)",
+           "commit": git_commit(), "machine": machine_info(), "seeds": {"weights": 0, "histories": 0}, "batch": 1, "backend": "ONNX Runtime CPU (runtime end to end)",
            "threads": a.threads, "diffusion_steps": a.steps, "iters": a.iters, "aggregate": a.aggregate, "kinds": {}}
     base = float(np.median(e2e["softmax"]))
     for kind, ts in e2e.items():
         arr = np.asarray(ts) * 1e3
-        res["kinds"][kind] = {"p50_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
+        res["kinds"][kind] = {"model": shape(kind_key(kind.split(" ")[0], a.steps, a.max_len)),
+                              "p50_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
                               "p99_ms": float(np.percentile(arr, 99)),
                               "ratio_to_softmax_p50": float(np.median(arr)) / (base * 1e3)}
     res["target"] = {"ratio_limit": 1.3,
                      "met": {k: v["ratio_to_softmax_p50"] <= 1.3 for k, v in res["kinds"].items() if k in ("vae", "diffusion")}}
     lines = ["# Serving cost of the default configurations (interleaved, one run)", "",
-             f"Reproduce: `{res['command']}`", f"Machine: {res['machine']['cpu']} ({res['machine']['cores']} cores), "
+             f"Reproduce: `{res['command']}` (commit {res['commit']}; random-init weights and histories, seed 0)",
+             f"Machine: {res['machine']['cpu']} ({res['machine']['cores']} cores), "
              f"{a.threads} threads; batch 1, end to end through the runtime; diffusion {a.steps} DDIM steps"
              + (f"; S-sample bundles answer aggregate={a.aggregate!r}" if sampled else "") + ".", "",
-             "| kind | p50 ms | p90 ms | p99 ms | p50 / softmax p50 |", "|---|---|---|---|---|"]
+             "| kind | max_len / d / blocks | p50 ms | p90 ms | p99 ms | p50 / softmax p50 |", "|---|---|---|---|---|---|"]
     for kind, v in res["kinds"].items():
-        lines.append(f"| {kind} | {v['p50_ms']:.3f} | {v['p90_ms']:.3f} | {v['p99_ms']:.3f} | "
+        dims = "{max_len} / {d_model} / {n_blocks}".format(**v["model"])
+        lines.append(f"| {kind} | {dims} | {v['p50_ms']:.3f} | {v['p90_ms']:.3f} | {v['p99_ms']:.3f} | "
                      f"{v['ratio_to_softmax_p50']:.2f}× |")
     lines += ["", f"Target: each default generative configuration within 1.3× softmax: {res['target']['met']}."]
     write_json_atomic(a.out + ".json", res)

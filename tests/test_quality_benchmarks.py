@@ -191,6 +191,9 @@ def test_serving_ratio_interleaves_every_kind(tmp_path):
         assert 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"]
     assert set(r["target"]["met"]) == {"vae", "diffusion"}
     assert "p50 / softmax p50" in (tmp_path / "ratio.md").read_text()
+    # Each kind is served in its own default shape (the VAE's selected backbone is one block at max_len 50).
+    assert r["kinds"]["vae"]["model"] == {"max_len": 50, "d_model": 32, "n_blocks": 1}
+    assert r["kinds"]["softmax"]["model"]["max_len"] == 100
 
 
 def test_auroc_and_tail_hits_against_brute_force():
