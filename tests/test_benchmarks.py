@@ -49,7 +49,9 @@ def _finite_positive(x) -> bool:
 def test_quick_run_structure(quick):
     r, _ = quick
     assert r["schema"] == "genattn-latency/1" and r["mode"] == "quick" and r["complete"] is True
-    assert r["command"].startswith("python -m benchmarks.latency ")
+    assert r["command"].startswith("python -m benchmarks.latency ") and r["commit"]
+    # the models' shapes as the per-kind defaults gave them when this ran
+    assert r["models"]["shapes"]["vae"] == {"d_model": 32, "n_heads": 2, "n_blocks": 1, "generative_blocks": "last"}
     m = r["machine"]
     assert m["slug"] and m["cores"] >= 1 and m["versions"]["torch"] and m["versions"]["onnxruntime"]
     assert m["threads"] >= 1 and m["torch_threads"] == m["threads"] == m["ort_intra_op_threads"]

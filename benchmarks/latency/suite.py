@@ -8,12 +8,21 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from ..machine import machine_info, repo_path
+from ..machine import git_commit, machine_info, repo_path
 from .bundles import Bundles
 from .cells import Group, backend_status, machine_slug, run_cell
 from .http_load import http_run
 from .report import _write, evaluate_targets
 from .settings import BACKENDS, MODEL_CONFIGS, ROOT, SCHEMA, Settings, Skip, default_key, log, plan
+
+
+def kind_shape(kind: str) -> dict:
+    """The kind's default model shape (the per-kind defaults, docs/model.md)."""
+    from genattn.config import ModelConfig
+
+    m = ModelConfig(attention=kind)
+    return {"d_model": m.d_model, "n_heads": m.n_heads, "n_blocks": m.n_blocks,
+            "generative_blocks": None if kind == "softmax" else m.generative_blocks}
 
 
 def run_suite(s: Settings, mode: str, out: Path, command: str, do_http: bool = True) -> dict:
@@ -34,7 +43,7 @@ def run_suite(s: Settings, mode: str, out: Path, command: str, do_http: bool = T
     status = backend_status(s.suite.backends)
     gpu_present = bool(info.get("gpu"))
     result: dict = {
-        "schema": SCHEMA, "command": command, "mode": mode,
+        "schema": SCHEMA, "command": command, "commit": git_commit(), "mode": mode,
         "complete": False,
         "machine": {**info, "slug": s.suite.machine or machine_slug(info, threads), "threads": threads,
                     "torch_threads": torch.get_num_threads(), "ort_intra_op_threads": threads,
@@ -44,6 +53,8 @@ def run_suite(s: Settings, mode: str, out: Path, command: str, do_http: bool = T
         "backends": {n: {"available": status[n] is None, "skip_reason": status[n], "gpu": BACKENDS[n].gpu}
                      for n in s.suite.backends},
         "models": {"configs": {k: repo_path(MODEL_CONFIGS / f"{k}.toml") for k in s.suite.kinds},
+                   # what those files meant when this ran (max_len and n_items are set per cell)
+                   "shapes": {k: kind_shape(k) for k in s.suite.kinds},
                    "weights": f"random init, torch.manual_seed({s.suite.seed}); generative output layers "
                               "randomised (a fresh one is all zeros)",
                    "inputs": "full-length histories of uniformly random items, 4 distinct batches cycled",
