@@ -161,11 +161,6 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
     triton_name = _triton_name(opts, out)  # likewise a bad Triton name or a clash in its repository
     ck = load_checkpoint(checkpoint)
     model, cfg = ck.model.eval(), ck.run.model
-    if cfg.time_buckets and opts.fp16:
-        # The event ages (seconds, up to ~1e9) and the gap buckets' bounds (up to 2^time_buckets)
-        # do not fit fp16, and the converter has no notion of "keep this subgraph fp32" by data.
-        raise ExportError(f"{checkpoint}: --fp16 cannot export a model over time gaps (model.time_buckets = "
-                          f"{cfg.time_buckets}): its event-age arithmetic overflows fp16; export fp32")
     sampling = opts.sampling(cfg.attention)
     if sampling is not None and cfg.attention == "diffusion" and sampling.n_steps > cfg.diffusion_steps:
         raise ExportError(f"--steps {sampling.n_steps} exceeds the model's {cfg.diffusion_steps} training timesteps")
@@ -220,7 +215,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, opts: ExportOptions |
             from .precision import to_fp16
 
             fp16_path = tmp / "model.fp16.onnx"
-            to_fp16(onnx_path, fp16_path)
+            # The event ages (seconds, ~1e9) and the gap buckets' bounds (2^k) overflow fp16: their
+            # arithmetic stays fp32 up to the integer bucket index.
+            to_fp16(onnx_path, fp16_path, keep_fp32_inputs=(INPUT_AGES,) if cfg.time_buckets else ())
             parity["fp16"] = check_parity(graph, spec, str(fp16_path), parity_cases, fp16=True)
             files["model.fp16.onnx"] = fp16_path
 

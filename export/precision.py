@@ -48,13 +48,16 @@ def _float_tensors(graph) -> Iterator[tuple[str, object]]:
                     yield from _float_tensors(g)
 
 
-def fp16_saturation(model) -> dict[str, dict]:
+def fp16_saturation(model, kept: frozenset[str] = frozenset()) -> dict[str, dict]:
     """fp32 constants whose finite values fp16 cannot hold (|x| > FP16_MAX): to_fp16 saturates
-    them to ±FP16_MAX. Keyed by tensor name: count and the largest magnitude."""
+    them to ±FP16_MAX. Keyed by tensor name: count and the largest magnitude. `kept`: constants
+    (initializer names or Constant nodes' `name.value`) that stay fp32, so are never saturated."""
     from onnx import numpy_helper
 
     out = {}
     for name, t in _float_tensors(model.graph):
+        if name in kept:
+            continue
         a = numpy_helper.to_array(t)
         over = np.isfinite(a) & (np.abs(a) > FP16_MAX)
         if over.any():
@@ -62,14 +65,60 @@ def fp16_saturation(model) -> dict[str, dict]:
     return out
 
 
-def to_fp16(src: Path, dst: Path) -> dict:
-    """Write the mixed-precision graph; returns {"saturated": fp16_saturation of the source}."""
+def fp32_island(model, sources: list[str]) -> set[str]:
+    """Names of the nodes that compute on the graph inputs `sources` in floating point, which stay
+    fp32: every node reached from them through float tensors (stopping where a tensor turns integer
+    or boolean, e.g. a bucket index), plus the constant-only producers of the float tensors those
+    nodes read (a lookup of a constant table by such an index). Event ages (seconds, ~1e9) and the
+    gap buckets' bounds (2^k) overflow fp16; the bucket index they produce does not, so what reads
+    it (the time-gap bias and embedding tables) runs fp16. Unnamed nodes get a name here."""
+    from onnx import TensorProto, shape_inference
+
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    typed = shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type
+            for v in list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output)}
+    elem.update({t.name: t.data_type for t in model.graph.initializer})
+    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name for t in model.graph.initializer}
+    reached, island = set(sources), set()
+    for node in model.graph.node:  # ONNX keeps nodes in topological order
+        if any(x in reached for x in node.input):
+            island.add(node.name)
+            reached.update(o for o in node.output if elem.get(o) in floats)
+
+    def constant_only(name: str) -> bool:  # computed from constants and integer / boolean tensors alone
+        if name in inits or elem.get(name) not in floats:
+            return True
+        p = producer.get(name)
+        return p is not None and name not in reached and all(constant_only(x) for x in p.input if x)
+
+    todo = [n for n in model.graph.node if n.name in island]
+    while todo:
+        for x in todo.pop().input:
+            p = producer.get(x)
+            if (p is not None and p.name not in island and elem.get(x) in floats and x not in reached
+                    and constant_only(x)):
+                island.add(p.name)
+                todo.append(p)
+    return island
+
+
+def to_fp16(src: Path, dst: Path, keep_fp32_inputs: tuple[str, ...] = ()) -> dict:
+    """Write the mixed-precision graph; returns {"saturated": fp16_saturation of the source}.
+    keep_fp32_inputs: graph inputs whose float arithmetic stays fp32 (fp32_island)."""
     import onnx
     from onnx import TensorProto
     from onnxconverter_common import float16
 
     model = onnx.load(str(src))
-    saturated = fp16_saturation(model)
+    island = fp32_island(model, list(keep_fp32_inputs)) if keep_fp32_inputs else set()
+    kept = frozenset(x for n in model.graph.node if n.name in island for x in n.input) | frozenset(
+        f"{n.name}.value" for n in model.graph.node if n.name in island and n.op_type == "Constant")
+    saturated = fp16_saturation(model, kept)
     if saturated:  # a real change of a constant's value: the caller hears of it
         warnings.warn(f"fp16: constants beyond the fp16 range are saturated to ±{FP16_MAX:g}: {saturated}",
                       UserWarning, stacklevel=2)
@@ -77,7 +126,8 @@ def to_fp16(src: Path, dst: Path) -> dict:
         warnings.filterwarnings("ignore", message=_INF_FALSE_ALARM, category=UserWarning,
                                 module=r"onnxconverter_common\.float16")
         half = float16.convert_float_to_float16(model, min_positive_val=FP16_MIN_POSITIVE, max_finite_val=FP16_MAX,
-                                                keep_io_types=True, op_block_list=KEEP_FP32)
+                                                keep_io_types=True, op_block_list=KEEP_FP32,
+                                                node_block_list=sorted(island))
     # The converter retypes a Cast's output to fp16 but leaves its `to` attribute at fp32
     # (seen on bool -> float casts); align the attribute with the declared type.
     declared = {v.name: v.type.tensor_type.elem_type for v in list(half.graph.value_info) + list(half.graph.output)}
@@ -88,10 +138,52 @@ def to_fp16(src: Path, dst: Path) -> dict:
             if (attr.name == "to" and attr.i == TensorProto.FLOAT
                     and declared.get(node.output[0]) == TensorProto.FLOAT16):
                 attr.i = TensorProto.FLOAT16
+    round_trips = drop_cast_round_trips(half)
     folded = fold_initializer_casts(half, model)
     onnx.checker.check_model(half)
     onnx.save(half, str(dst))
-    return {"saturated": saturated, "folded_casts": folded}
+    return {"saturated": saturated, "folded_casts": folded, "dropped_round_trips": round_trips}
+
+
+def drop_cast_round_trips(half) -> int:
+    """Bypass each fp32 -> fp16 -> fp32 Cast pair: the converter casts every fp32 op's output to
+    fp16 and back before the next fp32 op, even between two fp32 ops, which loses precision for
+    nothing (and overflows for values fp16 cannot hold: an fp32 island's event ages). The fp32
+    consumer reads the fp32 tensor directly; a Cast left without consumers is removed. Returns
+    how many fp16 -> fp32 Casts were bypassed."""
+    from onnx import TensorProto, shape_inference
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    producer = {o: n for n in half.graph.node for o in n.output}
+    outputs = {o.name for o in half.graph.output}
+    typed = shape_inference.infer_shapes(half).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in list(typed.value_info) + list(typed.input)
+            + list(typed.output)}
+
+    def computed_fp32(name: str) -> bool:  # an fp32 tensor, not an initializer (fold_initializer_casts' case)
+        return elem.get(name) == TensorProto.FLOAT and (name in producer or name in elem)
+
+    rename, dropped = {}, set()
+    for node in half.graph.node:
+        if cast_to(node) != TensorProto.FLOAT or node.output[0] in outputs:
+            continue
+        first = producer.get(node.input[0])
+        # fp32 -> fp16 -> fp32: a pure round trip (an int or bool source is a real conversion)
+        if first is not None and cast_to(first) == TensorProto.FLOAT16 and computed_fp32(first.input[0]):
+            rename[node.output[0]] = first.input[0]
+            dropped.add(id(node))
+    if not rename:
+        return 0
+    kept = [n for n in half.graph.node if id(n) not in dropped]
+    for n in kept:
+        n.input[:] = [rename.get(x, x) for x in n.input]
+    used = {x for n in kept for x in n.input} | outputs
+    kept = [n for n in kept if not (cast_to(n) == TensorProto.FLOAT16 and n.output[0] not in used)]
+    del half.graph.node[:]
+    half.graph.node.extend(kept)
+    return len(rename)
 
 
 def fold_initializer_casts(half, source) -> int:

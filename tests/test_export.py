@@ -258,6 +258,64 @@ def test_fp16_keeps_inf_and_representable_constants(tmp_path):
     np.testing.assert_array_equal(half, np.array([-np.inf, -2e4, 3e4, FP16_MAX, 0.5, np.inf], dtype=np.float16))
 
 
+def test_fp32_island_and_round_trips(tmp_path):
+    """An input's float arithmetic stays fp32 (fp32_island) and the converter's fp32 -> fp16 -> fp32
+    Casts between two fp32 ops are bypassed (1e6 s would overflow fp16 in between); a bool -> fp16
+    -> fp32 pair is a real conversion and stays, and the half of the graph outside the island goes
+    fp16."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from genattn_export.precision import drop_cast_round_trips, fp32_island, to_fp16
+
+    t = helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 2])
+    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])
+    nodes = [helper.make_node("Sub", ["t", "big"], ["gap"], name="sub"),      # fp32: ~1e6
+             helper.make_node("Abs", ["gap"], ["span"], name="abs"),           # fp32
+             helper.make_node("Log", ["span"], ["log"], name="log"),           # fp32
+             helper.make_node("Floor", ["log"], ["fl"], name="floor"),         # fp32
+             helper.make_node("Cast", ["fl"], ["idx"], name="to_int", to=TensorProto.INT64),
+             helper.make_node("Gather", ["table", "idx"], ["bias"], name="lookup"),  # fp16: reads an index
+             helper.make_node("Mul", ["h", "w"], ["hw"], name="mul"),          # fp16
+             helper.make_node("Add", ["hw", "bias"], ["y"], name="add")]
+    inits = [numpy_helper.from_array(np.array([1e6, 2e6], dtype=np.float32), "big"),
+             numpy_helper.from_array(np.arange(20, dtype=np.float32).reshape(20, 1) * 0.1, "table"),
+             numpy_helper.from_array(np.array([0.5, 2.0], dtype=np.float32), "w")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [t, h], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    assert fp32_island(model, ["t"]) == {"sub", "abs", "log", "floor", "to_int"}
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    to_fp16(src, src.with_name("m16.onnx"), keep_fp32_inputs=("t",))
+    half = onnx.load(str(src.with_name("m16.onnx")))
+    producer = {o: n.name for n in half.graph.node for o in n.output}
+    reads = {n.name: [producer.get(x) for x in n.input] for n in half.graph.node}
+    assert reads["abs"] == ["sub"] and reads["log"] == ["abs"] and reads["floor"] == ["log"]  # no Cast between
+    assert {t.name: t.data_type for t in half.graph.initializer}["table"] == TensorProto.FLOAT16
+    feeds = {"t": np.array([[0.0, 5.0]], dtype=np.float32), "h": np.ones((1, 2), dtype=np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3)  # floor(log(1e6)) = 13: a bias of 1.3, not inf's
+    # the bare pass: fp32 -> fp16 -> fp32 goes, bool -> fp16 -> fp32 stays
+    b = helper.make_tensor_value_info("b", TensorProto.BOOL, ["n"])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n"]) for n in ("u", "v")]
+    g = helper.make_model(helper.make_graph([
+        helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["x16"], ["x32"], to=TensorProto.FLOAT),
+        helper.make_node("Neg", ["x32"], ["u"]),
+        helper.make_node("Cast", ["b"], ["b16"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["b16"], ["b32"], to=TensorProto.FLOAT),
+        helper.make_node("Neg", ["b32"], ["v"])], "r", [x, b], out), opset_imports=[helper.make_opsetid("", 18)])
+    assert drop_cast_round_trips(g) == 1
+    assert [n.input[0] for n in g.graph.node if n.op_type == "Neg"] == ["x", "b32"]
+    assert [n.output[0] for n in g.graph.node if n.op_type == "Cast"] == ["b16", "b32"]
+    u, v = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.array([1e6], dtype=np.float32), "b": np.array([True])})
+    assert u[0] == -1e6 and v[0] == -1.0
+
+
 # --------------------------------------------------------------------------- TorchScript exporter, eval mode
 
 TS_CASES = {"softmax": {}, "vae": {}, "diffusion": {"steps": 2}}

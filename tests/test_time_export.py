@@ -229,13 +229,47 @@ def test_stochastic_time_bundle_with_sample_outputs(exported):
         assert r.recommend(ids, k=5, times=times, seed=3, aggregate="vote").items == a.items
 
 
-def test_fp16_export_of_a_time_model_is_refused(exported, tmp_path):
-    from genattn_export import ExportOptions, export_bundle
-    from genattn_export.graph import ExportError
+def test_fp16_export_keeps_the_age_arithmetic_fp32(exported, tmp_path):
+    """--fp16 of a time-gap model: the ages (~1e9 s) and the buckets' 2^k bounds overflow fp16, so
+    their arithmetic stays fp32 up to the integer bucket index (nothing saturated; without it the
+    saturated ages index the bias table out of range and the export fails), and the half graph
+    buckets the edge gaps exactly as the fp32 graph (which equals torch: above) does."""
+    import warnings
 
-    with pytest.raises(ExportError, match="fp16"):
-        export_bundle(exported["softmax"][0], tmp_path / "half", ExportOptions(fp16=True))
-    assert not (tmp_path / "half").exists()
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from genattn_export import ExportOptions, export_bundle
+    from genattn_export.precision import fp32_island
+
+    ck, _ = exported["softmax"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="fp16: constants beyond the fp16 range")
+        m = export_bundle(ck, tmp_path / "half", ExportOptions(k=K, fp16=True, verify_users=16))
+    assert m["parity"]["fp16"]["min_topk_overlap"] > 0.8
+    g32 = onnx.load(tmp_path / "half" / "model.onnx")
+    g16 = onnx.load(tmp_path / "half" / "model.fp16.onnx")
+    assert TensorProto.FLOAT16 in {t.data_type for t in g16.graph.initializer}  # the weights went half
+    island = fp32_island(g32, [INPUT_AGES])
+    typed = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(g32).graph.value_info}
+    read_outside = {x for n in g32.graph.node if n.name not in island for x in n.input}
+    leaving = sorted({o for n in g32.graph.node if n.name in island for o in n.output if o in read_outside})
+    assert leaving and {typed[o] for o in leaving} <= {TensorProto.INT64, TensorProto.BOOL}, "only indices leave"
+    with Recommender.load(tmp_path / "half", backend="cpu", threads=1) as rec:
+        ids = rec.items.item_ids[:MAX_LEN]
+        feeds = rec._feeds([rec.prepare(ids, k=K, times=_edge_times(len(ids)))])
+    got = []
+    for g in (g32, g16):
+        g.graph.output.extend(helper.make_tensor_value_info(o, typed[o], None) for o in leaving)
+        sess = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+        got.append(sess.run(leaving, feeds))
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(a, b)
+    # served through the runtime's fp16 slot
+    with Recommender.load(tmp_path / "half", backend="cpu", threads=1, precision="fp16") as half:
+        full = half.recommend(ids, k=K, exclude_seen=False, times=_edge_times(len(ids)))
+        assert len(full.items) == K and all(np.isfinite(full.scores))
 
 
 @pytest.mark.parametrize("edit,says", [
