@@ -2,8 +2,9 @@
 
 Checkpoints store `asdict(cfg)` and rebuild with `ModelConfig(**saved)` (every field explicit).
 The fields that depend on the attention kind default to None and resolve from KIND_DEFAULTS
-in `ModelConfig.__post_init__` (TrainConfig's from TRAIN_KIND_DEFAULTS in `RunConfig`'s), so `ModelConfig(attention="vae")`, `genattn train --attention
-vae` and `genattn/configs/vae.toml` all give the same model (docs/model.md, "Per-kind defaults").
+in `ModelConfig.__post_init__` (TrainConfig's from TRAIN_KIND_DEFAULTS in `RunConfig`'s), so
+`ModelConfig(attention="vae")`, `genattn train --attention vae` and `genattn/configs/vae.toml`
+all give the same model (docs/model.md, "Per-kind defaults").
 """
 from __future__ import annotations
 
