@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genattn.checkpoint import load_checkpoint, read_config
-from genattn.config import load_run_config
+from genattn.checkpoint import load_checkpoint, read_config, saved_run_config
+from genattn.config import ConfigError, load_run_config
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
 from genattn.fileio import write_json_atomic
@@ -138,10 +138,12 @@ def recorded(path: Path, key: str, seed: int, run) -> dict | None:
     entry = doc.get(key)
     if not (isinstance(entry, dict) and str(seed) in entry.get("per_seed", {})):
         return None
-    model = asdict(run.model)
-    model.pop("n_items", None)
-    want = {"model": model, "train": asdict(run.train)}
-    return entry if same_config(entry["config"], want) else None
+    try:  # the record as the checkpoint reader fills fields added since it was written
+        have = saved_run_config({"model": {**entry["config"]["model"], "n_items": run.model.n_items},
+                                 "train": entry["config"]["train"]})
+    except (ConfigError, TypeError, KeyError):
+        return None
+    return entry if same_config(asdict(have), asdict(run)) else None
 
 
 def stochastic(kind: str, base):

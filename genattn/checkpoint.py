@@ -95,6 +95,15 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, run: RunConfig, *,
     return path
 
 
+def saved_run_config(raw: dict) -> RunConfig:
+    """The RunConfig of a saved {"model", "train", "data"} record (a config.json, a results entry).
+    Fields it lacks were added after it was written: it was trained with the defaults of the time
+    (SAVED_DEFAULTS, SAVED_TRAIN_DEFAULTS), not with today's per-kind ones."""
+    return RunConfig(model=_build(ModelConfig, {**SAVED_DEFAULTS, **raw["model"]}, "model"),
+                     train=_build(TrainConfig, {**SAVED_TRAIN_DEFAULTS, **raw["train"]}, "train"),
+                     data=_build(DataConfig, raw.get("data", {}), "data"))
+
+
 def read_config(path: str | Path) -> RunConfig:
     path = Path(path)
     f = path / "config.json"
@@ -109,10 +118,7 @@ def read_config(path: str | Path) -> RunConfig:
     if raw.get("version") != VERSION:
         raise CheckpointError(f"{f}: checkpoint version {raw.get('version')} unsupported (this genattn reads {VERSION})")
     try:
-        # Fields a config.json lacks were added after it was written: it was trained with the
-        # defaults of the time (SAVED_DEFAULTS), not with today's per-kind ones.
-        return RunConfig(model=_build(ModelConfig, {**SAVED_DEFAULTS, **raw["model"]}, "model"),
-                         train=_build(TrainConfig, {**SAVED_TRAIN_DEFAULTS, **raw["train"]}, "train"), data=_build(DataConfig, raw["data"], "data"))
+        return saved_run_config(raw)
     except KeyError as e:
         raise CheckpointError(f"{f}: missing table {e}") from e
     except (ConfigError, TypeError) as e:
