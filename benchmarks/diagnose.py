@@ -15,8 +15,10 @@ the last block's attention weights are replaced by
 and validation is re-scored: if replacing a generated map by softmax(S) costs nothing,
 the network does not use what it generates. Variants (VARIANTS below) isolate the
 training noise (VAE with the prior's training draw off, VAE with sigma clamped to <= 1)
-and the bound's warm-up (diffusion with a 10x longer one). Runs resume when
-interrupted; results merge into benchmarks/results/diagnose_<data>.{json,md}.
+and the bound's warm-up (diffusion with a 10x longer one). The variants depart from
+the defaults the kinds had when this ran (benchmarks/configs/earlier_defaults/: the VAE
+drew its prior in training then), so they stay the experiments the results describe.
+Runs resume when interrupted; results merge into benchmarks/results/diagnose_<data>.{json,md}.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from genattn.evaluation import eval_sets, evaluate
 from genattn.models import default_sampling
 from genattn.models.attention import AttentionWeights, AttnInputs, masked_softmax
 
-from .accuracy import CONFIGS, merged, parse_sets, short_name, train_or_resume
+from .accuracy import ROOT, merged, parse_sets, short_name, train_or_resume
 from .machine import git_commit, machine_info
 from .record import update_results
 
@@ -83,10 +85,13 @@ def last_block_weights(model, mode: str):
         attn.weights = saved
 
 
+BASE = ROOT / "benchmarks" / "configs" / "earlier_defaults"
+
+
 def run_variant(name: str, data: str, sets: dict, runs: Path, split_sets: dict, ds) -> dict:
     cfg_name, over = VARIANTS[name]
     overrides = merged(sets, over, {"data": {"source": data}})
-    run = load_run_config(CONFIGS / f"{cfg_name}.toml", overrides)
+    run = load_run_config(BASE / f"{cfg_name}.toml", overrides)
     out = train_or_resume(run, runs / name)
     ck = load_checkpoint(out)
     m = ck.metrics
@@ -97,7 +102,7 @@ def run_variant(name: str, data: str, sets: dict, runs: Path, split_sets: dict, 
         with last_block_weights(ck.model, mode):
             ablation[mode] = evaluate(ck.model, split_sets["valid"], sampling=None, **kw)
     hist = [h for h in m["history"] if "valid_ndcg@10" in h]
-    return {"kind": ck.run.model.attention, "config": f"genattn/configs/{cfg_name}.toml", "overrides": overrides,
+    return {"kind": ck.run.model.attention, "config": f"benchmarks/configs/earlier_defaults/{cfg_name}.toml", "overrides": overrides,
             "seed": ck.run.train.seed, "best_epoch": m["best_epoch"], "epochs_run": m.get("epochs_run", len(hist)),
             "stopped_by": m.get("stopped_by"), "train_seconds": m["train_seconds"],
             "valid_curve": {"epoch": [h["epoch"] for h in hist],

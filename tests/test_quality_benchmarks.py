@@ -229,3 +229,26 @@ def test_confidence_benchmark_rows_and_selection(bench, tmp_path):
     v = r["verdict"]
     assert v["beats"] == (v["gain"] > v["margin"]) and v["generative"].split()[1] in ("agreement", "neg_score_std")
     assert "AUROC" in (tmp_path / "conf.md").read_text()
+
+
+def test_diagnose_variants_depart_from_the_defaults_they_were_run_on(tmp_path):
+    """The step-3 diagnostics: a fixed number of epochs, the last block's attention swapped on the
+    checkpoint, and the variants defined against the kinds' earlier defaults (the VAE drew its
+    prior in training then), so `vae_no_train_noise` still differs from `vae`."""
+    from benchmarks import diagnose
+    from genattn.checkpoint import read_config
+
+    argv = ["--variants", "vae,vae_no_train_noise", "--epochs", "2", "--data", "synthetic",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "diag")]
+    for s in TINY:
+        if not s.startswith("train.epochs"):
+            argv += ["--set", s]
+    diagnose.main(argv)
+    v = json.loads((tmp_path / "diag.json").read_text())["variants"]
+    assert set(v) == {"vae", "vae_no_train_noise"}
+    for name, r in v.items():
+        assert r["config"] == "benchmarks/configs/earlier_defaults/vae.toml" and r["epochs_run"] == 2
+        assert r["valid_curve"]["epoch"] == [1, 2]
+        assert set(r["ablation_valid"]) == {"as_trained", "softmax", "uniform", "newest"}
+        noise = read_config(tmp_path / "runs" / "synthetic" / name).model.train_prior_noise
+        assert noise is (name == "vae")
