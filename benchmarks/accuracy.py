@@ -352,6 +352,22 @@ def render(r: dict) -> str:
                          f"{v['generative']}: {v['generative_valid']:.4f} → {v['generative_test']:.4f} | "
                          f"{v['gain']:+.4f} | {v['margin']:.4f} | {'yes' if v['beats'] else 'no'} |")
         lines.append("")
+    pairs = protocols(r)
+    if any(set(v) & {"full", "bce"} for v in pairs.values()):
+        lines += ["## Both protocols side by side (test, deterministic serving)", "",
+                  "Full CE (ours) and BCE with one uniform negative per position (the original SASRec loss, the "
+                  "paper's line of work); the same configuration and seeds under each.", "",
+                  "| configuration | kind | full CE NDCG@10 | full CE HR@10 | BCE NDCG@10 | BCE HR@10 |",
+                  "|---|---|---|---|---|---|"]
+        for base, by_loss in pairs.items():
+            cells = []
+            for loss in ("full", "bce"):
+                e = r.get(by_loss.get(loss, ""))
+                n = len(e.get("seeds", [0, 1])) if e else 0
+                cells += [fmt(e["test"].get(m), n) if e else "–" for m in ("ndcg@10", "hr@10")]
+            kind = r[next(iter(by_loss.values()))]["config"]["attention"]
+            lines.append(f"| {base} | {kind} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## Training budget, convergence and commands", "",
               "Per training seed: the epoch of the best validation NDCG@10 (the weights reported), the epochs run "
               "and why the run stopped (patience, the epoch cap, or the wall-time cap).", "",
@@ -371,6 +387,19 @@ def render(r: dict) -> str:
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"
+
+
+def protocols(r: dict) -> dict[str, dict[str, str]]:
+    """{configuration: {loss: entry key}}: an entry's key is its configuration's name and its loss."""
+    out: dict[str, dict[str, str]] = {}
+    for key in entries(r):
+        cfg = r[key].get("config")
+        if not isinstance(cfg, dict):
+            continue
+        loss = cfg.get("train", {}).get("loss", "full")
+        base = key[: -len(loss) - 1] if key.endswith(f"_{loss}") else key
+        out.setdefault(base, {})[loss] = key
+    return out
 
 
 def verdict(r: dict) -> list[dict]:

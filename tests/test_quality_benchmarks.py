@@ -55,6 +55,10 @@ def test_accuracy_results_schema(bench):
     assert {"steps_1", "steps_2", "steps_2_stochastic"} <= set(on_disk["diffusion_full"]["sweeps_test"])
     md = (d / "acc.md").read_text()
     assert "| diffusion_full | diffusion |" in md and "python -m benchmarks.accuracy" in md
+    # both protocols side by side: one row per configuration, BCE not run here
+    assert accuracy.protocols(on_disk)["softmax"] == {"full": "softmax_full"}
+    row = next(x for x in md.splitlines() if x.startswith("| softmax | softmax |"))
+    assert row.endswith("| – | – |") and f"{on_disk['softmax_full']['test']['ndcg@10']['mean']:.4f}" in row
     # The verdict row is derived from the entries, selected on validation.
     v = {row["loss"]: row for row in accuracy.verdict(on_disk)}["full"]
     gen = max(("vae_full", "diffusion_full"), key=lambda k: on_disk[k]["valid"]["ndcg@10"]["mean"])
