@@ -548,7 +548,7 @@ class Recommender:
                 model_rows.append(b)
                 windows.append(window)
                 if self.time_buckets:
-                    t = stamps[b] if not unknown else stamps[b][self._known(h, where)]
+                    t = stamps[b] if not unknown else stamps[b][self._known(h)]
                     ages.append(t[-1] - t[-L:])  # seconds before the newest event, as training computes them
         if all_unknown and policy == "error":
             ids = [x for _, u in all_unknown for x in u]
@@ -621,9 +621,15 @@ class Recommender:
             out.append(a)
         return out
 
-    def _known(self, hist, where: str) -> np.ndarray:
-        """Which of `hist`'s ids the catalog knows (bool per id): the times of unknown ids go with them."""
-        return np.array([bool(self._encode([x], where)[0]) for x in hist], dtype=bool)
+    def _known(self, hist) -> np.ndarray:
+        """Which of `hist`'s ids the catalog knows (bool per id): the times of unknown ids go with them.
+        Only after `_encode` accepted `hist` (so each id is a str or an integer); one lookup per id by
+        its str() form, which is how the catalog's index is keyed ("12" finds 12)."""
+        if isinstance(hist, np.ndarray):
+            hist = hist.tolist()
+        index = self.items.index
+        return np.fromiter((index.get(x if type(x) is str else str(int(x))) is not None for x in hist),
+                           dtype=bool, count=len(hist))
 
     def _feeds(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray]:
         parts = [p for p in preps if p.n_model_rows]
