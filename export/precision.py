@@ -162,8 +162,8 @@ def drop_cast_round_trips(half) -> int:
     elem = {v.name: v.type.tensor_type.elem_type for v in list(typed.value_info) + list(typed.input)
             + list(typed.output)}
 
-    def computed_fp32(name: str) -> bool:  # an fp32 tensor, not an initializer (fold_initializer_casts' case)
-        return elem.get(name) == TensorProto.FLOAT and (name in producer or name in elem)
+    def computed_fp32(name: str) -> bool:  # initializers are untyped here: fold_initializer_casts takes theirs
+        return elem.get(name) == TensorProto.FLOAT
 
     rename, dropped = {}, set()
     for node in half.graph.node:
