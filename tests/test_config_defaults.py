@@ -205,3 +205,14 @@ def test_validating_a_config_never_imports_torch():
             "load_run_config(None, {'model': {'attention': 'vae'}, 'train': {'loss': 'bce'}}); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_defaults_are_the_search_selection(kind):
+    """Defaults follow validation: each kind's defaults are the equal-budget search's pick on
+    ML-100K validation (full CE), as written to its results. A new selection fails this until
+    the defaults (and docs/model.md's table) follow it."""
+    selected = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "search_ml100k_selected"
+    chosen = load_run_config(selected / f"{kind}.toml")
+    default = load_run_config(None, {"model": {"attention": kind}})
+    assert chosen.model == default.model and chosen.train == default.train
