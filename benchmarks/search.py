@@ -24,6 +24,9 @@ resumes from its checkpoint under --runs. A fresh checkout has no runs/, so befo
 session ends `--park` copies the unfinished trials' checkpoints (about 7 MB each at ML-100K
 sizes) to benchmarks/results/search_<data>_inflight/, to be committed; a trial whose run
 folder is missing resumes from there, and its parked copy is dropped once it finishes.
+`--seeds-per-trial S` trains each trial with S paired seeds (seed, seed + 1, ...) and ranks it
+on their mean validation NDCG@10: one seed's score moves with where patience stops as much
+as with the knobs (diffusion's ML-100K winner, picked on one seed, did not hold on two more).
 Each kind's (and loss's) winner is written as `selected` and as a TOML file under
 benchmarks/results/search_<data>_selected/ for `python -m benchmarks.accuracy --configs NAME=PATH`.
 """
@@ -115,8 +118,14 @@ def to_toml(kind: str, over: dict[str, dict], note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def same_trial(row: dict, kind: str, loss: str, trial: int, params: dict, budget: dict) -> bool:
-    return (row["kind"], row["loss"], row["trial"], row["params"], row["budget"]) == (kind, loss, trial, params, budget)
+def same_trial(row: dict, kind: str, loss: str, trial: int, params: dict, budget: dict, seeds: list[int]) -> bool:
+    return ((row["kind"], row["loss"], row["trial"], row["params"], row["budget"], trial_seeds(row))
+            == (kind, loss, trial, params, budget, seeds))
+
+
+def trial_seeds(row: dict) -> list[int]:
+    """The training seeds a results row was scored on (rows of one seed say only `seed`)."""
+    return row.get("seeds", [row.get("seed", 0)])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kinds", default="softmax,vae,diffusion")
     ap.add_argument("--trials", type=int, default=8, help="trials per kind (trial 0: the kind's starting point)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the trial draws and of training")
+    ap.add_argument("--seeds-per-trial", type=int, default=1,
+                    help="train each trial with this many paired seeds and rank it on their mean validation NDCG@10")
     ap.add_argument("--loss", default="full", choices=["full", "sampled", "bce"])
     ap.add_argument("--data", default="ml-100k")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
@@ -147,8 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
     carried = Path(out + "_inflight")
     if a.park:
         done = _read(out)
-        parked = park(runs, carried, {run_name(r["kind"], r["loss"], r["trial"]) for r in done.get("trials", [])},
-                      "*_trial*")
+        finished = {run_name(r["kind"], r["loss"], r["trial"], s, r.get("seed", 0))
+                    for r in done.get("trials", []) for s in trial_seeds(r)}
+        parked = park(runs, carried, finished, "*_trial*")
         print(f"parked {len(parked)} unfinished trial(s) in {carried}: {', '.join(parked) or 'none'}")
         return done
     fixed = parse_sets(a.sets)
@@ -160,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     header = {"data": a.data, "selection": "best validation NDCG@10 (test never looked at)",
               "space": {f"{t}.{k}": v for (t, k), v in SPACE.items()},
               "kind_space": {kind: {f"{t}.{k}": v for (t, k), v in sp.items()} for kind, sp in KIND_SPACE.items()}}
+    if a.seeds_per_trial < 1:
+        raise SystemExit(f"--seeds-per-trial must be >= 1, got {a.seeds_per_trial}")
+    seeds = [a.seed + i for i in range(a.seeds_per_trial)]
     draws = {kind: draw_trials(a.trials, a.seed, kind) for kind in kinds}
     tasks = [(t, kind) for t in range(a.trials) for kind in kinds]
     for n, (t, kind) in enumerate(tasks):
@@ -167,23 +182,31 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         params = draws[kind][t]
         done = _read(out)
-        if any(same_trial(r, kind, a.loss, t, params, budget) for r in done.get("trials", [])):
+        if any(same_trial(r, kind, a.loss, t, params, budget, seeds) for r in done.get("trials", [])):
             continue
-        run_dir = runs / run_name(kind, a.loss, t)
         t0 = time.perf_counter()
-        train_or_resume(load_run_config(BASE / f"{kind}.toml", merged(fixed, params, {"data": {"source": a.data}})),
-                        run_dir, carried=carried)
-        m = load_checkpoint(run_dir).metrics
+        ms = []
+        for seed in seeds:  # paired: seed s of every trial and kind starts from the same backbone
+            run_dir = runs / run_name(kind, a.loss, t, seed, a.seed)
+            over = merged(fixed, params, {"train": {"seed": seed}, "data": {"source": a.data}})
+            train_or_resume(load_run_config(BASE / f"{kind}.toml", over), run_dir, carried=carried)
+            ms.append(load_checkpoint(run_dir).metrics)
+        per_seed = [m["best_valid_ndcg@10"] for m in ms]
         row = {"kind": kind, "loss": a.loss, "trial": t, "params": params, "budget": budget,
-               "valid_ndcg@10": m["best_valid_ndcg@10"], "best_epoch": m["best_epoch"],
-               "epochs_run": m.get("epochs_run"), "stopped_by": m.get("stopped_by"),
-               "seconds": m["train_seconds"], "wall_seconds_this_session": time.perf_counter() - t0,
+               "valid_ndcg@10": float(np.mean(per_seed)), "best_epoch": ms[0]["best_epoch"],
+               "epochs_run": ms[0].get("epochs_run"), "stopped_by": ms[0].get("stopped_by"),
+               "seconds": sum(m["train_seconds"] for m in ms), "wall_seconds_this_session": time.perf_counter() - t0,
                "seed": a.seed, "command": command, "machine": machine["cpu"], "commit": commit}
+        if len(seeds) > 1:  # rows of one seed keep the original schema
+            row.update(seeds=seeds, valid_per_seed=per_seed, best_epochs=[m["best_epoch"] for m in ms],
+                       epochs_run_per_seed=[m.get("epochs_run") for m in ms])
 
         def add(doc: dict, row=row) -> None:
             doc.update(header)
+            # a trial scored on more seeds replaces its earlier row: one row per trial is ranked
             doc["trials"] = [r for r in doc.get("trials", [])
-                             if not same_trial(r, row["kind"], row["loss"], row["trial"], row["params"], row["budget"])]
+                             if not same_trial(r, row["kind"], row["loss"], row["trial"], row["params"], row["budget"],
+                                               trial_seeds(r))]
             doc["trials"].append(row)
             select(doc, Path(out + "_selected"))
 
@@ -197,8 +220,10 @@ def _read(out: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def run_name(kind: str, loss: str, trial: int) -> str:
-    return f"{kind}_{loss}_trial{trial}"
+def run_name(kind: str, loss: str, trial: int, seed: int = 0, first: int = 0) -> str:
+    """A trial's run folder; seeds after the search's first get a suffix (one-seed searches keep
+    the names their runs have)."""
+    return f"{kind}_{loss}_trial{trial}" + (f"_seed{seed}" if seed != first else "")
 
 
 def select(doc: dict, folder: Path) -> None:
@@ -232,17 +257,19 @@ def select(doc: dict, folder: Path) -> None:
 def render(doc: dict) -> str:
     lines = [f"# Equal-budget search on {doc['data']}", "",
              f"Selection: {doc['selection']}. Every kind: the same trials of the shared knobs, the same budget "
-             "(patience / epoch cap / wall-time cap), one training seed.", "",
-             "| kind | loss | trial | params | budget | valid NDCG@10 | best epoch / run | stopped by | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(patience / epoch cap / wall-time cap) and training seeds (a trial of several seeds is ranked on their "
+             "mean; best epoch / run are its first seed's).", "",
+             "| kind | loss | trial | params | budget | seeds | valid NDCG@10 | best epoch / run | stopped by | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     selected = doc.get("selected", {})
     for r in sorted(doc.get("trials", []), key=lambda r: (r["loss"], r["kind"], r["trial"])):
         name = r["kind"] if r["loss"] == "full" else f"{r['kind']}_{r['loss']}"
-        knobs = ", ".join(f"{k}={v}" for tab in r["params"].values() for k, v in tab.items()) or "defaults"
+        knobs = ", ".join(f"{k}={v}" for tab in r["params"].values() for k, v in tab.items()) or "starting point"
         star = " **(selected)**" if selected.get(name) == r["params"] else ""
         b = r["budget"]
         lines.append(f"| {r['kind']} | {r['loss']} | {r['trial']}{star} | {knobs} | "
-                     f"{b['patience']} / {b['epochs']} / {b['max_minutes'] or 'none'} | {r['valid_ndcg@10']:.4f} | "
+                     f"{b['patience']} / {b['epochs']} / {b['max_minutes'] or 'none'} | "
+                     f"{', '.join(map(str, trial_seeds(r)))} | {r['valid_ndcg@10']:.4f} | "
                      f"{r['best_epoch']} / {r.get('epochs_run')} | {r.get('stopped_by')} | {r['seconds']:.0f} |")
     done: dict[str, int] = {}
     for r in doc.get("trials", []):

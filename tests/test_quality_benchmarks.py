@@ -182,6 +182,19 @@ def test_search_trials_are_paired_and_selected_on_validation(tmp_path):
     search.main(argv)
     assert time.perf_counter() - t0 < 5 and len(json.loads(out.with_suffix(".json").read_text())["trials"]) == 4
     assert json.loads(before)["selected"] == json.loads(out.with_suffix(".json").read_text())["selected"]
+    # Two paired seeds per trial: each trial is retrained on seed 1 too (seed 0's run is reused) and
+    # ranked on the mean; its row replaces the one-seed row, so one row per trial is ranked.
+    r2 = search.main(argv + ["--kinds", "softmax", "--seeds-per-trial", "2"])
+    rows = [row for row in r2["trials"] if row["kind"] == "softmax"]
+    assert len(rows) == 2 and all(row["seeds"] == [0, 1] for row in rows)
+    for row in rows:
+        assert row["valid_ndcg@10"] == pytest.approx(np.mean(row["valid_per_seed"]))
+        one = next(x for x in json.loads(before)["trials"] if x["kind"] == "softmax" and x["trial"] == row["trial"])
+        assert row["valid_per_seed"][0] == one["valid_ndcg@10"]  # seed 0: the same run
+        second = tmp_path / "runs" / "synthetic" / search.run_name("softmax", "full", row["trial"], 1)
+        assert (second / "metrics.json").is_file()
+    assert r2["selected"]["softmax"] == max(rows, key=lambda row: row["valid_ndcg@10"])["params"]
+    assert "| 0, 1 |" in out.with_name("s.md").read_text()
 
 
 def test_serving_ratio_interleaves_every_kind(tmp_path):
