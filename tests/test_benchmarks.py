@@ -124,6 +124,8 @@ def test_quick_run_markdown_and_plots(quick):
     for name in ("latency_vs_batch.png", "latency_vs_steps.png", "generative_vs_softmax.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert name in md
+    # the results name the plots, never this machine's layout
+    assert r["plots"] and not any(p.startswith("/") for p in r["plots"]), r["plots"]
 
 
 # ----------------------------------------------------------------- pieces, no run

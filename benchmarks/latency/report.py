@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..machine import repo_path
 from .settings import BACKENDS, KINDS, Settings
 
 
@@ -304,7 +305,7 @@ def make_plots(r: dict, s: Settings, out: Path) -> list[str]:
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
-        written.append(str(out / name))
+        written.append(repo_path(out / name))  # results never name this machine's layout
 
     def series(cs, axis):
         by: dict[str, list] = {}
