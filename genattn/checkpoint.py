@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import SAVED_DEFAULTS, SAVED_TRAIN_DEFAULTS, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, _build
+from .config import (SAVED_DEFAULTS, SAVED_TRAIN_DEFAULTS, ConfigError, DataConfig, ModelConfig, RunConfig,
+                     TrainConfig, _build)
 from .fileio import atomic_dir
 
 FORMAT, VERSION = "genattn-checkpoint", 1

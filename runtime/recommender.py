@@ -88,6 +88,23 @@ class PreparedRequest:
         return len(self.seq)
 
 
+def _id_key(x) -> str | None:
+    """The catalog index's key for one item id: its str() form ("12" finds 12); None for a value
+    no id can be (a boolean, a float, ...)."""
+    t = type(x)
+    if t is str:
+        return x
+    if t is int:
+        return str(x)
+    if isinstance(x, (bool, np.bool_)):
+        return None
+    if isinstance(x, numbers.Integral):
+        return str(int(x))
+    if isinstance(x, str):
+        return str(x)
+    return None
+
+
 def _bad(where: str, what: str) -> InputError:
     return InputError(f"{where}: {what}")
 
@@ -482,18 +499,10 @@ class Recommender:
         index = self.items.index
         idx, unknown, seen_unknown = [], [], set()
         for j, x in enumerate(hist):
-            t = type(x)
-            if t is str:
-                key = x
-            elif t is int:
-                key = str(x)
-            elif isinstance(x, (bool, np.bool_)):
-                raise _bad(where, f"item {j} is a boolean ({x!r}); item ids are ints or strings")
-            elif isinstance(x, numbers.Integral):
-                key = str(int(x))
-            elif isinstance(x, str):
-                key = str(x)
-            else:
+            key = _id_key(x)
+            if key is None:
+                if isinstance(x, (bool, np.bool_)):
+                    raise _bad(where, f"item {j} is a boolean ({x!r}); item ids are ints or strings")
                 raise _bad(where, f"item {j} is a {_describe(x)}; item ids are ints or strings")
             i = index.get(key)
             if i is None:
@@ -623,13 +632,11 @@ class Recommender:
 
     def _known(self, hist) -> np.ndarray:
         """Which of `hist`'s ids the catalog knows (bool per id): the times of unknown ids go with them.
-        Only after `_encode` accepted `hist` (so each id is a str or an integer); one lookup per id by
-        its str() form, which is how the catalog's index is keyed ("12" finds 12)."""
+        Only after `_encode` accepted `hist`; one lookup per id by the key `_encode` uses."""
         if isinstance(hist, np.ndarray):
             hist = hist.tolist()
         index = self.items.index
-        return np.fromiter((index.get(x if type(x) is str else str(int(x))) is not None for x in hist),
-                           dtype=bool, count=len(hist))
+        return np.fromiter((index.get(_id_key(x)) is not None for x in hist), dtype=bool, count=len(hist))
 
     def _feeds(self, preps: list[PreparedRequest]) -> dict[str, np.ndarray]:
         parts = [p for p in preps if p.n_model_rows]

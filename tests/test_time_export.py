@@ -118,7 +118,7 @@ def test_unknown_ids_drop_their_times_and_batches_equal_singles(rec):
     np.testing.assert_allclose(with_unknown.scores, alone.scores, rtol=1e-6)
     # ids in other forms (str of an int id, numpy ints) beside unknown ones of several types: each
     # known id keeps its own time (the general encoding path)
-    forms = [str(ids[0]), np.int64(ids[1]), 10**9, ids[2], "x", *ids[3:]]
+    forms = [str(ids[0]), np.int64(ids[1]), 10**9, ids[2], np.str_("x"), *ids[3:]]  # np.str_: a str subclass
     mixed = rec.recommend(forms, k=5, times=times[:2] + [times[1] + 1.0] + [times[2]] + [times[2] + 2.0] + times[3:])
     assert mixed.items == alone.items and mixed.unknown_items == [10**9, "x"]
     np.testing.assert_allclose(mixed.scores, alone.scores, rtol=1e-6)
