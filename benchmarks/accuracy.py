@@ -45,6 +45,9 @@ from .record import update_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "genattn" / "configs"
+# The kinds' shared defaults before they followed the search: what the search, the diagnostics and
+# the cost table start from, so their results stay what they describe.
+EARLIER_DEFAULTS = ROOT / "benchmarks" / "configs" / "earlier_defaults"
 SHOWN = ["hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr@10", "coverage@10", "ild@10", "cc@10", "novelty@10"]
 SAMPLES = (1, 4, 16)
 log = logging.getLogger("benchmarks.accuracy")

@@ -12,7 +12,6 @@ import argparse
 import sys
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,11 +20,9 @@ from genattn.config import load_run_config
 from genattn.fileio import write_json_atomic, write_text_atomic
 from genattn.models import SASRec, Sampling
 
+from .accuracy import EARLIER_DEFAULTS
 from .machine import machine_info
 
-# One shared backbone for every variant (the kinds' earlier defaults: 64 wide, 2 blocks), so the
-# table compares attention, not the per-kind defaults' different depths.
-CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "earlier_defaults"
 VARIANTS = [  # (name, kind, overrides, serving sampling)
     ("softmax", "softmax", {}, None),
     ("vae (last block, mean)", "vae", {}, Sampling(mode="mean")),
@@ -37,7 +34,9 @@ VARIANTS = [  # (name, kind, overrides, serving sampling)
 
 
 def build(kind: str, overrides: dict, n_items: int) -> SASRec:
-    run = load_run_config(CONFIGS / f"{kind}.toml", {"model": {"n_items": n_items, **overrides}})
+    # One shared backbone for every variant (the kinds' earlier defaults: 64 wide, 2 blocks), so the
+    # table compares attention, not the per-kind defaults' different depths.
+    run = load_run_config(EARLIER_DEFAULTS / f"{kind}.toml", {"model": {"n_items": n_items, **overrides}})
     torch.manual_seed(0)
     return SASRec(run.model)
 

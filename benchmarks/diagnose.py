@@ -38,8 +38,8 @@ from genattn.evaluation import eval_sets, evaluate
 from genattn.models import default_sampling
 from genattn.models.attention import AttentionWeights, AttnInputs, masked_softmax
 
-from .accuracy import ROOT, merged, parse_sets, short_name, train_or_resume
-from .machine import git_commit, machine_info
+from .accuracy import EARLIER_DEFAULTS, merged, parse_sets, short_name, train_or_resume
+from .machine import git_commit, machine_info, repo_path
 from .record import update_results
 
 log = logging.getLogger("benchmarks.diagnose")
@@ -85,13 +85,11 @@ def last_block_weights(model, mode: str):
         attn.weights = saved
 
 
-BASE = ROOT / "benchmarks" / "configs" / "earlier_defaults"
-
-
 def run_variant(name: str, data: str, sets: dict, runs: Path, split_sets: dict, ds) -> dict:
     cfg_name, over = VARIANTS[name]
     overrides = merged(sets, over, {"data": {"source": data}})
-    run = load_run_config(BASE / f"{cfg_name}.toml", overrides)
+    base = EARLIER_DEFAULTS / f"{cfg_name}.toml"
+    run = load_run_config(base, overrides)
     out = train_or_resume(run, runs / name)
     ck = load_checkpoint(out)
     m = ck.metrics
@@ -102,7 +100,7 @@ def run_variant(name: str, data: str, sets: dict, runs: Path, split_sets: dict, 
         with last_block_weights(ck.model, mode):
             ablation[mode] = evaluate(ck.model, split_sets["valid"], sampling=None, **kw)
     hist = [h for h in m["history"] if "valid_ndcg@10" in h]
-    return {"kind": ck.run.model.attention, "config": f"benchmarks/configs/earlier_defaults/{cfg_name}.toml", "overrides": overrides,
+    return {"kind": ck.run.model.attention, "config": repo_path(base), "overrides": overrides,
             "seed": ck.run.train.seed, "best_epoch": m["best_epoch"], "epochs_run": m.get("epochs_run", len(hist)),
             "stopped_by": m.get("stopped_by"), "train_seconds": m["train_seconds"],
             "valid_curve": {"epoch": [h["epoch"] for h in hist],

@@ -46,13 +46,13 @@ from genattn.checkpoint import load_checkpoint
 from genattn.config import load_run_config
 from genattn.fileio import write_text_atomic
 
-from .accuracy import ROOT, merged, parse_sets, short_name, train_or_resume
+from .accuracy import EARLIER_DEFAULTS as BASE  # every trial's starting point
+from .accuracy import merged, parse_sets, short_name, train_or_resume
 from .inflight import park
-from .machine import git_commit, machine_info
+from .machine import git_commit, machine_info, repo_path
 from .record import update_results
 
 log = logging.getLogger("benchmarks.search")
-BASE = ROOT / "benchmarks" / "configs" / "earlier_defaults"  # every trial's starting point
 
 # Shared knobs: every kind draws the same values in trial t.
 SPACE = {
@@ -110,7 +110,7 @@ def to_toml(kind: str, over: dict[str, dict], note: str) -> str:
     import tomllib
 
     raw = tomllib.loads((BASE / f"{kind}.toml").read_text())
-    lines = [f"# benchmarks/configs/earlier_defaults/{kind}.toml + {note}"]
+    lines = [f"# {repo_path(BASE / f'{kind}.toml')} + {note}"]
     for table in ("model", "train", "data"):
         vals = {**raw.get(table, {}), **over.get(table, {})}
         lines.append(f"[{table}]")
