@@ -1,75 +1,98 @@
 #!/usr/bin/env bash
-# MovieLens-1M at convergence on a lent GPU: several trainings at once (one card is mostly idle with
-# one of these models), each capped per call and resumed by the next, so the runs span calls and
-# sessions. Run from the repository root; writes into $OUT (default ./device_out):
-#   status.txt (per run: epoch, best validation NDCG@10, finished or not), nvidia-smi.txt,
-#   <run>.log, and runs/<run>/ (the run folders: carry them back with the next call)
+# MovieLens-1M at convergence on a lent GPU: a queue of trainings, SLOTS of them at once (one card
+# is mostly idle with one of these models), all stopped by one deadline and resumed by the next
+# call from the run folders it hands back, so the runs span calls and sessions. Run from the
+# repository root.
 #
-#   genattn data fetch ml-1m   (here, once: GENATTN_DATA=data puts it in the ignored data/ folder)
-#   device run: carry ["data", "runs/ml1m_gpu"], command "bash benchmarks/device_ml1m.sh"
-#   back here: copy $OUT/runs/* to runs/ml1m_gpu/, then per configuration
-#     python -m benchmarks.accuracy --data ml-1m --runs runs/ml1m_gpu_eval ...   (see docs/model.md)
+#   here, once:   GENATTN_DATA=data genattn data fetch ml-1m      (the ignored data/ folder)
+#                 a run parked on CPU can start the queue: copy its folder to runs/ml1m_gpu/<name>
+#   device run:   carry ["data", "runs/ml1m_gpu"], command "bash benchmarks/device_ml1m.sh",
+#                 timeout_s 600 (BUDGET_S, default 530, is the trainings' share of it)
+#   back here:    cat <files_at>/runs.tar.part* | tar -x -C runs/ml1m_gpu
+#                 then, per configuration, copy the finished folders to runs/accuracy/ml-1m/ and
+#                 python -m benchmarks.accuracy --data ml-1m --configs NAME=CONFIG --seeds S \
+#                     --set model.max_len=200 [--set train.loss=bce]   (evaluates, trains nothing)
 #
-# The runs: the ML-100K search's selected configuration of every kind at max_len 200 (the anchors'
-# length), full CE, plus softmax and the VAE under BCE (the paper's protocol), and softmax in the
-# anchors' own setting (benchmarks/configs/softmax_anchor.toml: 64-dim, 2 blocks, lr 1e-3).
-# Patience 20, epoch cap 200 (the configurations'). MINUTES (default 8) caps each call: a run cut mid-epoch resumes from
-# its last finished epoch. DEVICE / DATA / EPOCHS override for a dry run on CPU.
+# What comes back in $OUT (the device returns at most 8 files, so the run folders travel as one
+# tar split in 15 MiB parts): status.txt (per run: epochs, best validation NDCG@10, finished or
+# not, test metrics), nvidia-smi.txt, logs.tar.gz, runs.tar.partNN. A finished run travels without
+# its optimizer state (state.safetensors: only a resume reads it).
+#
+# The queue, in order: the anchors' softmax (benchmarks/configs/softmax_anchor.toml: 64-dim,
+# 2 blocks, lr 1e-3), the ML-100K search's selected configuration of every kind, full CE (ours),
+# then the same under BCE (the paper's protocol), then seeds 1 and 2 of the full-CE runs; all at
+# max_len 200 (the anchors' length), patience 20, epoch cap 200 (the configurations').
+# DEVICE / DATA / EPOCHS / SLOTS / BUDGET_S override for a dry run on CPU.
 set -uo pipefail
 # shellcheck source=benchmarks/device_env.sh
 . "$(dirname "$0")/device_env.sh"
 RUNS="${RUNS:-$ROOT/runs/ml1m_gpu}"
-MINUTES="${MINUTES:-8}"
+BUDGET_S="${BUDGET_S:-530}"
+SLOTS="${SLOTS:-8}"
 DEVICE="${DEVICE:-cuda}"
 DATA="${DATA:-ml-1m}"
 EPOCHS="${EPOCHS:-}"
 export GENATTN_DATA="${GENATTN_DATA:-$ROOT/data}"
-mkdir -p "$OUT/runs" "$RUNS"
+LOGS="$(mktemp -d)"
+mkdir -p "$RUNS"
+deadline=$((SECONDS + BUDGET_S))
 
 SEL=benchmarks/results/search_ml100k_selected
-# name|config|extra flags
+ANCHOR=benchmarks/configs/softmax_anchor.toml
+# name|config|seed|extra flags
 JOBS=(
-  "softmax_anchor_full_seed0|benchmarks/configs/softmax_anchor.toml|"
-  "softmax_tuned_full_seed0|$SEL/softmax.toml|"
-  "vae_tuned_full_seed0|$SEL/vae.toml|"
-  "diffusion_tuned_full_seed0|$SEL/diffusion.toml|"
-  "softmax_tuned_bce_seed0|$SEL/softmax.toml|--loss bce"
-  "vae_tuned_bce_seed0|$SEL/vae.toml|--loss bce"
+  "softmax_anchor_full_seed0|$ANCHOR|0|"
+  "softmax_tuned_full_seed0|$SEL/softmax.toml|0|"
+  "vae_tuned_full_seed0|$SEL/vae.toml|0|"
+  "diffusion_tuned_full_seed0|$SEL/diffusion.toml|0|"
+  "softmax_anchor_bce_seed0|$ANCHOR|0|--loss bce"
+  "softmax_tuned_bce_seed0|$SEL/softmax.toml|0|--loss bce"
+  "vae_tuned_bce_seed0|$SEL/vae.toml|0|--loss bce"
+  "diffusion_tuned_bce_seed0|$SEL/diffusion.toml|0|--loss bce"
 )
+for seed in 1 2; do
+  JOBS+=("softmax_anchor_full_seed$seed|$ANCHOR|$seed|"
+         "softmax_tuned_full_seed$seed|$SEL/softmax.toml|$seed|"
+         "vae_tuned_full_seed$seed|$SEL/vae.toml|$seed|"
+         "diffusion_tuned_full_seed$seed|$SEL/diffusion.toml|$seed|")
+done
 
 finished() {  # a run whose metrics hold the test split has ended (patience or cap)
   "$PY" -c "import json,sys; sys.exit(0 if 'test' in json.load(open(sys.argv[1])) else 1)" "$1/metrics.json" 2>/dev/null
 }
 
+running=0
 for job in "${JOBS[@]}"; do
-  IFS='|' read -r name cfg extra <<< "$job"
+  IFS='|' read -r name cfg seed extra <<< "$job"
   dir="$RUNS/$name"
-  if finished "$dir"; then
-    continue
+  finished "$dir" && continue
+  if [ "$running" -ge "$SLOTS" ]; then
+    wait -n
+    running=$((running - 1))
   fi
+  left=$((deadline - SECONDS))
+  [ "$left" -lt 60 ] && break  # too little time to load the data and train an epoch
   resume=()
   [ -f "$dir/state.json" ] && resume=(--resume)
   # shellcheck disable=SC2086  # $extra holds flags
-  timeout --signal=TERM "${MINUTES}m" "$PY" -m genattn.cli train -c "$cfg" --data "$DATA" --device "$DEVICE" \
-      --max-len 200 --seed 0 --threads 2 --no-progress -o "$dir" ${EPOCHS:+--epochs $EPOCHS} $extra "${resume[@]}" \
-      > "$OUT/$name.log" 2>&1 &
+  timeout --signal=TERM "$left" "$PY" -m genattn.cli train -c "$cfg" --data "$DATA" --device "$DEVICE" \
+      --max-len 200 --seed "$seed" --threads 2 --no-progress -o "$dir" ${EPOCHS:+--epochs $EPOCHS} $extra \
+      "${resume[@]}" > "$LOGS/$name.log" 2>&1 &
+  running=$((running + 1))
 done
 wait
 
 : > "$OUT/status.txt"
 for job in "${JOBS[@]}"; do
-  IFS='|' read -r name cfg extra <<< "$job"
-  dir="$RUNS/$name"
-  [ -d "$dir" ] && cp -r "$dir" "$OUT/runs/"
-  "$PY" - "$dir" "$name" >> "$OUT/status.txt" <<'PY'
+  IFS='|' read -r name _ <<< "$job"
+  "$PY" - "$RUNS/$name" "$name" >> "$OUT/status.txt" <<'PY'
 import json, sys
 from pathlib import Path
 d, name = Path(sys.argv[1]), sys.argv[2]
 try:
     m = json.loads((d / "metrics.json").read_text())
 except OSError:
-    print(f"{name}: no checkpoint yet")
-    raise SystemExit
+    raise SystemExit  # not started
 done = "test" in m
 print(f"{name}: epoch {len(m.get('history', []))}, best valid NDCG@10 {m.get('best_valid_ndcg@10')} at "
       f"{m.get('best_epoch')}, {'finished (' + str(m.get('stopped_by')) + ')' if done else 'to resume'}"
@@ -77,4 +100,13 @@ print(f"{name}: epoch {len(m.get('history', []))}, best valid NDCG@10 {m.get('be
 PY
 done
 cat "$OUT/status.txt"
+
+# The run folders, packed: finished ones without the optimizer state.
+excludes=()
+for dir in "$RUNS"/*/; do
+  finished "$dir" && excludes+=(--exclude "./$(basename "$dir")/state.safetensors")
+done
+tar -C "$RUNS" "${excludes[@]}" -cf - . | split -b 15M -d - "$OUT/runs.tar.part"
+tar -C "$LOGS" -czf "$OUT/logs.tar.gz" .
+ls -l "$OUT"
 echo "done: $OUT"
