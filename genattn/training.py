@@ -349,11 +349,19 @@ def _rows(table: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch
     """A batch's rows on `device`. From host memory to a GPU the rows are
     gathered into pinned memory (PyTorch's caching host allocator reuses it safely) and
     copied without blocking, so the copy overlaps the previous step's kernels."""
-    if table.device == device:
+    if _same_device(table.device, device):
         return table[idx.to(device)]
     rows = torch.empty((len(idx), table.shape[1]), dtype=table.dtype, pin_memory=device.type == "cuda")
     torch.index_select(table, 0, idx, out=rows)
     return rows.to(device, non_blocking=True)
+
+
+def _same_device(have: torch.device, want: torch.device) -> bool:
+    """`cuda` (no index) names the current card, where tensors moved to it report `cuda:0`."""
+    if have.type != want.type:
+        return False
+    current = torch.cuda.current_device() if want.type == "cuda" and want.index is None else want.index
+    return have.index == current
 
 
 def _flat_rng(per_rank: list[dict]) -> dict[str, torch.Tensor]:
@@ -379,7 +387,17 @@ def _restore_rng(saved: dict, world: World, rng: torch.Generator, shuffle: torch
         return
     mine = ranks[world.rank]
     torch.set_rng_state(mine["torch"])
-    rng.set_state(mine["rng"])
     shuffle.set_state(mine["shuffle"])
+    _continue(rng, mine["rng"], "the model's sampling")
     if loss_fn is not None and mine.get("loss") is not None:
-        loss_fn.generator.set_state(mine["loss"])
+        _continue(loss_fn.generator, mine["loss"], "the loss's negatives")
+
+
+def _continue(gen: torch.Generator, state: torch.Tensor, what: str) -> None:
+    """A device's generator continues its saved stream; one saved on another kind of device (a run
+    started on CPU and resumed on a GPU: the states differ in size) restarts from the seed."""
+    try:
+        gen.set_state(state)
+    except RuntimeError:
+        log.warning("%s stream was saved on another kind of device than %s: it restarts from the seed",
+                    what, gen.device)
