@@ -138,9 +138,12 @@ class PairMLP(nn.Module):
         if self.gap is not None and tgap is None:
             raise ages_missing(len(self.gap))
         if pairs is not None:
-            h = self.rel(pairs.rel) + self.head_bias[pairs.head]  # (P, hidden)
+            # F.embedding, not head_bias[pairs.head]: on CUDA the backward of indexing sums each
+            # index's duplicates serially, and millions of pairs share 2 heads; the embedding's
+            # backward splits them up (docs/model.md, "Training on a GPU").
+            h = self.rel(pairs.rel) + F.embedding(pairs.head, self.head_bias)  # (P, hidden)
             if self.gap is not None:
-                h = h + self.gap[pairs.tgap]
+                h = h + F.embedding(pairs.tgap, self.gap)
             return h + torch.stack([pairs.pack(t) for t in scalars], dim=-1) @ w
         h = self.rel(rel) + self.head_bias[:, None, None, :]  # (H, Lq, L, hidden)
         if self.gap is not None:

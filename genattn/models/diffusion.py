@@ -39,7 +39,7 @@ class Denoiser(nn.Module):
         if isinstance(t, int):  # inference: a constant row, folded when traced
             te = self.temb.weight[t]
         elif pairs is not None:  # training, packed: each pair's example's timestep
-            te = self.temb(t)[pairs.batch]
+            te = self.temb(t[pairs.batch])  # an embedding lookup: see PairMLP.const on why not indexing
         else:  # training: one timestep per example (B,)
             te = self.temb(t)[:, None, None, None, :]
         pre = cond + te
