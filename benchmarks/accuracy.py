@@ -375,17 +375,20 @@ def render(r: dict) -> str:
               "Per training seed: the epoch of the best validation NDCG@10 (the weights reported), the epochs run "
               "and why the run stopped (patience, the epoch cap, or the wall-time cap).", "",
               "| configuration | loss | patience / epoch cap / wall-time cap (min) | best epoch | epochs run | "
-              "stopped by | wall time per run (s) | commit | command |", "|---|---|---|---|---|---|---|---|---|"]
+              "stopped by | wall time per run (s) | commit | trained on | command |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key in entries(r):
         e = r[key]
         tr = e["config"].get("train", {}) if isinstance(e["config"], dict) else {}
         ts = e["train_seconds"]
         wall = f"{ts['mean']:.0f}" if len(e.get("seeds", [0, 1])) < 2 else f"{ts['mean']:.0f} ± {ts['std']:.0f}"
         budget = f"{tr.get('patience', '?')} / {tr.get('epochs', '?')} / {tr.get('max_minutes') or 'none'}"
-        commits = sorted({str(p.get("commit")) for p in e.get("per_seed", {}).values()}) or ["?"]
+        seeds = e.get("per_seed", {}).values()
+        commits = sorted({str(p.get("commit")) for p in seeds}) or ["?"]
+        # The training's machine (a seed's record keeps its training's provenance: a GPU run evaluated here).
+        machines = sorted({str(p.get("machine")) for p in seeds if p.get("machine")}) or ["?"]
         lines.append(f"| {key} | {tr.get('loss', 'full')} | {budget} | {e.get('best_epochs', '?')} | "
                      f"{e.get('epochs_run', e['epochs'])} | {e.get('stopped_by', '?')} | {wall} | "
-                     f"{', '.join(commits)} | `{e.get('command', r.get('command'))}` |")
+                     f"{', '.join(commits)} | {'; '.join(machines)} | `{e.get('command', r.get('command'))}` |")
     notes = [f"- {key}: {r[key]['note']}" for key in entries(r) if r[key].get("note")]
     if notes:
         lines += ["", "Notes:", *notes]

@@ -82,6 +82,9 @@ def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(benc
     accuracy.main(argv)
     kept = json.loads((d / "acc.json").read_text())["softmax_full"]["per_seed"]["2"]
     assert kept["commit"] == "abc1234" and kept["evaluated_by"]["commit"] != "abc1234"
+    # ...and the results page names the machine each seed was trained on (e.g. a lent GPU).
+    row = next(x for x in (d / "acc.md").read_text().splitlines() if x.startswith("| softmax_full | full |"))
+    assert "m" in [m.strip() for m in row.split("|")[-3].split(";")]
     assert len(after["valid_curves"]) == 3
     with pytest.raises(SystemExit, match="another configuration"):  # never reuse a run of other settings
         accuracy.main(argv + ["--set", "train.lr=0.004"])
