@@ -37,6 +37,13 @@ class PairPack:
         self.rel = rel.reshape(-1)[self.idx % (Lq * L)]
         self.tgap = None if tgap is None else tgap.reshape(-1)[self.batch * (Lq * L) + self.idx % (Lq * L)]
 
+    def head_onehot(self, dtype: torch.dtype) -> Tensor:
+        """(P, n_heads): each pair's head, one-hot; made once per forward pass and dtype."""
+        cache = self.__dict__.setdefault("_onehot", {})
+        if dtype not in cache:
+            cache[dtype] = F.one_hot(self.head, self.shape[1]).to(dtype)
+        return cache[dtype]
+
     def pack(self, t: Tensor) -> Tensor:
         """(B, H, Lq, L) -> (P,)"""
         return t.reshape(-1)[self.idx]
@@ -138,10 +145,12 @@ class PairMLP(nn.Module):
         if self.gap is not None and tgap is None:
             raise ages_missing(len(self.gap))
         if pairs is not None:
-            # F.embedding, not head_bias[pairs.head]: on CUDA the backward of indexing sums each
-            # index's duplicates serially, and millions of pairs share 2 heads; the embedding's
-            # backward splits them up (docs/model.md, "Training on a GPU").
-            h = self.rel(pairs.rel) + F.embedding(pairs.head, self.head_bias)  # (P, hidden)
+            # Not head_bias[pairs.head]: on CUDA the backward of indexing sums each index's
+            # duplicates serially, and millions of pairs share a handful of heads; a one-hot
+            # matmul's backward is one parallel reduction (docs/model.md, "Training on a GPU").
+            # Lookups over many more rows (recency, time-gap bucket) go through F.embedding,
+            # whose backward splits long runs of duplicates up.
+            h = self.rel(pairs.rel) + pairs.head_onehot(self.head_bias.dtype) @ self.head_bias  # (P, hidden)
             if self.gap is not None:
                 h = h + F.embedding(pairs.tgap, self.gap)
             return h + torch.stack([pairs.pack(t) for t in scalars], dim=-1) @ w
