@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from . import limits
 from .backends import BACKENDS, BackendOptions
 from .errors import GenattnRuntimeError, InputError
 
@@ -373,28 +374,28 @@ def _line_params(item, extra: dict, defaults: dict, seed: int | None) -> dict:
               help="triton: Prometheus metrics port")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
               help="triton: model instances (processes, each with its own session)")
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=limits.MAX_BATCH, show_default=True,
               help="micro-batcher: most rows per session run (fastapi; triton batches up to --max-users rows)")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=limits.MAX_WAIT_MS, show_default=True,
               help="micro-batcher: longest wait for more requests after the first; 0 = batch what queued while "
                    "the backend was busy (triton: max_queue_delay)")
-@click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=limits.MAX_BODY_BYTES, show_default=True,
               help="larger request bodies get 413 (triton: larger history tensors get an error)")
-@click.option("--max-users", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-users", type=click.IntRange(min=1), default=limits.MAX_USERS, show_default=True,
               help="most histories in one request; more get 413 (triton: max_batch_size)")
-@click.option("--max-queue", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-queue", type=click.IntRange(min=1), default=limits.MAX_QUEUE, show_default=True,
               help="most requests waiting for the micro-batcher; more get 503 with Retry-After "
                    "(triton: only with --triton-queue-policy)")
-@click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=limits.REQUEST_TIMEOUT_S, show_default=True,
               help="deadline from queueing to the answer; later gets 504 (triton: queued longer is dropped, only "
                    "with --triton-queue-policy)")
 @click.option("--triton-queue-policy", is_flag=True,
               help="triton: enforce --max-queue and --request-timeout-s in Triton's queue. Off by default: any queue "
                    "policy turns off the dynamic batcher's prefetching, which stalls the server ~0.5 s under CPU "
                    "contention (docs/runtime.md)")
-@click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+@click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=limits.BODY_TIMEOUT_S, show_default=True,
               help="time to receive the whole body after the headers; later gets 408 (fastapi)")
-@click.option("--keep-alive-s", type=click.FloatRange(min=0, min_open=True), default=75.0, show_default=True,
+@click.option("--keep-alive-s", type=click.FloatRange(min=0, min_open=True), default=limits.KEEP_ALIVE_S, show_default=True,
               help="fastapi: how long an idle connection stays open; keep it above your clients' pool idle "
                    "timeout (a client reusing a connection the server is closing sees a dropped request)")
 @_backend_opt

@@ -40,6 +40,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.requests import ClientDisconnect
 
 from .errors import InputError, UnknownItemError
+# The limits' defaults live in limits.py (the Triton engine and the CLI share them).
+from .limits import (BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_BATCH, MAX_BODY_BYTES, MAX_QUEUE, MAX_USERS,
+                     MAX_WAIT_MS, REQUEST_TIMEOUT_S, RETRY_AFTER_S)
 from .recommender import PreparedRequest, Recommender
 
 log = logging.getLogger("genattn_runtime.service")
@@ -48,25 +51,6 @@ ENDPOINTS = ("/recommend", "/healthz", "/metadata", "/metrics")
 REQUEST_FIELDS = {"history", "histories", "k", "exclude_seen", "seed", "diversity", "aggregate", "times"}
 LATENCY_BUCKETS = (.0005, .001, .002, .004, .006, .008, .01, .015, .02, .03, .05, .075, .1, .25, .5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-# Defaults of the limits (create_app, serve and `genattn serve` share them; docs/runtime.md states them).
-MAX_BATCH = 64              # rows per session run of the micro-batcher
-# 0: a batch is whatever queued while the backend ran the previous one, so an idle server runs a
-# request at once and a busy one batches by itself. A window only delayed: under wrk on 2 cores,
-# 0 against 2 ms served 3.8x the requests at 1 connection (1 ms p50 instead of 4) and 1.28x at 32
-# (docs/runtime.md, Micro-batching). A GPU backend with a high per-run cost may want 1-2 ms.
-MAX_WAIT_MS = 0.0           # longest wait for more requests after the first of a batch
-MAX_BODY_BYTES = 1 << 20    # request body size
-MAX_USERS = 256             # histories in one request
-MAX_QUEUE = 256             # requests waiting for the micro-batcher
-REQUEST_TIMEOUT_S = 10.0    # from queueing to the answer
-BODY_TIMEOUT_S = 10.0       # to receive the whole body once the headers are in
-RETRY_AFTER_S = 1           # Retry-After of a 503
-# An idle kept-alive connection is closed by uvicorn after this long. It must outlast the
-# idle expiry of the clients' pools (httpx 5 s, aiohttp 15 s, nginx upstream and AWS ALB
-# 60 s): at uvicorn's default of 5 s, equal to httpx's, a client could send on a connection
-# in the instant the server closed it, and the request failed with a reset (ReadError).
-KEEP_ALIVE_S = 75.0
 
 
 class HTTPError(Exception):

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import limits
 from . import triton_config as pbtxt
 from .errors import GenattnRuntimeError, InferenceError, InputError
 
@@ -102,12 +103,12 @@ class EngineConfig:
     threads: int = 0
     trusted_keys: list[str] = field(default_factory=list)
     trt_cache_dir: str | None = None
-    max_users: int = 256          # Triton max_batch_size: users per request and per batch
-    max_wait_ms: float = 0.0      # dynamic batcher: max_queue_delay (as the FastAPI engine's MAX_WAIT_MS)
-    max_queue: int = 256          # requests waiting; more are refused   } only with
-    request_timeout_s: float = 10.0  # queued longer: dropped with an error } queue_policy
+    max_users: int = limits.MAX_USERS  # Triton max_batch_size: users per request and per batch
+    max_wait_ms: float = limits.MAX_WAIT_MS  # dynamic batcher: max_queue_delay
+    max_queue: int = limits.MAX_QUEUE  # requests waiting; more are refused   } only with
+    request_timeout_s: float = limits.REQUEST_TIMEOUT_S  # queued longer: dropped with an error } queue_policy
     queue_policy: bool = False    # Triton enforces the two above (costs ~0.5 s stalls: model_config)
-    max_body_bytes: int = 1 << 20    # history tensor bytes per request
+    max_body_bytes: int = limits.MAX_BODY_BYTES  # history tensor bytes per request
     instances: int = 1            # model instances (processes, each with its own Recommender)
     nprobe: int | None = None     # ANN bundles: search breadth instead of the export's
     ef_search: int | None = None
