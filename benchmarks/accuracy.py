@@ -346,12 +346,15 @@ def render(r: dict) -> str:
     rows = verdict(r)
     if rows:
         lines += ["## Does generated attention beat softmax? (test NDCG@10, selected on validation)", "",
-                  "Per loss: the softmax entry and the generative entry with the best mean validation NDCG@10; the "
+                  "Per loss and budget (patience / epoch cap: entries of one budget are compared only with each "
+                  "other): the softmax entry and the generative entry with the best mean validation NDCG@10; the "
                   "target is a test gain of more than twice the larger seed std.", "",
-                  "| loss | softmax (valid → test) | best generative (valid → test) | gain | 2 × larger std | beats |",
-                  "|---|---|---|---|---|---|"]
+                  "| loss | patience / cap | softmax (valid → test) | best generative (valid → test) | gain | "
+                  "2 × larger std | beats |",
+                  "|---|---|---|---|---|---|---|"]
         for v in rows:
-            lines.append(f"| {v['loss']} | {v['softmax']}: {v['softmax_valid']:.4f} → {v['softmax_test']:.4f} | "
+            lines.append(f"| {v['loss']} | {v['patience']} / {v['epochs']} | "
+                         f"{v['softmax']}: {v['softmax_valid']:.4f} → {v['softmax_test']:.4f} | "
                          f"{v['generative']}: {v['generative_valid']:.4f} → {v['generative_test']:.4f} | "
                          f"{v['gain']:+.4f} | {v['margin']:.4f} | {'yes' if v['beats'] else 'no'} |")
         lines.append("")
@@ -409,15 +412,18 @@ def protocols(r: dict) -> dict[str, dict[str, str]]:
 
 
 def verdict(r: dict) -> list[dict]:
-    """The issue's test, per training loss, from the new-format entries (several seeds each):
-    the generative entry selected on validation against the best softmax entry on validation."""
+    """The issue's test, per training loss and budget, from the new-format entries (several seeds
+    each): the generative entry selected on validation against the best softmax entry on
+    validation. Entries trained under another budget (patience, epoch cap) are compared only with
+    each other: every kind gets the same budget."""
     rows = []
-    by_loss: dict[str, list[str]] = {}
+    by_budget: dict[tuple, list[str]] = {}
     for key in entries(r):
         e = r[key]
         if "per_seed" in e and len(e["seeds"]) > 1:
-            by_loss.setdefault(e["config"]["train"].get("loss", "full"), []).append(key)
-    for loss, keys in sorted(by_loss.items()):
+            tr = e["config"]["train"]
+            by_budget.setdefault((tr.get("loss", "full"), tr.get("patience"), tr.get("epochs")), []).append(key)
+    for (loss, patience, epochs), keys in sorted(by_budget.items(), key=lambda kv: tuple(map(str, kv[0]))):
         pick = lambda ks: max(ks, key=lambda k: r[k]["valid"]["ndcg@10"]["mean"]) if ks else None  # noqa: E731
         soft = pick([k for k in keys if r[k]["config"]["attention"] == "softmax"])
         gen = pick([k for k in keys if r[k]["config"]["attention"] != "softmax"])
@@ -425,7 +431,7 @@ def verdict(r: dict) -> list[dict]:
             continue
         st, gt = r[soft]["test"]["ndcg@10"], r[gen]["test"]["ndcg@10"]
         margin = 2 * max(st["std"], gt["std"])
-        rows.append({"loss": loss, "softmax": soft, "generative": gen,
+        rows.append({"loss": loss, "patience": patience, "epochs": epochs, "softmax": soft, "generative": gen,
                      "softmax_valid": r[soft]["valid"]["ndcg@10"]["mean"], "softmax_test": st["mean"],
                      "generative_valid": r[gen]["valid"]["ndcg@10"]["mean"], "generative_test": gt["mean"],
                      "gain": gt["mean"] - st["mean"], "margin": margin, "beats": gt["mean"] - st["mean"] > margin})

@@ -3,6 +3,7 @@ results schema), the accuracy–diversity frontier, the collapse measures, and t
 equal-budget search's paired trials."""
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -64,6 +65,14 @@ def test_accuracy_results_schema(bench):
     gen = max(("vae_full", "diffusion_full"), key=lambda k: on_disk[k]["valid"]["ndcg@10"]["mean"])
     assert v["generative"] == gen and v["softmax"] == "softmax_full"
     assert v["beats"] == (v["gain"] > v["margin"])
+    # An entry trained under another budget (here a longer patience) is never compared with this one.
+    doctored = copy.deepcopy(on_disk)
+    longer = copy.deepcopy(on_disk["vae_full"])
+    longer["config"]["train"]["patience"] = 60
+    longer["valid"]["ndcg@10"]["mean"] = 1.0
+    doctored["vae_p60_full"] = longer
+    assert [(row["generative"], row["patience"]) for row in accuracy.verdict(doctored) if row["loss"] == "full"] == \
+        [(v["generative"], v["patience"])]
 
 
 def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(bench):
