@@ -42,6 +42,10 @@ UNKNOWN_POLICIES = ("skip", "error")
 AGGREGATES = tuple(AGGREGATE_OUTPUTS)  # "mean", "interleave", "vote"
 MAX_DIVERSITY = 10.0   # prior temperature cap: far past where lists stop being relevant
 MAX_ERROR_IDS = 10
+# Integer catalogs up to this many ids encode int histories through a dict {id: index} (one C-level
+# map of dict.get: the cheapest at batch 1, ~70 bytes per id); larger ones through a numpy lookup
+# table (8 bytes per id up to the largest id, no dict to build at load).
+INT_DICT_MAX_IDS = 1 << 16
 
 
 @dataclass
@@ -153,15 +157,19 @@ class Recommender:
         self.exclude_in_graph = manifest.exclude_in_graph or manifest.ann is not None
         # internal index -> raw id (index 0 = padding); object array so one gather decodes a row
         self._raw = np.array([None, *items.item_ids], dtype=object)
-        # Integer catalogs (the common case) encode through a lookup table: one numpy
-        # gather instead of a dict lookup per id keeps batch-1 Python overhead small.
+        # Integer catalogs (the common case) encode plain-int histories without a str() per id:
+        # small ones through `_int_index` (built here, not at the first call), large ones through
+        # a lookup table (one numpy gather instead of a dict lookup per id).
         self._lut = None
         ids = items.item_ids
-        if ids and all(type(x) is int and x >= 0 for x in ids) and max(ids) < 50_000_000:
-            # Shifted by one and padded with a trailing 0, so `take(id + 1, mode="clip")` maps
-            # negative and too-large ids to 0 (unknown) without a separate range check.
-            self._lut = np.zeros(max(ids) + 3, dtype=np.int64)
-            self._lut[np.asarray(ids, dtype=np.int64) + 1] = np.arange(1, len(ids) + 1)
+        if ids and all(type(x) is int and x >= 0 for x in ids):
+            if len(ids) <= INT_DICT_MAX_IDS:
+                _ = self._int_index  # the cached dict, built at load rather than at the first call
+            elif max(ids) < 50_000_000:
+                # Padded with a trailing 0, so `take(id, mode="clip")` maps too-large ids to 0 (unknown)
+                # without a separate range check; negative ids never reach it (see _encode_fast).
+                self._lut = np.zeros(max(ids) + 2, dtype=np.int64)
+                self._lut[np.asarray(ids, dtype=np.int64)] = np.arange(1, len(ids) + 1)
         pop = np.asarray(items.popularity, dtype=np.int64)
         self._pop_order = (np.argsort(-pop[1:], kind="stable") + 1)[: self.k_max]
         self._pop_scores = pop[self._pop_order].astype(np.float64)
@@ -411,6 +419,8 @@ class Recommender:
 
     def check_k(self, k) -> int:
         """k as an int, or InputError unless 1 <= k <= the bundle's K."""
+        if type(k) is int and 1 <= k <= self.k_max:  # the common case, without the ABC isinstance below
+            return k
         if isinstance(k, bool) or not isinstance(k, numbers.Integral):
             raise InputError(f"k must be a positive integer, got {_describe(k)}")
         if not 1 <= int(k) <= self.k_max:
@@ -445,13 +455,15 @@ class Recommender:
     def _encode_fast(self, hist) -> tuple[list[int], list] | None:
         """Lookup-table path for plain-int histories on integer catalogs; None = use the general path."""
         lut = self._lut
-        if lut is None or not hist or set(map(type, hist)) != {int}:
+        # A negative id (never in such a catalog) takes the general path, which reports it unknown:
+        # cheaper than shifting every id into a table with a slot for negatives.
+        if lut is None or not hist or set(map(type, hist)) != {int} or min(hist) < 0:
             return None
         try:
             arr = np.array(hist, dtype=np.int64)
         except OverflowError:
             return None
-        idx = lut.take(arr + 1, mode="clip").tolist()
+        idx = lut.take(arr, mode="clip").tolist()
         if 0 not in idx:
             return idx, []
         unknown = list(dict.fromkeys(x for x, i in zip(hist, idx) if i == 0))
@@ -463,21 +475,23 @@ class Recommender:
         None = mixed or other types: the general path."""
         types = set(map(type, hist))
         if types == {str}:
-            index, keys = self.items.index, hist
-        elif types == {int} and self._lut is None:  # an integer catalog's table took them, unless they overflow
-            index, keys = self._int_index, hist
+            index = self.items.index
+        elif types == {int} and self._lut is None:  # a large integer catalog's table took them, unless
+            index = self._int_index                  # they overflow or are negative
         else:
             return None
-        got = list(map(index.get, keys))
-        if None not in got:
-            return got, []
+        try:  # every id known (the common case): no second pass over the result looking for misses
+            return list(map(index.__getitem__, hist)), []
+        except KeyError:
+            got = list(map(index.get, hist))
         # one type, so raw id <-> key is one-to-one: dedupe the unknown raw ids in first-seen order
         return [i for i in got if i is not None], list(dict.fromkeys(x for x, i in zip(hist, got) if i is None))
 
     @functools.cached_property
     def _int_index(self) -> dict:
         """int -> internal index for every catalog id an int finds (its str() is the id): built once,
-        at the first int history (a 1M-id catalog takes a fraction of a second)."""
+        at load for a small integer catalog, else at the first int history (a 1M-id catalog takes a
+        fraction of a second)."""
         d = {}
         for i, x in enumerate(self.items.item_ids, 1):
             if type(x) is int:
@@ -491,7 +505,7 @@ class Recommender:
     def _encode(self, hist, where: str) -> tuple[list[int], list]:
         if isinstance(hist, np.ndarray):
             hist = hist.tolist()
-        fast = self._encode_fast(hist)
+        fast = None if self._lut is None else self._encode_fast(hist)
         if fast is None:
             fast = self._encode_plain(hist)
         if fast is not None:
@@ -521,7 +535,8 @@ class Recommender:
         k = self.check_k(k)
         if not isinstance(exclude_seen, (bool, np.bool_)):
             raise InputError(f"exclude_seen must be true or false, got {_describe(exclude_seen)}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        if seed is not None and not (type(seed) is int and seed >= 0) and (  # a plain int skips the ABC check
+                isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise InputError(f"seed must be a non-negative integer or null, got {_describe(seed)}")
         scale = self.check_diversity(diversity)
         aggregate = self.check_aggregate(aggregate)
@@ -566,9 +581,10 @@ class Recommender:
             shown = ", ".join(repr(x) for x in ids[:MAX_ERROR_IDS]) + (" …" if len(ids) > MAX_ERROR_IDS else "")
             raise UnknownItemError(ids, f"unknown item id(s){where}: {shown} (the catalog has {self.n_items} items)")
         m = len(windows)
-        seq = np.zeros((m, L), dtype=np.int64)
-        for r, w in enumerate(windows):
-            seq[r, L - len(w):] = w
+        # Left-padded rows built as lists and converted in one call (cheaper at batch 1 than
+        # filling a zeros array row by row).
+        seq = (np.array([[0] * (L - len(w)) + w for w in windows], dtype=np.int64) if m else
+               np.zeros((0, L), dtype=np.int64))
         exclude = None
         if self.exclude_in_graph:
             exclude = seq.copy() if exclude_seen else np.zeros_like(seq)
@@ -697,9 +713,9 @@ class Recommender:
         m = p.n_model_rows
         if not m:
             return None
-        items, scores = (out[n][offset:offset + m] for n in AGGREGATE_OUTPUTS[p.aggregate])
-        conf = out.get(OUTPUT_CONFIDENCE)
-        return items, scores, None if conf is None else conf[offset:offset + m, 0]
+        items, scores = AGGREGATE_OUTPUTS[p.aggregate]  # names; no generator on the batch-1 hot path
+        end, conf = offset + m, out.get(OUTPUT_CONFIDENCE)
+        return out[items][offset:end], out[scores][offset:end], None if conf is None else conf[offset:end, 0]
 
     def _decode(self, p: PreparedRequest, out) -> Recommendation | list[Recommendation]:
         k, raw, recs, r = p.k, self._raw, [], 0
@@ -712,8 +728,11 @@ class Recommender:
             items, scores = out[0][r], out[1][r]
             confidence = None if out[2] is None else float(out[2][r])
             r += 1
-            if row.post_exclude is None and np.isfinite(scores[:k]).all():
-                recs.append(Recommendation(items=raw[items[:k]].tolist(), scores=scores[:k].tolist(),
+            top = scores[:k].tolist()
+            # The finiteness check on the k Python floats the answer holds anyway: cheaper than a
+            # numpy isfinite + all (two ufunc calls) at batch 1.
+            if row.post_exclude is None and all(map(math.isfinite, top)):
+                recs.append(Recommendation(items=raw[items[:k]].tolist(), scores=top,
                                            unknown_items=row.unknown, truncated=row.truncated,
                                            confidence=confidence))
                 continue

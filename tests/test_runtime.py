@@ -303,6 +303,63 @@ def test_measure_overhead_reports_stages(rec):
     assert res["backend"] == "cpu" and res["batch"] == 1
 
 
+def _bare_recommender(item_ids: list, k: int = 5):
+    """A Recommender over `item_ids` with no graph: enough to encode histories and decode outputs."""
+    from types import SimpleNamespace
+
+    from genattn_runtime.bundle import ItemTable
+
+    items = ItemTable(item_ids=item_ids, popularity=list(range(len(item_ids) + 1)),
+                      index={str(x): i + 1 for i, x in enumerate(item_ids)})
+    manifest = SimpleNamespace(max_len=5, n_items=len(item_ids), k=k, noise_size=0, time_buckets=0,
+                               exclude_in_graph=True, ann=None)
+    return Recommender(manifest, items, backend=None)
+
+
+def test_int_catalog_encodings_equal_the_general_path(monkeypatch):
+    """Int histories on an integer catalog: a small catalog encodes them through a dict, a large one
+    through a lookup table (forced here by lowering the size limit); both give the per-item path's
+    indices and unknown ids, for known, unknown, 0, negative, just-too-large and overflowing ids."""
+    import random
+
+    from genattn_runtime import recommender as R
+
+    ids = [0, 3, 5, 7, 12, 40, 41, 99, 1000]
+    small = _bare_recommender(ids)
+    monkeypatch.setattr(R, "INT_DICT_MAX_IDS", 0)
+    large = _bare_recommender(ids)
+    assert small._lut is None and large._lut is not None
+    every = (list(range(1, len(ids) + 1)), [])
+    assert small._encode_plain(ids) == every and large._encode_fast(ids) == every  # the fast paths take them
+    pool = ids + [1, 2, 999, 1001, 1002, -1, -3, 10**30, -10**30, 2**63, 2**63 - 1]
+    rng = random.Random(0)
+    hists = [[rng.choice(pool) for _ in range(rng.randint(0, 30))] for _ in range(500)] + [[-1], [10**30], [1001]]
+    got_small = [small._encode(h, "history") for h in hists]
+    got_large = [large._encode(h, "history") for h in hists]
+    monkeypatch.setattr(R.Recommender, "_encode_plain", lambda self, hist: None)
+    monkeypatch.setattr(R.Recommender, "_encode_fast", lambda self, hist: None)
+    general = [small._encode(h, "history") for h in hists]
+    assert got_small == general and got_large == general
+    assert any(u for _, u in general) and any(i and not u for i, u in general)
+
+
+def test_decode_drops_non_finite_scores():
+    """A top-k with a NaN, +inf or -inf score loses that entry (the next finite ones fill it, or the
+    list is partial); one with finite scores is taken whole."""
+    from genattn_runtime.recommender import PreparedRequest, _Row
+
+    ids = [f"i{j}" for j in range(8)]
+    rec = _bare_recommender(ids, k=6)
+    items = np.array([[3, 1, 4, 2, 5, 6]] * 4, dtype=np.int64)
+    scores = np.array([[6, 5, 4, 3, 2, 1]] * 4, dtype=np.float32)
+    scores[1, 1], scores[2, 0], scores[3, 2:] = np.nan, np.inf, -np.inf
+    rows = [_Row(unknown=[], truncated=False, fallback=None, post_exclude=None) for _ in range(4)]
+    prep = PreparedRequest(rows=rows, k=3, single=False, seq=np.zeros((4, 5), np.int64), exclude=None, noise=None)
+    got = rec._decode(prep, (items, scores, None))
+    assert [r.items for r in got] == [["i2", "i0", "i3"], ["i2", "i3", "i1"], ["i0", "i3", "i1"], ["i2", "i0"]]
+    assert [r.scores for r in got] == [[6, 5, 4], [6, 4, 3], [5, 4, 3], [6, 5]]
+    assert [r.partial for r in got] == [False, False, False, True]
+
 # ---------------------------------------------------------------- backends
 
 def test_strict_cuda_refused_on_cpu_only_onnxruntime(bundle_root):
