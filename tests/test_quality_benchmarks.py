@@ -281,3 +281,16 @@ def test_diagnose_variants_depart_from_the_defaults_they_were_run_on(tmp_path):
         assert set(r["ablation_valid"]) == {"as_trained", "softmax", "uniform", "newest"}
         noise = read_config(tmp_path / "runs" / "synthetic" / name).model.train_prior_noise
         assert noise is (name == "vae")
+
+
+def test_train_precision_times_both_precisions_and_records_provenance(tmp_path):
+    from benchmarks import train_precision
+
+    r = train_precision.main(["--kinds", "softmax", "--repeats", "1", "--batch", "4", "--items", "30",
+                              "--out", str(tmp_path / "tp")])
+    k = r["kinds"]["softmax"]
+    assert k["fp32_ms"] > 0 and k["bf16_ms"] > 0 and k["speedup"] == pytest.approx(k["fp32_ms"] / k["bf16_ms"])
+    on_disk = json.loads((tmp_path / "tp.json").read_text())
+    assert on_disk["configs"] == "benchmarks/results/search_ml100k_selected" and on_disk["commit"]
+    assert set(on_disk["cpu_bf16_flags"]) <= set(train_precision.BF16_FLAGS)
+    assert "| softmax | 100 |" in (tmp_path / "tp.md").read_text()
