@@ -216,8 +216,13 @@ def test_device_scripts_parse_and_name_existing_configs():
     for script in sorted((root / "benchmarks").glob("device_*.sh")):
         assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0, script.name
     text = (root / "benchmarks" / "device_ml1m.sh").read_text()
-    sel = re.search(r'^SEL=(\S+)', text, re.M).group(1)
-    configs = re.findall(r'^\s+"[\w]+\|([^|]+)\|', text, re.M)
-    assert len(configs) == 6
-    for cfg in configs:
-        assert (root / cfg.replace("$SEL", sel)).is_file(), cfg
+    names = {v: re.search(rf'^{v}=(\S+)', text, re.M).group(1) for v in ("SEL", "ANCHOR")}
+    jobs = re.findall(r'^\s+"(\w+)_seed0\|([^|]+)\|0\|([^"]*)"', text, re.M)
+    # seed 0 of every kind's selected configuration and of the anchors' softmax, under both losses
+    assert {name for name, _, _ in jobs} == {f"{k}_{loss}" for k in ("softmax_anchor", "softmax_tuned", "vae_tuned",
+                                                                    "diffusion_tuned") for loss in ("full", "bce")}
+    for name, cfg, extra in jobs:
+        assert ("--loss bce" in extra) == name.endswith("_bce"), name
+        for var, path in names.items():
+            cfg = cfg.replace(f"${var}", path)
+        assert (root / cfg).is_file(), cfg
