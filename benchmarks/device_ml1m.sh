@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # MovieLens-1M at convergence on a lent GPU: a queue of trainings, SLOTS of them at once (one card
 # is mostly idle with one of these models), all stopped by one deadline and resumed by the next
-# call from the run folders it hands back, so the runs span calls and sessions. Run from the
+# call from the run folders it hands back, so a run can span several calls. Run from the
 # repository root.
 #
 #   here, once:   GENATTN_DATA=data genattn data fetch ml-1m      (the ignored data/ folder)
-#                 a run parked on CPU can start the queue: copy its folder to runs/ml1m_gpu/<name>
+#                 (runs parked on CPU in benchmarks/results/accuracy_ml1m_inflight/ are picked up)
 #   device run:   carry ["data", "runs/ml1m_gpu"], command "bash benchmarks/device_ml1m.sh",
 #                 timeout_s 600 (BUDGET_S, default 530, is the trainings' share of it)
 #   back here:    cat <files_at>/runs.tar.part* | tar -x -C runs/ml1m_gpu
