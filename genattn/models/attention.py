@@ -36,13 +36,13 @@ class PairPack:
         self.head = (self.idx // (Lq * L)) % n_heads
         self.rel = rel.reshape(-1)[self.idx % (Lq * L)]
         self.tgap = None if tgap is None else tgap.reshape(-1)[self.batch * (Lq * L) + self.idx % (Lq * L)]
+        self._onehot: dict[torch.dtype, Tensor] = {}  # head_onehot's, per dtype
 
     def head_onehot(self, dtype: torch.dtype) -> Tensor:
         """(P, n_heads): each pair's head, one-hot; made once per forward pass and dtype."""
-        cache = self.__dict__.setdefault("_onehot", {})
-        if dtype not in cache:
-            cache[dtype] = F.one_hot(self.head, self.shape[1]).to(dtype)
-        return cache[dtype]
+        if dtype not in self._onehot:
+            self._onehot[dtype] = F.one_hot(self.head, self.shape[1]).to(dtype)
+        return self._onehot[dtype]
 
     def pack(self, t: Tensor) -> Tensor:
         """(B, H, Lq, L) -> (P,)"""
