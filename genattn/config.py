@@ -58,7 +58,8 @@ TRAIN_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 # it was written: those it was trained with at what the dataclasses then defaulted to, these
 # values (checkpoint.read_config fills them in, never today's per-kind defaults).
 SAVED_DEFAULTS: dict[str, Any] = dict(_FIRST_OBJECTIVE)
-SAVED_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0}
+# share_negatives: before the option existed each CE term drew its own negatives.
+SAVED_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.0, "share_negatives": False}
 
 
 class ConfigError(ValueError):
@@ -158,6 +159,10 @@ class TrainConfig:
     negatives: int = 1024            # sampled: shared negatives per batch (drawn with replacement)
     negative_sampler: str = "uniform"  # sampled: "uniform" | "popularity" | "mixed" (even mixture)
     in_batch_negatives: bool = True  # sampled: the batch's other targets are negatives too
+    # sampled / bce: every CE term of a step (a generative kind's posterior and prior paths) ranks
+    # against one draw, so no kind sees more negatives per step than softmax's single term;
+    # false: each term draws its own (results recorded before this option: docs/model.md).
+    share_negatives: bool = True
     # Speed.
     precision: str = "auto"          # "auto" (bf16 autocast on a CUDA card that has it, else fp32) | "fp32" | "bf16"
     compile: bool = False            # torch.compile the model (first steps pay the compile time)

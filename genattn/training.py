@@ -53,9 +53,9 @@ def make_loss(tc: TrainConfig, n_items: int, popularity: np.ndarray, device: tor
         return None
     g = torch.Generator(device=device).manual_seed(seed)
     if tc.loss == "bce":
-        return SampledBCE(n_items, generator=g).to(device)
+        return SampledBCE(n_items, generator=g, share=tc.share_negatives).to(device)
     return SampledSoftmax(n_items, tc.negatives, popularity, sampler=tc.negative_sampler,
-                          in_batch=tc.in_batch_negatives, generator=g).to(device)
+                          in_batch=tc.in_batch_negatives, generator=g, share=tc.share_negatives).to(device)
 
 
 def check_full_ce_fits(tc: TrainConfig, n_items: int, max_len: int, device: torch.device, world_size: int) -> None:

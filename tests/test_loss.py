@@ -206,6 +206,66 @@ def test_every_kind_trains_with_bce_and_padding_positions_are_masked(kind, block
     assert len(calls) == (1 if kind == "softmax" else 2)  # generative: both CE terms are BCE terms
 
 
+def _draws_per_step(kind, blocks, tc):
+    """How many times the loss drew negatives in one training forward pass of this kind."""
+    torch.manual_seed(0)
+    cfg = tiny_config(kind, blocks)
+    seq = random_batch(6, cfg.max_len, cfg.n_items, seed=1, min_len=2)
+    tgt = torch.where(seq != 0, torch.randint(1, cfg.n_items + 1, seq.shape, generator=torch.Generator().manual_seed(2)), 0)
+    loss_fn = make_loss(tc, cfg.n_items, np.r_[0, np.ones(cfg.n_items)], torch.device("cpu"), 0)
+    draw, drawn = loss_fn.draw, []
+    loss_fn.draw = lambda *a: drawn.append(draw(*a)) or drawn[-1]
+    seen = []
+
+    class Spy:  # what each CE term was scored against: the same table rows for one draw
+        def bind(self, y):
+            bound = loss_fn.bind(y)
+            return lambda h, y_, w: seen.append(getattr(bound, "negatives", None)) or bound(h, y_, w)
+
+    out = SASRec(cfg)(seq, tgt, rng=torch.Generator().manual_seed(0), loss=Spy())
+    assert torch.isfinite(out["loss"])
+    return len(drawn), seen
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled"])
+@pytest.mark.parametrize("kind,blocks", KIND_LAYOUTS, ids=KIND_IDS)
+def test_every_ce_term_of_a_step_ranks_against_one_draw(kind, blocks, loss):
+    """Softmax has one CE term a step, a generative kind two: both see the same negatives, so no
+    kind learns from more negatives per step than another."""
+    n, seen = _draws_per_step(kind, blocks, TrainConfig(loss=loss, negatives=16))
+    assert n == 1
+    assert len(seen) == (1 if kind == "softmax" else 2)
+    assert all(torch.equal(s, seen[0]) for s in seen)
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled"])
+def test_share_negatives_false_draws_per_term_as_earlier_runs_did(loss):
+    n, _ = _draws_per_step("vae", "last", TrainConfig(loss=loss, negatives=16, share_negatives=False))
+    assert n == 2
+    n, _ = _draws_per_step("softmax", "all", TrainConfig(loss=loss, negatives=16, share_negatives=False))
+    assert n == 1
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled"])
+def test_a_bound_draw_scores_like_the_loss_drawing_it_itself(loss):
+    h, y, weight, pop = _setup()
+
+    def make():
+        g = torch.Generator().manual_seed(5)
+        return SampledBCE(40, generator=g) if loss == "bce" else SampledSoftmax(40, 8, pop, generator=g)
+
+    assert torch.allclose(make().bind(y)(h, y, weight), make()(h, y, weight))
+    bound = make().bind(y)
+    assert torch.equal(bound(h, y, weight), bound(h, y, weight))  # no new draw on the second term
+
+
+def test_runs_recorded_before_the_option_read_as_drawing_per_term():
+    from genattn.checkpoint import saved_run_config
+
+    assert saved_run_config({"model": {"attention": "vae"}, "train": {"loss": "bce"}}).train.share_negatives is False
+    assert TrainConfig().share_negatives is True
+
+
 def test_bce_trains_end_to_end_and_is_recorded(tmp_path, tiny_dataset):
     model = ModelConfig(max_len=8, d_model=16, n_heads=2, n_blocks=2, dropout=0.1, attention="softmax")
     res = train(RunConfig(model=model, train=TrainConfig(epochs=4, batch_size=32, lr=5e-3, device="cpu",

@@ -21,6 +21,13 @@ bce       the original SASRec loss (Kang & McAuley 2018), which this research li
           item of the user's history; here only the target is excluded (a history item is
           drawn with probability |history| / N, ~6% on ML-100K). Much weaker than full CE
           on the same data (docs/training.md): it is here to run the paper's protocol.
+
+One draw per step. The generative kinds have two CE terms per step (posterior path, prior
+path) where softmax has one; `bind(y)` fixes a step's negatives so that every term ranks
+the positive against the same draw. Drawing per term would give a generative model two
+negatives per position where softmax gets one — under bce that doubles its negative signal
+(docs/model.md, "One negative per position for every kind"). `share_negatives = false`
+(TrainConfig) keeps the per-term draws of earlier results.
 """
 from __future__ import annotations
 
@@ -50,7 +57,7 @@ class SampledSoftmax:
     """
 
     def __init__(self, n_items: int, negatives: int, popularity: np.ndarray, *, sampler: str = "uniform",
-                 in_batch: bool = True, generator: torch.Generator | None = None):
+                 in_batch: bool = True, generator: torch.Generator | None = None, share: bool = True):
         if sampler not in SAMPLERS:
             raise ValueError(f"negative sampler must be one of {SAMPLERS}, got {sampler!r}")
         if negatives < 1 and not in_batch:
@@ -67,7 +74,7 @@ class SampledSoftmax:
         uniform[0] = 0.0
         q = {"uniform": uniform, "popularity": p_data, "mixed": 0.5 * (uniform + p_data)}[sampler]
         self.n_items, self.negatives, self.sampler, self.in_batch = n_items, int(negatives), sampler, in_batch
-        self.generator = generator
+        self.generator, self.share = generator, share
         self.q = torch.from_numpy(q).float()
         self.p_data = torch.from_numpy(p_data).float()
         self._device = torch.device("cpu")
@@ -83,8 +90,15 @@ class SampledSoftmax:
             return torch.randint(1, self.n_items + 1, (self.negatives,), generator=g, device=dev)
         return torch.multinomial(self.q, self.negatives, replacement=True, generator=g)
 
-    def __call__(self, h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
-        parts = [self.draw()] if self.negatives > 0 else []
+    def bind(self, y: Tensor):
+        """The loss for one step's CE terms: its shared draw fixed (share), else itself."""
+        return _Bound(self, self.draw() if self.negatives > 0 else None) if self.share else self
+
+    def __call__(self, h: Tensor, y: Tensor, weight: Tensor, negatives: Tensor | None = None) -> Tensor:
+        """negatives: a fixed draw (bind); None = draw now."""
+        if negatives is None and self.negatives > 0:
+            negatives = self.draw()
+        parts = [] if negatives is None else [negatives]
         if self.in_batch:
             parts.append(torch.unique(y))
         cand = torch.cat(parts)
@@ -108,10 +122,10 @@ class SampledBCE:
     padding and never that position's own target; only the positive's and the negative's
     item rows receive gradient."""
 
-    def __init__(self, n_items: int, generator: torch.Generator | None = None):
+    def __init__(self, n_items: int, generator: torch.Generator | None = None, share: bool = True):
         if n_items < 2:
             raise ValueError(f"bce needs at least 2 items to draw a negative, got {n_items}")
-        self.n_items, self.generator = n_items, generator
+        self.n_items, self.generator, self.share = n_items, generator, share
         self._device = torch.device("cpu") if generator is None else generator.device
 
     def to(self, device: torch.device) -> "SampledBCE":
@@ -123,8 +137,23 @@ class SampledBCE:
         neg = torch.randint(1, self.n_items, y.shape, generator=self.generator, device=self._device)
         return neg + (neg >= y).long()
 
-    def __call__(self, h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
-        neg = self.draw(y)
+    def bind(self, y: Tensor):
+        """The loss for one step's CE terms: one negative per position of y fixed (share), else itself."""
+        return _Bound(self, self.draw(y)) if self.share else self
+
+    def __call__(self, h: Tensor, y: Tensor, weight: Tensor, negatives: Tensor | None = None) -> Tensor:
+        """negatives: (P,) a fixed draw for these targets (bind); None = draw now."""
+        neg = self.draw(y) if negatives is None else negatives
         pos_logit = (h * weight[y]).sum(-1).float()
         neg_logit = (h * weight[neg]).sum(-1).float()
         return F.softplus(-pos_logit) + F.softplus(neg_logit)  # -log s(pos) - log(1 - s(neg))
+
+
+class _Bound:
+    """A sampled loss with its negatives drawn once: every call of one step reuses them."""
+
+    def __init__(self, loss, negatives: Tensor | None):
+        self.loss, self.negatives = loss, negatives
+
+    def __call__(self, h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+        return self.loss(h, y, weight, negatives=self.negatives)

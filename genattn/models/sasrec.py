@@ -194,6 +194,8 @@ class SASRec(nn.Module):
         mask = targets != 0
         y = targets[mask]
         loss = loss or full_ce
+        if hasattr(loss, "bind"):  # a sampled loss: one draw of negatives for every CE term below
+            loss = loss.bind(y)
         denom = float(n_targets) if n_targets is not None else max(int(mask.sum()), 1)
 
         def ce(h: Tensor, weight: Tensor | None = None) -> Tensor:
