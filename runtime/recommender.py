@@ -453,11 +453,12 @@ class Recommender:
         return [histories], True
 
     def _encode_fast(self, hist) -> tuple[list[int], list] | None:
-        """Lookup-table path for plain-int histories on integer catalogs; None = use the general path."""
+        """Lookup-table path for plain-int histories on integer catalogs (the caller checks that
+        the table exists); None = use the general path."""
         lut = self._lut
         # A negative id (never in such a catalog) takes the general path, which reports it unknown:
         # cheaper than shifting every id into a table with a slot for negatives.
-        if lut is None or not hist or set(map(type, hist)) != {int} or min(hist) < 0:
+        if not hist or set(map(type, hist)) != {int} or min(hist) < 0:
             return None
         try:
             arr = np.array(hist, dtype=np.int64)

@@ -73,6 +73,21 @@ def test_accuracy_results_schema(bench):
     doctored["vae_p60_full"] = longer
     assert [(row["generative"], row["patience"]) for row in accuracy.verdict(doctored) if row["loss"] == "full"] == \
         [(v["generative"], v["patience"])]
+    # Under bce, a generative entry whose CE terms drew their own negatives (recorded before
+    # share_negatives) learned from twice softmax's negatives: it never enters the verdict.
+    bce = {}
+    for k in ("softmax_full", "vae_full"):
+        e = copy.deepcopy(on_disk[k])
+        e["config"]["train"]["loss"] = "bce"
+        bce[k.replace("full", "bce")] = e
+    old_draws = copy.deepcopy(bce["vae_bce"])
+    del old_draws["config"]["train"]["share_negatives"]
+    old_draws["valid"]["ndcg@10"]["mean"] = 1.0
+    bce["vae_old_bce"] = old_draws
+    assert accuracy.per_term_negatives(old_draws) and not accuracy.per_term_negatives(bce["vae_bce"])
+    assert not accuracy.per_term_negatives(bce["softmax_bce"] | {"config": {**bce["softmax_bce"]["config"],
+                                                                           "train": {"loss": "bce"}}})
+    assert [row["generative"] for row in accuracy.verdict(bce)] == ["vae_bce"]
 
 
 def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(bench):
