@@ -197,8 +197,15 @@ NOT_CONFIG = {"seed", "threads", "device"}
 
 
 def same_config(a: dict, b: dict) -> bool:
-    strip = lambda c: {"model": c["model"], "train": {k: v for k, v in c["train"].items() if k not in NOT_CONFIG}}  # noqa: E731
-    return strip(a) == strip(b)
+    return _what_trains(a) == _what_trains(b)
+
+
+def _what_trains(c: dict) -> dict:
+    train = {k: v for k, v in c["train"].items() if k not in NOT_CONFIG}
+    train.setdefault("share_negatives", False)  # recorded before the option: each CE term drew its own
+    if train.get("loss", "full") == "full" or c["model"].get("attention") == "softmax":
+        del train["share_negatives"]  # no draw, or one CE term: the option changes nothing
+    return {"model": c["model"], "train": train}
 
 
 def aggregate(entry: dict) -> dict:

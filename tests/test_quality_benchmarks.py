@@ -309,3 +309,17 @@ def test_train_precision_times_both_precisions_and_records_provenance(tmp_path):
     assert on_disk["configs"] == "benchmarks/results/search_ml100k_selected" and on_disk["commit"]
     assert set(on_disk["cpu_bf16_flags"]) <= set(train_precision.BF16_FLAGS)
     assert "| softmax | 100 |" in (tmp_path / "tp.md").read_text()
+
+
+def test_records_from_before_share_negatives_stay_seeds_of_their_entry_where_it_changes_nothing():
+    """A record without the field drew per term: the same training for softmax or full CE (one
+    term, or no draw), another for a generative kind under a sampled loss."""
+    def cfg(kind, loss, **train):
+        return {"model": {"attention": kind, "max_len": 8}, "train": {"loss": loss, "seed": 0, **train}}
+
+    for kind, loss in (("softmax", "bce"), ("softmax", "sampled"), ("vae", "full"), ("diffusion", "full")):
+        assert accuracy.same_config(cfg(kind, loss), cfg(kind, loss, share_negatives=True))
+    for kind, loss in (("vae", "bce"), ("diffusion", "sampled")):
+        assert not accuracy.same_config(cfg(kind, loss), cfg(kind, loss, share_negatives=True))
+        assert accuracy.same_config(cfg(kind, loss), cfg(kind, loss, share_negatives=False))
+    assert accuracy.same_config(cfg("vae", "bce", seed=3, share_negatives=True), cfg("vae", "bce", share_negatives=True))
