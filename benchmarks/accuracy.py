@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from genattn.checkpoint import load_checkpoint, read_config, saved_run_config
-from genattn.config import ConfigError, load_run_config
+from genattn.config import ConfigError, draws_shared_matter, load_run_config
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
 from genattn.fileio import write_json_atomic
@@ -203,8 +203,8 @@ def same_config(a: dict, b: dict) -> bool:
 def _what_trains(c: dict) -> dict:
     train = {k: v for k, v in c["train"].items() if k not in NOT_CONFIG}
     train.setdefault("share_negatives", False)  # recorded before the option: each CE term drew its own
-    if train.get("loss", "full") == "full" or c["model"].get("attention") == "softmax":
-        del train["share_negatives"]  # no draw, or one CE term: the option changes nothing
+    if not draws_shared_matter(c["model"].get("attention"), train.get("loss")):
+        del train["share_negatives"]
     return {"model": c["model"], "train": train}
 
 
@@ -424,8 +424,7 @@ def per_term_negatives(e: dict) -> bool:
     """A generative entry trained with a sampled loss (bce, sampled) before its CE terms shared
     one draw of negatives (a record without `share_negatives` predates the option)."""
     tr = e["config"].get("train", {})
-    return (e["config"].get("attention") != "softmax" and tr.get("loss", "full") != "full"
-            and not tr.get("share_negatives", False))
+    return draws_shared_matter(e["config"].get("attention"), tr.get("loss")) and not tr.get("share_negatives", False)
 
 
 def verdict(r: dict) -> list[dict]:

@@ -190,6 +190,12 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
+def draws_shared_matter(attention: str | None, loss: str | None) -> bool:
+    """Whether `share_negatives` changes what is trained: a sampled loss (full CE draws nothing)
+    and a generative kind (softmax has one CE term a step, so one draw either way)."""
+    return (loss or "full") != "full" and attention != "softmax"
+
+
 @dataclass
 class DataConfig:
     source: str = "auto"             # "auto" (ML-100K when installed, else synthetic) | "ml-100k" | "synthetic" | a file path

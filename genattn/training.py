@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoint, load_checkpoint, load_train_state, save_checkpoint
-from .config import ConfigError, RunConfig, TrainConfig
+from .checkpoint import Checkpoint, load_checkpoint, load_train_state, read_config, save_checkpoint
+from .config import ConfigError, RunConfig, TrainConfig, draws_shared_matter
 from .data import (SequenceDataset, Split, item_popularity, leave_one_out, load_source, training_ages,
                    training_windows)
 from .distributed import World
@@ -238,12 +238,32 @@ def _start(t: _Trainer, resume: bool) -> tuple[dict, dict | None]:
     state = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": 0, "bad": 0, "history": [], "seconds": 0.0}
     best_weights = None
     if resume:
+        _warn_changed(read_config(t.out), t.run, t.out)
         state.update(load_train_state(t.out, t.model, t.opt))
         from safetensors.torch import load_file
         best_weights = load_file(t.out / "model.safetensors", device=str(t.device))
         _restore_rng(state.pop("rng_states", {}), t.world, t.rng, t.shuffle, t.loss_fn)
         log.info("resumed from %s at epoch %d", t.out, state["epoch"])
     return state, best_weights
+
+
+# Settings a resume may change without a word: where it runs, and the budget (a longer cap or
+# patience is how a finished run is continued).
+_RESUME_FREE = {"train.seed", "train.threads", "train.device", "train.epochs", "train.patience", "train.max_minutes"}
+
+
+def _warn_changed(saved: RunConfig, run: RunConfig, out: Path) -> None:
+    """Resuming continues under this run's settings; name each one that differs from the
+    checkpoint's: a changed loss or learning rate trains another model from here on."""
+    changed = []
+    for table in ("model", "train"):
+        have, want = dataclasses.asdict(getattr(saved, table)), dataclasses.asdict(getattr(run, table))
+        changed += [f"{table}.{k}: {have[k]!r} -> {v!r}" for k, v in want.items()
+                    if k in have and have[k] != v and f"{table}.{k}" not in _RESUME_FREE]
+    if not draws_shared_matter(run.model.attention, run.train.loss):
+        changed = [c for c in changed if not c.startswith("train.share_negatives")]
+    if changed:
+        log.warning("resuming %s with settings that differ from its checkpoint's: %s", out, "; ".join(changed))
 
 
 def _epoch_loop(t: _Trainer, state: dict, best_weights: dict | None, progress: bool) -> dict | None:

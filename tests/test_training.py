@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import stat
 from collections import Counter
@@ -220,6 +221,19 @@ def test_resume_continues_the_epoch_count(tmp_path, tiny_dataset):
     # Resuming a finished run is a no-op for the epoch count.
     again = train(run_config("softmax", epochs=4), out, resume=True, progress=False, dataset=tiny_dataset)
     assert [h["epoch"] for h in again.checkpoint.metrics["history"]] == [1, 2, 3, 4]
+
+
+def test_resume_names_the_settings_that_differ_from_the_checkpoint(tmp_path, tiny_dataset, caplog):
+    out = tmp_path / "ck"
+    train(run_config("softmax", epochs=1), out, progress=False, dataset=tiny_dataset)
+    with caplog.at_level(logging.WARNING, logger="genattn.training"):
+        train(run_config("softmax", epochs=2), out, resume=True, progress=False, dataset=tiny_dataset)
+    assert "differ from its checkpoint" not in caplog.text  # a longer budget is how a run is continued
+    run = run_config("softmax", epochs=3, lr=2.5e-3)
+    with caplog.at_level(logging.WARNING, logger="genattn.training"):
+        train(run, out, resume=True, progress=False, dataset=tiny_dataset)
+    warned = [r.getMessage() for r in caplog.records if "differ from its checkpoint" in r.getMessage()]
+    assert len(warned) == 1 and "train.lr" in warned[0] and "train.epochs" not in warned[0]
 
 
 def _unlearnable_valid_dataset() -> SequenceDataset:
