@@ -186,7 +186,8 @@ class SASRec(nn.Module):
         """Training loss. seq, targets (B, L); targets[b, i] is the item after seq[b, i], 0 = none.
 
         `loss` maps (states (P, D), targets (P,), item table) to per-position CE (models/loss.py;
-        default: full CE). CE terms are sums over positions divided by `n_targets` (default:
+        default: full CE); a sampled loss draws its negatives once here (`bind`), for every CE
+        term of the step. CE terms are sums over positions divided by `n_targets` (default:
         this batch's count); data-parallel training passes the global count / world size, so
         averaging the ranks' gradients gives exactly the single-process gradient.
         """
