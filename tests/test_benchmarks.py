@@ -216,11 +216,12 @@ def test_device_scripts_parse_and_name_existing_configs():
     for script in sorted((root / "benchmarks").glob("device_*.sh")):
         assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0, script.name
     text = (root / "benchmarks" / "device_ml1m.sh").read_text()
-    names = {v: re.search(rf'^{v}=(\S+)', text, re.M).group(1) for v in ("SEL", "ANCHOR")}
+    names = {v: re.search(rf'^{v}=(\S+)', text, re.M).group(1) for v in ("SEL", "ANCHOR", "VAE_ANCHOR")}
     jobs = re.findall(r'^\s+"(\w+)_seed0\|([^|]+)\|0\|([^"]*)"', text, re.M)
     # seed 0 of every kind's selected configuration and of the anchors' softmax, under both losses
     assert {name for name, _, _ in jobs} == {f"{k}_{loss}" for k in ("softmax_anchor", "softmax_tuned", "vae_tuned",
-                                                                    "diffusion_tuned") for loss in ("full", "bce")}
+                                                                    "diffusion_tuned", "vae_anchor")
+                                             for loss in ("full", "bce")}
     for name, cfg, extra in jobs:
         assert ("--loss bce" in extra) == name.endswith("_bce"), name
         for var, path in names.items():
