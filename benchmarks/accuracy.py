@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from genattn.checkpoint import load_checkpoint, read_config, saved_run_config
-from genattn.config import ConfigError, draws_shared_matter, load_run_config
+from genattn.config import ConfigError, load_run_config, shared_draws
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
 from genattn.fileio import write_json_atomic
@@ -202,9 +202,8 @@ def same_config(a: dict, b: dict) -> bool:
 
 def _what_trains(c: dict) -> dict:
     train = {k: v for k, v in c["train"].items() if k not in NOT_CONFIG}
-    train.setdefault("share_negatives", False)  # recorded before the option: each CE term drew its own
-    if not draws_shared_matter(c["model"].get("attention"), train.get("loss")):
-        del train["share_negatives"]
+    # None where the option changes nothing; a record from before it drew per term.
+    train["share_negatives"] = shared_draws(c["model"].get("attention"), c["train"])
     return {"model": c["model"], "train": train}
 
 
@@ -423,8 +422,7 @@ def protocols(r: dict) -> dict[str, dict[str, str]]:
 def per_term_negatives(e: dict) -> bool:
     """A generative entry trained with a sampled loss (bce, sampled) before its CE terms shared
     one draw of negatives (a record without `share_negatives` predates the option)."""
-    tr = e["config"].get("train", {})
-    return draws_shared_matter(e["config"].get("attention"), tr.get("loss")) and not tr.get("share_negatives", False)
+    return shared_draws(e["config"].get("attention"), e["config"].get("train", {})) is False
 
 
 def verdict(r: dict) -> list[dict]:

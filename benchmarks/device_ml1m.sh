@@ -42,8 +42,8 @@ deadline=$((SECONDS + BUDGET_S))
 
 SEL=benchmarks/results/search_ml100k_selected
 ANCHOR=benchmarks/configs/softmax_anchor.toml
-# name|config|seed|extra flags; the generative kinds first (softmax's seed 0 ran on an H200 already)
 VAE_ANCHOR=benchmarks/configs/vae_anchor.toml
+# name|config|seed|extra flags; the generative kinds first (softmax's seed 0 ran on an H200 already)
 JOBS=(
   "vae_anchor_full_seed0|$VAE_ANCHOR|0|"
   "vae_anchor_bce_seed0|$VAE_ANCHOR|0|--loss bce"

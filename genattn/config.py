@@ -12,6 +12,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 ATTENTION_KINDS = ("softmax", "vae", "diffusion")
@@ -190,10 +191,14 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
-def draws_shared_matter(attention: str | None, loss: str | None) -> bool:
-    """Whether `share_negatives` changes what is trained: a sampled loss (full CE draws nothing)
-    and a generative kind (softmax has one CE term a step, so one draw either way)."""
-    return (loss or "full") != "full" and attention != "softmax"
+def shared_draws(attention: str | None, train: Mapping[str, Any]) -> bool | None:
+    """Whether a run's CE terms of one step ranked against one draw of negatives, from its train
+    settings (a TrainConfig's fields or a saved record of them): None where `share_negatives`
+    changes nothing (full CE draws nothing; softmax has one CE term a step); a record without the
+    field predates the option (SAVED_TRAIN_DEFAULTS)."""
+    if train.get("loss", "full") == "full" or attention == "softmax":
+        return None
+    return bool(train.get("share_negatives", SAVED_TRAIN_DEFAULTS["share_negatives"]))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, load_checkpoint, load_train_state, read_config, save_checkpoint
-from .config import ConfigError, RunConfig, TrainConfig, draws_shared_matter
+from .config import ConfigError, RunConfig, TrainConfig, shared_draws
 from .data import (SequenceDataset, Split, item_popularity, leave_one_out, load_source, training_ages,
                    training_windows)
 from .distributed import World
@@ -260,7 +260,7 @@ def _warn_changed(saved: RunConfig, run: RunConfig, out: Path) -> None:
         have, want = dataclasses.asdict(getattr(saved, table)), dataclasses.asdict(getattr(run, table))
         changed += [f"{table}.{k}: {have[k]!r} -> {v!r}" for k, v in want.items()
                     if k in have and have[k] != v and f"{table}.{k}" not in _RESUME_FREE]
-    if not draws_shared_matter(run.model.attention, run.train.loss):
+    if shared_draws(run.model.attention, dataclasses.asdict(run.train)) is None:  # the option changes nothing
         changed = [c for c in changed if not c.startswith("train.share_negatives")]
     if changed:
         log.warning("resuming %s with settings that differ from its checkpoint's: %s", out, "; ".join(changed))

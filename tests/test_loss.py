@@ -220,7 +220,7 @@ def _draws_per_step(kind, blocks, tc):
     class Spy:  # what each CE term was scored against: the same table rows for one draw
         def bind(self, y):
             bound = loss_fn.bind(y)
-            return lambda h, y_, w: seen.append(getattr(bound, "negatives", None)) or bound(h, y_, w)
+            return lambda h, y_, w: seen.append(getattr(bound, "drawn", None)) or bound(h, y_, w)
 
     out = SASRec(cfg)(seq, tgt, rng=torch.Generator().manual_seed(0), loss=Spy())
     assert torch.isfinite(out["loss"])

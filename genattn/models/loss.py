@@ -94,11 +94,11 @@ class SampledSoftmax:
         """The loss for one step's CE terms: its shared draw fixed (share), else itself."""
         return _Bound(self, self.draw() if self.negatives > 0 else None) if self.share else self
 
-    def __call__(self, h: Tensor, y: Tensor, weight: Tensor, negatives: Tensor | None = None) -> Tensor:
-        """negatives: a fixed draw (bind); None = draw now."""
-        if negatives is None and self.negatives > 0:
-            negatives = self.draw()
-        parts = [] if negatives is None else [negatives]
+    def __call__(self, h: Tensor, y: Tensor, weight: Tensor, drawn: Tensor | None = None) -> Tensor:
+        """drawn: a fixed draw of negatives (bind); None = draw now."""
+        if drawn is None and self.negatives > 0:
+            drawn = self.draw()
+        parts = [] if drawn is None else [drawn]
         if self.in_batch:
             parts.append(torch.unique(y))
         cand = torch.cat(parts)
@@ -141,9 +141,9 @@ class SampledBCE:
         """The loss for one step's CE terms: one negative per position of y fixed (share), else itself."""
         return _Bound(self, self.draw(y)) if self.share else self
 
-    def __call__(self, h: Tensor, y: Tensor, weight: Tensor, negatives: Tensor | None = None) -> Tensor:
-        """negatives: (P,) a fixed draw for these targets (bind); None = draw now."""
-        neg = self.draw(y) if negatives is None else negatives
+    def __call__(self, h: Tensor, y: Tensor, weight: Tensor, drawn: Tensor | None = None) -> Tensor:
+        """drawn: (P,) a fixed draw of negatives for these targets (bind); None = draw now."""
+        neg = self.draw(y) if drawn is None else drawn
         pos_logit = (h * weight[y]).sum(-1).float()
         neg_logit = (h * weight[neg]).sum(-1).float()
         return F.softplus(-pos_logit) + F.softplus(neg_logit)  # -log s(pos) - log(1 - s(neg))
@@ -152,8 +152,8 @@ class SampledBCE:
 class _Bound:
     """A sampled loss with its negatives drawn once: every call of one step reuses them."""
 
-    def __init__(self, loss, negatives: Tensor | None):
-        self.loss, self.negatives = loss, negatives
+    def __init__(self, loss, drawn: Tensor | None):
+        self.loss, self.drawn = loss, drawn
 
     def __call__(self, h: Tensor, y: Tensor, weight: Tensor) -> Tensor:
-        return self.loss(h, y, weight, negatives=self.negatives)
+        return self.loss(h, y, weight, drawn=self.drawn)
