@@ -35,9 +35,10 @@ def kind_key(kind: str, steps: int, max_len: int):
 
 def shape(key) -> dict:
     from .latency import model_config
+    from .latency.bundles import model_shape
 
     m = model_config(key).model
-    return {"max_len": m.max_len, "d_model": m.d_model, "n_blocks": m.n_blocks}
+    return {"max_len": m.max_len, **model_shape(m)}
 
 
 def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int, sample_outputs: bool = True,

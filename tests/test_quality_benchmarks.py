@@ -236,7 +236,9 @@ def test_serving_ratio_interleaves_every_kind(tmp_path):
     assert set(r["target"]["met"]) == {"vae", "diffusion"}
     assert "p50 / softmax p50" in (tmp_path / "ratio.md").read_text()
     # Each kind is served in its own default shape (the VAE's selected backbone is one block at max_len 50).
-    assert r["kinds"]["vae"]["model"] == {"max_len": 50, "d_model": 32, "n_blocks": 1}
+    assert r["kinds"]["vae"]["model"] == {"max_len": 50, "d_model": 32, "n_heads": 2, "n_blocks": 1,
+                                         "generative_blocks": "last"}
+    assert r["kinds"]["softmax"]["model"]["generative_blocks"] is None
     assert r["kinds"]["softmax"]["model"]["max_len"] == 100
 
 

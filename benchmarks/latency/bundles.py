@@ -25,6 +25,13 @@ def model_config(key: ModelKey):
                            {"model": {"n_items": key.n_items, "max_len": key.max_len}})
 
 
+def model_shape(m) -> dict:
+    """A model's size as every benchmark's results file records it (the length is set per cell,
+    so it is the caller's to add)."""
+    return {"d_model": m.d_model, "n_heads": m.n_heads, "n_blocks": m.n_blocks,
+            "generative_blocks": None if m.attention == "softmax" else m.generative_blocks}
+
+
 def make_model(key: ModelKey, seed: int):
     """Random-init model of the kind's default config; identical in every process for one seed."""
     import torch

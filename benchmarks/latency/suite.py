@@ -9,20 +9,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..machine import git_commit, machine_info, repo_path
-from .bundles import Bundles
+from .bundles import Bundles, model_shape
 from .cells import Group, backend_status, machine_slug, run_cell
 from .http_load import http_run
 from .report import _write, evaluate_targets
 from .settings import BACKENDS, MODEL_CONFIGS, ROOT, SCHEMA, Settings, Skip, default_key, log, plan
-
-
-def kind_shape(kind: str) -> dict:
-    """The kind's default model shape (the per-kind defaults, docs/model.md)."""
-    from genattn.config import ModelConfig
-
-    m = ModelConfig(attention=kind)
-    return {"d_model": m.d_model, "n_heads": m.n_heads, "n_blocks": m.n_blocks,
-            "generative_blocks": None if kind == "softmax" else m.generative_blocks}
 
 
 def run_suite(s: Settings, mode: str, out: Path, command: str, do_http: bool = True) -> dict:
@@ -33,6 +24,7 @@ def run_suite(s: Settings, mode: str, out: Path, command: str, do_http: bool = T
     deadline = t_start + s.suite.budget_s
     import torch
 
+    from genattn.config import ModelConfig
     from genattn_runtime.backends import physical_cores
 
     threads = s.suite.threads or physical_cores()
@@ -54,7 +46,7 @@ def run_suite(s: Settings, mode: str, out: Path, command: str, do_http: bool = T
                      for n in s.suite.backends},
         "models": {"configs": {k: repo_path(MODEL_CONFIGS / f"{k}.toml") for k in s.suite.kinds},
                    # what those files meant when this ran (max_len and n_items are set per cell)
-                   "shapes": {k: kind_shape(k) for k in s.suite.kinds},
+                   "shapes": {k: model_shape(ModelConfig(attention=k)) for k in s.suite.kinds},
                    "weights": f"random init, torch.manual_seed({s.suite.seed}); generative output layers "
                               "randomised (a fresh one is all zeros)",
                    "inputs": "full-length histories of uniformly random items, 4 distinct batches cycled",
