@@ -40,7 +40,7 @@ from genattn.models import default_sampling, stochastic_sampling
 from genattn.training import train
 
 from .inflight import ORIGIN, drop, park, unpark
-from .machine import git_commit, machine_info, repo_path
+from .machine import REPO, git_commit, machine_info, repo_path
 from .record import update_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,11 +349,11 @@ def render(r: dict) -> str:
                 lines.append(f"| {key} | {knob} | {fmt(v['ndcg@10'], n)} | {fmt(v['hr@10'], n)} | "
                              f"{fmt(v['coverage@10'], n)} |")
         lines.append("")
-    rows = verdict(r)
+    rows = verdict(r, searched_max_len(r["data"]))
     if rows:
         lines += ["## Does generated attention beat softmax? (test NDCG@10, selected on validation)", "",
-                  "Per loss and budget (patience / epoch cap: entries of one budget are compared only with each "
-                  "other): the softmax entry and the generative entry with the best mean validation NDCG@10; the "
+                  "Per loss and budget (patience / epoch cap, and max_len where no search selected it: entries "
+                  "of one budget are compared only with each other): the softmax entry and the generative entry with the best mean validation NDCG@10; the "
                   "target is a test gain of more than twice the larger seed std. Under bce / sampled, generative "
                   "entries whose two CE terms drew their own negatives (before `share_negatives`: two negatives "
                   "per position to softmax's one) are left out.", "",
@@ -361,7 +361,8 @@ def render(r: dict) -> str:
                   "2 × larger std | beats |",
                   "|---|---|---|---|---|---|---|"]
         for v in rows:
-            lines.append(f"| {v['loss']} | {v['patience']} / {v['epochs']} | "
+            length = f", max_len {v['max_len']}" if v["max_len"] is not None else ""
+            lines.append(f"| {v['loss']} | {v['patience']} / {v['epochs']}{length} | "
                          f"{v['softmax']}: {v['softmax_valid']:.4f} → {v['softmax_test']:.4f} | "
                          f"{v['generative']}: {v['generative_valid']:.4f} → {v['generative_test']:.4f} | "
                          f"{v['gain']:+.4f} | {v['margin']:.4f} | {'yes' if v['beats'] else 'no'} |")
@@ -425,21 +426,34 @@ def per_term_negatives(e: dict) -> bool:
     return shared_draws(e["config"].get("attention"), e["config"].get("train", {})) is False
 
 
-def verdict(r: dict) -> list[dict]:
+def searched_max_len(data: str) -> bool:
+    """Whether this dataset's equal-budget search selected the sequence length (ML-100K's did);
+    where none did (ML-1M), max_len is part of the protocol, like the loss."""
+    f = REPO / "benchmarks" / "results" / f"search_{short_name(data)}.json"
+    if not f.exists():
+        return False
+    return "model.max_len" in json.loads(f.read_text()).get("space", {})
+
+
+def verdict(r: dict, max_len_selected: bool = True) -> list[dict]:
     """The issue's test, per training loss and budget, from the new-format entries (several seeds
     each): the generative entry selected on validation against the best softmax entry on
     validation. Entries trained under another budget (patience, epoch cap) are compared only with
-    each other: every kind gets the same budget. Under a sampled loss a generative entry whose CE
-    terms drew their own negatives (`per_term_negatives`) is left out: it learned from two
-    negatives per position to softmax's one."""
+    each other: every kind gets the same budget. So are entries of another sequence length
+    unless `max_len_selected` (a searched knob competes; a protocol setting such as ML-1M's
+    proxy max_len 50 against the anchors' 200 does not). Under a sampled loss a generative entry
+    whose CE terms drew their own negatives (`per_term_negatives`) is left out: it learned from
+    two negatives per position to softmax's one."""
     rows = []
     by_budget: dict[tuple, list[str]] = {}
     for key in entries(r):
         e = r[key]
         if "per_seed" in e and len(e["seeds"]) > 1 and not per_term_negatives(e):
             tr = e["config"]["train"]
-            by_budget.setdefault((tr.get("loss", "full"), tr.get("patience"), tr.get("epochs")), []).append(key)
-    for (loss, patience, epochs), keys in sorted(by_budget.items(), key=lambda kv: tuple(map(str, kv[0]))):
+            length = None if max_len_selected else e["config"].get("model", {}).get("max_len")
+            by_budget.setdefault((tr.get("loss", "full"), tr.get("patience"), tr.get("epochs"), length),
+                                 []).append(key)
+    for (loss, patience, epochs, length), keys in sorted(by_budget.items(), key=lambda kv: tuple(map(str, kv[0]))):
         pick = lambda ks: max(ks, key=lambda k: r[k]["valid"]["ndcg@10"]["mean"]) if ks else None  # noqa: E731
         soft = pick([k for k in keys if r[k]["config"]["attention"] == "softmax"])
         gen = pick([k for k in keys if r[k]["config"]["attention"] != "softmax"])
@@ -447,7 +461,8 @@ def verdict(r: dict) -> list[dict]:
             continue
         st, gt = r[soft]["test"]["ndcg@10"], r[gen]["test"]["ndcg@10"]
         margin = 2 * max(st["std"], gt["std"])
-        rows.append({"loss": loss, "patience": patience, "epochs": epochs, "softmax": soft, "generative": gen,
+        rows.append({"loss": loss, "patience": patience, "epochs": epochs, "max_len": length,
+                     "softmax": soft, "generative": gen,
                      "softmax_valid": r[soft]["valid"]["ndcg@10"]["mean"], "softmax_test": st["mean"],
                      "generative_valid": r[gen]["valid"]["ndcg@10"]["mean"], "generative_test": gt["mean"],
                      "gain": gt["mean"] - st["mean"], "margin": margin, "beats": gt["mean"] - st["mean"] > margin})

@@ -73,6 +73,17 @@ def test_accuracy_results_schema(bench):
     doctored["vae_p60_full"] = longer
     assert [(row["generative"], row["patience"]) for row in accuracy.verdict(doctored) if row["loss"] == "full"] == \
         [(v["generative"], v["patience"])]
+    # Another sequence length competes where a search selected max_len, and is its own protocol
+    # where none did (ML-1M: the max_len-50 proxy never stands in for the anchors' 200).
+    shorter = copy.deepcopy(on_disk)
+    shorter["vae_l7_full"] = copy.deepcopy(on_disk["vae_full"])
+    shorter["vae_l7_full"]["config"]["model"]["max_len"] += 7
+    shorter["vae_l7_full"]["valid"]["ndcg@10"]["mean"] = 1.0
+    assert [row["generative"] for row in accuracy.verdict(shorter) if row["loss"] == "full"] == ["vae_l7_full"]
+    by_length = [(row["generative"], row["max_len"]) for row in accuracy.verdict(shorter, max_len_selected=False)
+                 if row["loss"] == "full"]
+    assert by_length == [(v["generative"], on_disk["vae_full"]["config"]["model"]["max_len"])]
+    assert not accuracy.searched_max_len("synthetic") and accuracy.searched_max_len("ml-100k")
     # Under bce, a generative entry whose CE terms drew their own negatives (recorded before
     # share_negatives) learned from twice softmax's negatives: it never enters the verdict.
     bce = {}
