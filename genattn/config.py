@@ -102,6 +102,10 @@ class ModelConfig:
     # learned per-head bias of the bucket to S (as TiSASRec), the generative kinds' pair MLPs
     # also see an embedding of it. 0 = off. Not exportable yet (the bundle has no event times).
     time_buckets: int = 0
+    # A learned per-head bias of the recency i - j added to S, for every kind (zero at the start).
+    # The generative kinds' pair MLPs see recency anyway; with it softmax has the same information
+    # (docs/model.md, "What the generated maps are").
+    recency_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:

@@ -28,7 +28,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "genattn" / "configs"
 # change of a default in code fails here. They are the equal-budget search's selection on ML-100K
 # validation (benchmarks/results/search_ml100k_selected/).
 SHARED = dict(n_items=0, n_heads=2, logstd_min=-5.0, logstd_max=2.0, posterior_ce="all",
-              diffusion_steps=100, schedule="cosine", train_sample_steps=2, time_buckets=0)
+              diffusion_steps=100, schedule="cosine", train_sample_steps=2, time_buckets=0,
+              recency_bias=False)
 # Softmax uses none of the generative fields; it keeps the values its earlier runs recorded.
 FIRST_OBJECTIVE = dict(generative_blocks="all", pair_hidden=16, beta_warmup_steps=1000, posterior_gain=0.0,
                        prior_ce="through", train_prior_noise=False)

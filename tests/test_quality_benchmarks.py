@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import accuracy, collapse, frontier, search
 
@@ -306,9 +307,61 @@ def test_diagnose_variants_depart_from_the_defaults_they_were_run_on(tmp_path):
     for name, r in v.items():
         assert r["config"] == "benchmarks/configs/earlier_defaults/vae.toml" and r["epochs_run"] == 2
         assert r["valid_curve"]["epoch"] == [1, 2]
-        assert set(r["ablation_valid"]) == {"as_trained", "softmax", "uniform", "newest"}
+        assert set(r["ablation_valid"]) == {"as_trained", "softmax", "uniform", "newest", "recency"}
+        # each row of the map sums to one, so the mean weights by recency of a head do too
+        prof = r["last_block_attention_valid"]
+        assert 0 < sum(prof["weight_by_recency"]) <= 1 + 1e-9 and 0 <= prof["entropy_vs_uniform"] <= 1 + 1e-9
         noise = read_config(tmp_path / "runs" / "synthetic" / name).model.train_prior_noise
         assert noise is (name == "vae")
+    # A run trained elsewhere is ablated as it is (no training), under the name given, and its
+    # entry says who trained it; a folder holding no finished training is refused by name.
+    run_dir = tmp_path / "runs" / "synthetic" / "vae"
+    (tmp_path / "runs" / "synthetic" / "vae.origin.json").write_text(
+        json.dumps({"command": "python -m benchmarks.accuracy --seeds 0", "commit": "abc1234", "machine": "m"}))
+    before = (run_dir / "metrics.json").read_text()
+    diagnose.main(["--data", "synthetic", "--checkpoints", f"elsewhere={run_dir}", "--out", str(tmp_path / "diag")])
+    assert (run_dir / "metrics.json").read_text() == before
+    e = json.loads((tmp_path / "diag.json").read_text())["variants"]["elsewhere"]
+    assert e["trained_by"]["commit"] == "abc1234" and e["ablation_valid"] == v["vae"]["ablation_valid"]
+    assert "trained by `python -m benchmarks.accuracy --seeds 0`" in (tmp_path / "diag.md").read_text()
+    for bad, says in ((f"x={tmp_path}", "no finished training"), ("x", "is not NAME=RUN_DIR")):
+        with pytest.raises(SystemExit, match=says):
+            diagnose.main(["--data", "synthetic", "--checkpoints", bad, "--out", str(tmp_path / "diag")])
+    with pytest.raises(SystemExit, match="trained on 'synthetic'"):
+        diagnose.main(["--data", "ml-100k", "--checkpoints", f"x={run_dir}", "--out", str(tmp_path / "diag")])
+
+
+def test_recency_ablation_is_a_fixed_map_by_position_and_stats_measure_the_scoring_query():
+    """A kernel all on recency 0 is the newest-only map; the statistics hook reads the scoring
+    query's row (the last) and its per-head kernel sums to one."""
+    from benchmarks import diagnose
+    from genattn.models.attention import AttnInputs
+
+    L, H = 6, 2
+    i = torch.arange(L)
+    rel = (i[:, None] - i[None, :]).clamp(0, L - 1)
+    allowed = (i[None, :] <= i[:, None])[None, None].expand(3, 1, L, L).clone()
+    allowed[0, :, :, :2] = False  # a user whose history is shorter (left padding)
+    allowed[0, :, :, :2] |= torch.eye(L, dtype=torch.bool)[:, :2]
+    x = AttnInputs(s=torch.randn(3, H, L, L), allowed=allowed, valid_q=torch.ones(3, 1, L, 1, dtype=torch.bool),
+                   rel=rel)
+    one_hot = torch.zeros(H, L)
+    one_hot[:, 0] = 1.0
+    newest, _ = diagnose.FixedWeights("newest")(x)
+    assert torch.allclose(diagnose.FixedWeights("recency", one_hot)(x)[0], newest)
+    stats = diagnose.AttentionStats(L)
+    a, aux = diagnose.FixedWeights("softmax")(x)
+    stats(None, (x,), (a, aux))
+    k = stats.kernel()
+    assert k.shape == (H, L) and torch.allclose(k.sum(-1), torch.ones(H, dtype=k.dtype))
+    want = torch.zeros(H, L, dtype=torch.float64)
+    for r in range(L):  # recency r of the last query is key L - 1 - r
+        want[:, r] = a[:, :, -1, L - 1 - r].double().mean(0)
+    assert torch.allclose(k, want)
+    assert stats.summary()["largest_weight"] == pytest.approx(float(a[:, :, -1].amax(-1).mean()))
+    # the map by recency, applied, renormalises over each user's own history
+    back = diagnose.FixedWeights("recency", k.float())(x)[0]
+    assert torch.allclose(back.sum(-1)[allowed.any(-1).expand(3, H, L)], torch.ones(1))
 
 
 def test_train_precision_times_both_precisions_and_records_provenance(tmp_path):

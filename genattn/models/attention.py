@@ -211,6 +211,7 @@ class CausalSelfAttention(nn.Module):
         # Zero at the start (plain S); no draw from the RNG, so the other parameters' initial
         # values do not depend on whether time gaps are on.
         self.time_bias = nn.Parameter(torch.zeros(cfg.time_buckets, cfg.n_heads)) if cfg.time_buckets else None
+        self.recency_bias = nn.Parameter(torch.zeros(cfg.max_len, cfg.n_heads)) if cfg.recency_bias else None
         self.weights = weights
 
     def split(self, t: Tensor) -> Tensor:
@@ -238,6 +239,8 @@ class CausalSelfAttention(nn.Module):
             # F.embedding, not time_bias[tgap]: the same lookup, exported as a Gather rather than a
             # GatherND (a third of the time terms' serving cost at batch 1)
             s = s + F.embedding(tgap, self.time_bias).permute(0, 3, 1, 2)  # (B, Lq, L, H) -> (B, H, Lq, L)
+        if self.recency_bias is not None:
+            s = s + F.embedding(rel, self.recency_bias).permute(2, 0, 1)  # (Lq, L, H) -> (H, Lq, L)
         aff = None
         if target_q is not None:
             aff = (self.split(target_q) @ k.transpose(-1, -2)) * scale  # (B, H, L, L)
