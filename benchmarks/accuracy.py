@@ -353,8 +353,8 @@ def render(r: dict) -> str:
     if rows:
         lines += ["## Does generated attention beat softmax? (test NDCG@10, selected on validation)", "",
                   "Per loss and budget (patience / epoch cap, and max_len where no search selected it: entries "
-                  "of one budget are compared only with each other): the softmax entry and the generative entry with the best mean validation NDCG@10; the "
-                  "target is a test gain of more than twice the larger seed std. Under bce / sampled, generative "
+                  "of one budget are compared only with each other): the softmax entry and the generative entry "
+                  "with the best mean validation NDCG@10; the target is a test gain of more than twice the larger seed std. Under bce / sampled, generative "
                   "entries whose two CE terms drew their own negatives (before `share_negatives`: two negatives "
                   "per position to softmax's one) are left out.", "",
                   "| loss | patience / cap | softmax (valid → test) | best generative (valid → test) | gain | "

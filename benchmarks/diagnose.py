@@ -111,7 +111,6 @@ class AttentionStats:
     def __call__(self, module, inputs, output) -> None:
         x, a = inputs[0], output[0].detach()[:, :, -1, :].double()  # (B, H, L): the scoring query
         allowed = x.allowed[:, :, -1, :].expand_as(a)
-        rel = x.rel[-1].expand_as(a)
         n = allowed.sum(-1).double()
         ent = -(a * torch.log(a.clamp_min(1e-30))).masked_fill(~allowed, 0.0).sum(-1)
         if self.by_recency is None:
@@ -174,11 +173,13 @@ def diagnosed(ck, split_sets: dict, ds) -> dict:
     sampling = default_sampling(ck.run.model)
     with last_block_stats(ck.model, ck.run.model.max_len) as stats:
         ablation = {"as_trained": evaluate(ck.model, split_sets["valid"], sampling=sampling, **kw)}
+    kernel = stats.kernel().float()
     for mode in ABLATIONS:
-        with last_block_weights(ck.model, mode, stats.kernel().float()):
+        with last_block_weights(ck.model, mode, kernel):
             ablation[mode] = evaluate(ck.model, split_sets["valid"], sampling=None, **kw)
     hist = [h for h in m["history"] if "valid_ndcg@10" in h]
-    return {"kind": ck.run.model.attention, "seed": ck.run.train.seed, "best_epoch": m["best_epoch"], "epochs_run": m.get("epochs_run", len(hist)),
+    return {"kind": ck.run.model.attention, "seed": ck.run.train.seed, "best_epoch": m["best_epoch"],
+            "epochs_run": m.get("epochs_run", len(hist)),
             "stopped_by": m.get("stopped_by"), "train_seconds": m["train_seconds"],
             "valid_curve": {"epoch": [h["epoch"] for h in hist],
                             "ndcg@10": [h["valid_ndcg@10"] for h in hist],
