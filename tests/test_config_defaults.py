@@ -4,6 +4,7 @@ build the same configuration; explicit values (a file, an override, a saved chec
 config) always win, and a checkpoint of an older version loads exactly as it was saved."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from dataclasses import asdict, fields
@@ -28,20 +29,20 @@ CONFIGS = Path(__file__).resolve().parents[1] / "genattn" / "configs"
 # change of a default in code fails here. They are the equal-budget search's selection on ML-100K
 # validation (benchmarks/results/search_ml100k_selected/).
 SHARED = dict(n_items=0, n_heads=2, logstd_min=-5.0, logstd_max=2.0, posterior_ce="all",
-              diffusion_steps=100, schedule="cosine", train_sample_steps=2, time_buckets=0,
-              recency_bias=False)
+              diffusion_steps=100, schedule="cosine", train_sample_steps=2, time_buckets=0)
 # Softmax uses none of the generative fields; it keeps the values its earlier runs recorded.
 FIRST_OBJECTIVE = dict(generative_blocks="all", pair_hidden=16, beta_warmup_steps=1000, posterior_gain=0.0,
                        prior_ce="through", train_prior_noise=False)
 DOCUMENTED_MODEL = {
     "softmax": {**SHARED, "attention": "softmax", "max_len": 100, "d_model": 32, "n_blocks": 3, "dropout": 0.2,
-                "beta": 0.1, "gamma": 1.0, **FIRST_OBJECTIVE},
+                "beta": 0.1, "gamma": 1.0, "recency_bias": True, **FIRST_OBJECTIVE},
     "vae": {**SHARED, "attention": "vae", "max_len": 50, "d_model": 32, "n_blocks": 1, "dropout": 0.5,
             "generative_blocks": "last", "pair_hidden": 16, "beta": 0.1, "beta_warmup_steps": 500, "gamma": 2.0,
-            "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False},
+            "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False, "recency_bias": False},
     "diffusion": {**SHARED, "attention": "diffusion", "max_len": 100, "d_model": 32, "n_blocks": 3, "dropout": 0.2,
                   "generative_blocks": "last", "pair_hidden": 16, "beta": 0.3, "beta_warmup_steps": 2000,
-                  "gamma": 1.0, "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False},
+                  "gamma": 1.0, "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False,
+                  "recency_bias": False},
 }
 BUDGET = dict(epochs=200, batch_size=128, patience=20, max_minutes=0.0, loss="full")  # one budget for every kind
 DOCUMENTED_TRAIN = {
@@ -54,7 +55,8 @@ OLD_BACKBONE = dict(max_len=50, d_model=64, n_blocks=2, dropout=0.2, beta=0.1, g
 
 # A config.json model table written by a version whose dataclass defaults were the first
 # objective: every field explicit, as save_checkpoint writes it.
-OLD_SAVED_VAE = {**SHARED, **OLD_BACKBONE, "n_items": 40, "attention": "vae", **FIRST_OBJECTIVE}
+OLD_SAVED_VAE = {**SHARED, **OLD_BACKBONE, "n_items": 40, "attention": "vae", "recency_bias": False,
+                 **FIRST_OBJECTIVE}
 
 
 def cli_run_config(*args) -> RunConfig:
@@ -189,6 +191,21 @@ def test_checkpoint_written_before_a_field_existed_keeps_the_old_value(tmp_path)
     assert load_checkpoint(tmp_path / "ck").run.model == cfg
 
 
+def test_softmax_checkpoint_from_before_the_recency_bias_loads_without_it(tmp_path):
+    """Softmax now defaults to a recency bias; a checkpoint whose config.json predates the field
+    was trained without one and must load as it was (its weights have no bias to load)."""
+    cfg = ModelConfig(**{**TINY, "n_items": 40, "attention": "softmax", "recency_bias": False})
+    save_checkpoint(tmp_path / "ck", SASRec(cfg), RunConfig(model=cfg), item_ids=list(range(40)),
+                    popularity=np.zeros(41, dtype=np.int64), n_users=10)
+    f = tmp_path / "ck" / "config.json"
+    raw = json.loads(f.read_text())
+    del raw["model"]["recency_bias"]
+    f.write_text(json.dumps(raw))
+    ck = load_checkpoint(tmp_path / "ck")
+    assert ck.run.model == cfg and ModelConfig(**{**TINY, "attention": "softmax"}).recency_bias
+    assert not any("recency_bias" in name for name, _ in ck.model.named_parameters())
+
+
 @pytest.mark.parametrize("kind", ["vae", "diffusion"])
 def test_default_generative_model_generates_in_the_last_block_only(kind):
     model = SASRec(ModelConfig(**{**TINY, "attention": kind, "pair_hidden": None}))
@@ -208,12 +225,52 @@ def test_validating_a_config_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+# Chosen on validation after the search, by paired runs that differ in this field alone.
+AFTER_SEARCH = {"recency_bias"}
+
+
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
 def test_defaults_are_the_search_selection(kind):
     """Defaults follow validation: each kind's defaults are the equal-budget search's pick on
-    ML-100K validation (full CE), as written to its results. A new selection fails this until
-    the defaults (and docs/model.md's table) follow it."""
-    selected = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "search_ml100k_selected"
-    chosen = load_run_config(selected / f"{kind}.toml")
+    ML-100K validation (full CE), as written to its results, except the fields chosen after it
+    (next test). A new selection fails this until the defaults (and docs/model.md's table) follow it."""
+    chosen = load_run_config(RESULTS / "search_ml100k_selected" / f"{kind}.toml")
     default = load_run_config(None, {"model": {"attention": kind}})
-    assert chosen.model == default.model and chosen.train == default.train
+    after = {name: getattr(default.model, name) for name in AFTER_SEARCH}
+    assert dataclasses.replace(chosen.model, **after) == default.model and chosen.train == default.train
+
+
+def paired_validation(data: str, kind: str, name: str) -> dict[bool, float]:
+    """Mean validation NDCG@10, over the seeds both ran, of the ML-100K full-CE result entries of
+    `kind` that differ only in the boolean model field `name` (the benchmark's own notion of
+    "what trains"); {} if there is no such pair."""
+    from benchmarks.accuracy import _what_trains
+    results = json.loads((RESULTS / f"accuracy_{data}.json").read_text())
+    entries = [v for v in results.values() if isinstance(v, dict) and "per_seed" in v
+               and v["config"]["model"]["attention"] == kind and v["config"]["train"].get("loss") == "full"]
+
+    def rest(entry):
+        what = json.loads(json.dumps(_what_trains(entry["config"])))
+        return json.dumps({**what, "model": {k: v for k, v in what["model"].items() if k != name}}, sort_keys=True)
+
+    for off in (e for e in entries if not e["config"]["model"].get(name, False)):
+        for on in (e for e in entries if e["config"]["model"].get(name) is True and rest(e) == rest(off)):
+            seeds = sorted(set(off["per_seed"]) & set(on["per_seed"]))
+            if seeds:
+                return {v: float(np.mean([e["per_seed"][s]["valid"]["ndcg@10"] for s in seeds]))
+                        for v, e in ((False, off), (True, on))}
+    return {}
+
+
+@pytest.mark.parametrize("kind", ATTENTION_KINDS)
+def test_fields_chosen_after_the_search_follow_paired_validation(kind):
+    """A field chosen after the search defaults to the value that won on ML-100K validation (full CE,
+    the defaults' loss) in paired runs differing in it alone; with no such runs, to what the
+    search trained."""
+    searched = load_run_config(RESULTS / "search_ml100k_selected" / f"{kind}.toml").model
+    default = ModelConfig(attention=kind)
+    for name in AFTER_SEARCH:
+        valid = paired_validation("ml100k", kind, name)
+        expected = max(valid, key=valid.get) if valid else getattr(searched, name)
+        assert getattr(default, name) == expected, (name, valid)
