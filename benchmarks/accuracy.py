@@ -40,7 +40,7 @@ from genattn.models import default_sampling, stochastic_sampling
 from genattn.training import train
 
 from .inflight import ORIGIN, drop, park, unpark
-from .machine import REPO, git_commit, machine_info, repo_path
+from .machine import REPO, git_commit, machine_info, repo_path, results_stem
 from .record import update_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,10 +156,6 @@ def stochastic(kind: str, base):
     return stochastic_sampling(kind, base, **({} if kind == "vae" else {"eta": 1.0}))
 
 
-def short_name(data: str) -> str:
-    return data.replace("-", "").replace("_", "")
-
-
 def seed_record(ck, seed: int, split_sets: dict, ds, sample_seeds: list[int], steps: list[int]) -> dict:
     """Everything one training seed contributes to an entry: final metrics, how training went
     (best epoch, epochs run, why it stopped, the validation curve), stochastic modes and sweeps."""
@@ -249,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     sample_seeds = [int(s) for s in a.sample_seeds.split(",")]
     steps = [int(s) for s in a.steps.split(",")]
     sets = parse_sets(a.sets)
-    out = a.out or f"benchmarks/results/accuracy_{short_name(a.data)}"
+    out = a.out or results_stem("accuracy", a.data)
     runs = Path(a.runs) / a.data
     carried = Path(out + "_inflight")
     if a.park:
@@ -429,7 +425,7 @@ def per_term_negatives(e: dict) -> bool:
 def searched_max_len(data: str) -> bool:
     """Whether this dataset's equal-budget search selected the sequence length (ML-100K's did);
     where none did (ML-1M), max_len is part of the protocol, like the loss."""
-    f = REPO / "benchmarks" / "results" / f"search_{short_name(data)}.json"
+    f = REPO / f"{results_stem('search', data)}.json"
     if not f.exists():
         return False
     return "model.max_len" in json.loads(f.read_text()).get("space", {})

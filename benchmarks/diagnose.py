@@ -45,8 +45,8 @@ from genattn.evaluation import eval_sets, evaluate
 from genattn.models import default_sampling
 from genattn.models.attention import AttentionWeights, AttnInputs, masked_softmax
 
-from .accuracy import EARLIER_DEFAULTS, merged, origin, parse_sets, short_name, train_or_resume
-from .machine import git_commit, machine_info, repo_path
+from .accuracy import EARLIER_DEFAULTS, merged, origin, parse_sets, train_or_resume
+from .machine import git_commit, machine_info, repo_path, results_stem
 from .record import update_results
 
 log = logging.getLogger("benchmarks.diagnose")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     sets = parse_sets(a.sets)
     # One budget for every variant: a fixed epoch count, patience that cannot bite, no clock.
     sets["train"].update(epochs=a.epochs, patience=a.epochs, max_minutes=0.0, seed=a.seed)
-    out = a.out or f"benchmarks/results/diagnose_{short_name(a.data)}"
+    out = a.out or results_stem("diagnose", a.data)
     runs = Path(a.runs) / a.data
     data_cfg = load_run_config(None, {"data": {**sets["data"], "source": a.data}}).data
     if trained:  # the data the runs were trained on (a synthetic one is defined by its sizes)

@@ -9,6 +9,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def results_stem(what: str, data: str) -> str:
+    """Where a benchmark's results for a dataset go by default, relative to the repository and
+    without the extension: results_stem("search", "ml-100k") -> benchmarks/results/search_ml100k.
+    One spelling, so that one benchmark can read another's results."""
+    return f"benchmarks/results/{what}_{data.replace('-', '').replace('_', '')}"
+
+
 def repo_path(p: str | Path) -> str:
     """A path as results files record it: relative to the repository, never this
     machine's layout (a path outside the repository keeps its name only)."""

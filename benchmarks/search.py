@@ -47,9 +47,9 @@ from genattn.config import load_run_config
 from genattn.fileio import write_text_atomic
 
 from .accuracy import EARLIER_DEFAULTS as BASE  # every trial's starting point
-from .accuracy import merged, parse_sets, short_name, train_or_resume
+from .accuracy import merged, parse_sets, train_or_resume
 from .inflight import park
-from .machine import git_commit, machine_info, repo_path
+from .machine import git_commit, machine_info, repo_path, results_stem
 from .record import update_results
 
 log = logging.getLogger("benchmarks.search")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [k for k in kinds if k not in KIND_SPACE]
     if unknown:
         raise SystemExit(f"unknown kind(s) {unknown}; known: {', '.join(KIND_SPACE)}")
-    out = a.out or f"benchmarks/results/search_{short_name(a.data)}"
+    out = a.out or results_stem("search", a.data)
     runs = Path(a.runs) / a.data
     carried = Path(out + "_inflight")
     if a.park:

@@ -38,34 +38,55 @@ def shape(key) -> dict:
     from .latency.bundles import model_shape
 
     m = model_config(key).model
-    return {"max_len": m.max_len, **model_shape(m)}
+    return {"max_len": m.max_len, **model_shape(m), "recency_bias": m.recency_bias}
 
 
-def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int, sample_outputs: bool = True,
-                      max_len: int = 0) -> Path:
-    """A random-init model of the kind's default config exported with S sampled maps (and, with
-    sample_outputs, the samples' own lists and agreement besides their mean)."""
+def variant_bundle(cache: Path, kind: str, steps: int, max_len: int, tag: str, opts, **model) -> Path:
+    """A random-init model of the kind's default config, with the `model` fields replaced,
+    exported with `opts` (ExportOptions) into its own cache folder."""
+    import dataclasses
+
     import numpy as _np
+    import torch
 
     from genattn.checkpoint import save_checkpoint
-    from genattn_export import ExportOptions, export_bundle
+    from genattn.models import SASRec
+    from genattn_export import export_bundle
 
     from .latency import make_model, model_config
 
     key = kind_key(kind, steps, max_len)
-    # The folder names the model's shape: a change of the kind's defaults never reuses an old bundle.
-    folder = cache / (f"{kind}-s{steps}-samples{samples}{'' if sample_outputs else '-mean-only'}-"
-                      + "L{max_len}-D{d_model}-B{n_blocks}".format(**shape(key)))
+    run = model_config(key)
+    run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model))
+    # The folder names the model's shape and what differs from the defaults: a change of the kind's
+    # defaults never reuses an old bundle.
+    folder = cache / (f"{kind}-s{steps}-{tag}-" + "L{max_len}-D{d_model}-B{n_blocks}".format(**shape(key))
+                      + "".join(f"-{k}{v}" for k, v in sorted(model.items())))
     bundle = folder / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    save_checkpoint(folder / "checkpoint", make_model(key, 0), model_config(key), item_ids=list(range(1, 1683)),
+    if model:
+        torch.manual_seed(0)
+        net = SASRec(run.model).eval()
+    else:
+        net = make_model(key, 0)
+    save_checkpoint(folder / "checkpoint", net, run, item_ids=list(range(1, 1683)),
                     popularity=_np.zeros(1683, dtype=_np.int64), n_users=1)
+    export_bundle(folder / "checkpoint", bundle, opts)
+    return bundle
+
+
+def stochastic_bundle(cache: Path, kind: str, steps: int, samples: int, sample_outputs: bool = True,
+                      max_len: int = 0) -> Path:
+    """The kind's default config exported with S sampled maps (and, with sample_outputs, the
+    samples' own lists and agreement besides their mean)."""
+    from genattn_export import ExportOptions
+
     opts = (ExportOptions(vae_mode="sample", samples=samples, verify_users=0, sample_outputs=sample_outputs)
             if kind == "vae" else ExportOptions(steps=steps, start="noise", eta=1.0, samples=samples, verify_users=0,
                                                 sample_outputs=sample_outputs))
-    export_bundle(folder / "checkpoint", bundle, opts)
-    return bundle
+    return variant_bundle(cache, kind, steps, max_len, f"samples{samples}{'' if sample_outputs else '-mean-only'}",
+                          opts)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mean-only-too", action="store_true",
                     help="also time the S-sample bundles exported without the sample outputs (--no-sample-outputs)")
     ap.add_argument("--max-len", type=int, default=0, help="one max_len for every kind (0: each kind's default)")
+    ap.add_argument("--recency-bias-off-too", action="store_true",
+                    help="also time each kind whose default has the recency bias without it (the bias's cost)")
     ap.add_argument("--cache", default=str(ROOT / "runs" / "latency_cache"))
     ap.add_argument("--out", default="benchmarks/results/serving_ratio")
     a = ap.parse_args(argv)
@@ -101,6 +124,15 @@ def main(argv: list[str] | None = None) -> dict:
                 recs[f"{kind} S={S}, mean only"] = Recommender.load(
                     stochastic_bundle(Path(a.cache), kind, a.steps, S, sample_outputs=False, max_len=a.max_len),
                     backend="cpu", threads=a.threads)
+    if a.recency_bias_off_too:
+        from genattn.config import ModelConfig
+        from genattn_export import ExportOptions
+
+        for kind in (k for k in ("softmax", "vae", "diffusion") if ModelConfig(attention=k).recency_bias):
+            recs[f"{kind}, no recency bias"] = Recommender.load(
+                variant_bundle(Path(a.cache), kind, a.steps, a.max_len, "plain",
+                               ExportOptions(steps=a.steps, verify_users=0, k=100), recency_bias=False),
+                backend="cpu", threads=a.threads)
     rng = np.random.default_rng(0)
     histories = [list(rng.integers(1, 1683, size=int(rng.integers(5, 60)))) for _ in range(64)]
     e2e: dict[str, list[float]] = {k: [] for k in recs}
@@ -118,7 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     base = float(np.median(e2e["softmax"]))
     for kind, ts in e2e.items():
         arr = np.asarray(ts) * 1e3
-        res["kinds"][kind] = {"model": shape(kind_key(kind.split(" ")[0], a.steps, a.max_len)),
+        model = shape(kind_key(kind.split(" ")[0].rstrip(","), a.steps, a.max_len))
+        model["recency_bias"] = model["recency_bias"] and "no recency bias" not in kind
+        res["kinds"][kind] = {"model": model,
                               "p50_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
                               "p99_ms": float(np.percentile(arr, 99)),
                               "ratio_to_softmax_p50": float(np.median(arr)) / (base * 1e3)}
@@ -129,9 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
              f"Machine: {res['machine']['cpu']} ({res['machine']['cores']} cores), "
              f"{a.threads} threads; batch 1, end to end through the runtime; diffusion {a.steps} DDIM steps"
              + (f"; S-sample bundles answer aggregate={a.aggregate!r}" if sampled else "") + ".", "",
-             "| kind | max_len / d / blocks | p50 ms | p90 ms | p99 ms | p50 / softmax p50 |", "|---|---|---|---|---|---|"]
+             "| kind | max_len / d / blocks / recency bias | p50 ms | p90 ms | p99 ms | p50 / softmax p50 |",
+             "|---|---|---|---|---|---|"]
     for kind, v in res["kinds"].items():
-        dims = "{max_len} / {d_model} / {n_blocks}".format(**v["model"])
+        dims = "{max_len} / {d_model} / {n_blocks} / {recency_bias}".format(**v["model"])
         lines.append(f"| {kind} | {dims} | {v['p50_ms']:.3f} | {v['p90_ms']:.3f} | {v['p99_ms']:.3f} | "
                      f"{v['ratio_to_softmax_p50']:.2f}× |")
     lines += ["", f"Target: each default generative configuration within 1.3× softmax: {res['target']['met']}."]

@@ -240,8 +240,14 @@ def test_serving_ratio_interleaves_every_kind(tmp_path):
     from benchmarks import serving_ratio
 
     r = serving_ratio.main(["--iters", "20", "--threads", "1", "--cache", str(tmp_path / "cache"),
-                            "--out", str(tmp_path / "ratio")])
-    assert set(r["kinds"]) == {"softmax", "vae", "diffusion"}
+                            "--out", str(tmp_path / "ratio"), "--recency-bias-off-too"])
+    # softmax's default has the recency bias; the extra entry times the same model without it.
+    assert set(r["kinds"]) == {"softmax", "vae", "diffusion", "softmax, no recency bias"}
+    assert r["kinds"]["softmax"]["model"]["recency_bias"] is True
+    assert r["kinds"]["softmax, no recency bias"]["model"] == {**r["kinds"]["softmax"]["model"], "recency_bias": False}
+    manifests = {json.loads(m.read_text())["model"]["recency_bias"]: m.parent.name
+                 for m in (tmp_path / "cache").glob("softmax*/**/manifest.json")}
+    assert set(manifests) == {True, False}
     assert r["kinds"]["softmax"]["ratio_to_softmax_p50"] == pytest.approx(1.0)
     for v in r["kinds"].values():
         assert 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"]
@@ -249,7 +255,7 @@ def test_serving_ratio_interleaves_every_kind(tmp_path):
     assert "p50 / softmax p50" in (tmp_path / "ratio.md").read_text()
     # Each kind is served in its own default shape (the VAE's selected backbone is one block at max_len 50).
     assert r["kinds"]["vae"]["model"] == {"max_len": 50, "d_model": 32, "n_heads": 2, "n_blocks": 1,
-                                         "generative_blocks": "last"}
+                                         "generative_blocks": "last", "recency_bias": False}
     assert r["kinds"]["softmax"]["model"]["generative_blocks"] is None
     assert r["kinds"]["softmax"]["model"]["max_len"] == 100
 
