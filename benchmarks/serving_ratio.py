@@ -13,6 +13,8 @@ for all, exported through the latency suite's bundle cache.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -58,10 +60,11 @@ def variant_bundle(cache: Path, kind: str, steps: int, max_len: int, tag: str, o
     key = kind_key(kind, steps, max_len)
     run = model_config(key)
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model))
-    # The folder names the model's shape and what differs from the defaults: a change of the kind's
+    # The folder names the model's shape and a hash of its whole config: a change of the kind's
     # defaults never reuses an old bundle.
+    ident = hashlib.sha1(json.dumps(dataclasses.asdict(run.model), sort_keys=True).encode()).hexdigest()[:10]
     folder = cache / (f"{kind}-s{steps}-{tag}-" + "L{max_len}-D{d_model}-B{n_blocks}".format(**shape(key))
-                      + "".join(f"-{k}{v}" for k, v in sorted(model.items())))
+                      + f"-{ident}")
     bundle = folder / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle

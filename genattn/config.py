@@ -45,10 +45,13 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     # trial 1: valid 0.1226, test 0.1025 +- 0.0024
     "vae": {"max_len": 50, "d_model": 32, "n_blocks": 1, "dropout": 0.5, "generative_blocks": "last",
             "pair_hidden": 16, "beta": 0.1, "beta_warmup_steps": 500, "gamma": 2.0, "posterior_gain": 2.0,
-            "prior_ce": "backbone", "train_prior_noise": False, "recency_bias": False},
+            "prior_ce": "backbone", "train_prior_noise": False,
+            # after the search, as softmax's: ML-100K full CE validation 0.1284 vs 0.1212 (3 paired seeds)
+            "recency_bias": True},
     # trial 5: valid 0.1136 on its one seed; three seeds: valid 0.1096 +- 0.0047, test 0.0930 +- 0.0097
     "diffusion": {"max_len": 100, "d_model": 32, "n_blocks": 3, "dropout": 0.2, "generative_blocks": "last",
                   "pair_hidden": 16, "beta": 0.3, "beta_warmup_steps": 2000, "gamma": 1.0, "posterior_gain": 2.0,
+                  # no paired run with the recency bias yet: off, as the search trained it
                   "prior_ce": "backbone", "train_prior_noise": False, "recency_bias": False},
 }
 # TrainConfig's per-kind fields (same trials), resolved by RunConfig from the model's kind.

@@ -38,7 +38,7 @@ DOCUMENTED_MODEL = {
                 "beta": 0.1, "gamma": 1.0, "recency_bias": True, **FIRST_OBJECTIVE},
     "vae": {**SHARED, "attention": "vae", "max_len": 50, "d_model": 32, "n_blocks": 1, "dropout": 0.5,
             "generative_blocks": "last", "pair_hidden": 16, "beta": 0.1, "beta_warmup_steps": 500, "gamma": 2.0,
-            "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False, "recency_bias": False},
+            "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False, "recency_bias": True},
     "diffusion": {**SHARED, "attention": "diffusion", "max_len": 100, "d_model": 32, "n_blocks": 3, "dropout": 0.2,
                   "generative_blocks": "last", "pair_hidden": 16, "beta": 0.3, "beta_warmup_steps": 2000,
                   "gamma": 1.0, "posterior_gain": 2.0, "prior_ce": "backbone", "train_prior_noise": False,

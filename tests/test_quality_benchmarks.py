@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks import accuracy, collapse, frontier, search
+from genattn.config import ModelConfig
 
 TINY = ["model.max_len=8", "model.d_model=16", "model.pair_hidden=4", "model.diffusion_steps=10",
         "model.train_sample_steps=2", "train.epochs=2", "train.threads=1", "train.max_minutes=0",
@@ -241,13 +242,15 @@ def test_serving_ratio_interleaves_every_kind(tmp_path):
 
     r = serving_ratio.main(["--iters", "20", "--threads", "1", "--cache", str(tmp_path / "cache"),
                             "--out", str(tmp_path / "ratio"), "--recency-bias-off-too"])
-    # softmax's default has the recency bias; the extra entry times the same model without it.
-    assert set(r["kinds"]) == {"softmax", "vae", "diffusion", "softmax, no recency bias"}
-    assert r["kinds"]["softmax"]["model"]["recency_bias"] is True
-    assert r["kinds"]["softmax, no recency bias"]["model"] == {**r["kinds"]["softmax"]["model"], "recency_bias": False}
-    manifests = {json.loads(m.read_text())["model"]["recency_bias"]: m.parent.name
-                 for m in (tmp_path / "cache").glob("softmax*/**/manifest.json")}
-    assert set(manifests) == {True, False}
+    # Each kind whose default has the recency bias is also timed without it, the same model otherwise.
+    biased = [k for k in ("softmax", "vae", "diffusion") if ModelConfig(attention=k).recency_bias]
+    assert biased and set(r["kinds"]) == {"softmax", "vae", "diffusion", *(f"{k}, no recency bias" for k in biased)}
+    for k in biased:
+        assert r["kinds"][k]["model"]["recency_bias"] is True
+        assert r["kinds"][f"{k}, no recency bias"]["model"] == {**r["kinds"][k]["model"], "recency_bias": False}
+        served = {json.loads(m.read_text())["model"]["recency_bias"]
+                  for m in (tmp_path / "cache").glob(f"{k}-*/**/manifest.json")}
+        assert served == {True, False}
     assert r["kinds"]["softmax"]["ratio_to_softmax_p50"] == pytest.approx(1.0)
     for v in r["kinds"].values():
         assert 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"]
@@ -255,7 +258,7 @@ def test_serving_ratio_interleaves_every_kind(tmp_path):
     assert "p50 / softmax p50" in (tmp_path / "ratio.md").read_text()
     # Each kind is served in its own default shape (the VAE's selected backbone is one block at max_len 50).
     assert r["kinds"]["vae"]["model"] == {"max_len": 50, "d_model": 32, "n_heads": 2, "n_blocks": 1,
-                                         "generative_blocks": "last", "recency_bias": False}
+                                         "generative_blocks": "last", "recency_bias": True}
     assert r["kinds"]["softmax"]["model"]["generative_blocks"] is None
     assert r["kinds"]["softmax"]["model"]["max_len"] == 100
 
