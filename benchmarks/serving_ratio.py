@@ -49,10 +49,8 @@ def variant_bundle(cache: Path, kind: str, steps: int, max_len: int, tag: str, o
     import dataclasses
 
     import numpy as _np
-    import torch
 
     from genattn.checkpoint import save_checkpoint
-    from genattn.models import SASRec
     from genattn_export import export_bundle
 
     from .latency import make_model, model_config
@@ -68,12 +66,7 @@ def variant_bundle(cache: Path, kind: str, steps: int, max_len: int, tag: str, o
     bundle = folder / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    if model:
-        torch.manual_seed(0)
-        net = SASRec(run.model).eval()
-    else:
-        net = make_model(key, 0)
-    save_checkpoint(folder / "checkpoint", net, run, item_ids=list(range(1, 1683)),
+    save_checkpoint(folder / "checkpoint", make_model(key, 0, run.model), run, item_ids=list(range(1, 1683)),
                     popularity=_np.zeros(1683, dtype=_np.int64), n_users=1)
     export_bundle(folder / "checkpoint", bundle, opts)
     return bundle

@@ -32,14 +32,15 @@ def model_shape(m) -> dict:
             "generative_blocks": None if m.attention == "softmax" else m.generative_blocks}
 
 
-def make_model(key: ModelKey, seed: int):
-    """Random-init model of the kind's default config; identical in every process for one seed."""
+def make_model(key: ModelKey, seed: int, cfg=None):
+    """Random-init model of the kind's default config (or of `cfg`, a ModelConfig); identical in
+    every process for one seed."""
     import torch
 
     from genattn.models import SASRec
 
     torch.manual_seed(seed)
-    model = SASRec(model_config(key).model).eval()
+    model = SASRec(cfg if cfg is not None else model_config(key).model).eval()
     # A fresh generative layer has a zero output layer (it starts as softmax attention).
     # Give it random outputs, as a trained model has, so that no path is trivially constant.
     g = torch.Generator().manual_seed(seed + 1)
