@@ -35,11 +35,20 @@ def kind_key(kind: str, steps: int, max_len: int):
     return model_key(kind, steps, max_len or ModelConfig(attention=kind).max_len, 1682)
 
 
-def shape(key) -> dict:
+def variant_config(kind: str, steps: int, max_len: int, **model):
+    """The RunConfig of the kind's default model at `max_len`, with the `model` fields replaced."""
+    import dataclasses
+
     from .latency import model_config
+
+    run = model_config(kind_key(kind, steps, max_len))
+    return dataclasses.replace(run, model=dataclasses.replace(run.model, **model))
+
+
+def shape(m) -> dict:
+    """What the results record of a served model (a ModelConfig)."""
     from .latency.bundles import model_shape
 
-    m = model_config(key).model
     return {"max_len": m.max_len, **model_shape(m), "recency_bias": m.recency_bias}
 
 
@@ -53,20 +62,19 @@ def variant_bundle(cache: Path, kind: str, steps: int, max_len: int, tag: str, o
     from genattn.checkpoint import save_checkpoint
     from genattn_export import export_bundle
 
-    from .latency import make_model, model_config
+    from .latency import make_model
 
-    key = kind_key(kind, steps, max_len)
-    run = model_config(key)
-    run = dataclasses.replace(run, model=dataclasses.replace(run.model, **model))
+    run = variant_config(kind, steps, max_len, **model)
     # The folder names the model's shape and a hash of its whole config: a change of the kind's
     # defaults never reuses an old bundle.
     ident = hashlib.sha1(json.dumps(dataclasses.asdict(run.model), sort_keys=True).encode()).hexdigest()[:10]
-    folder = cache / (f"{kind}-s{steps}-{tag}-" + "L{max_len}-D{d_model}-B{n_blocks}".format(**shape(key))
+    folder = cache / (f"{kind}-s{steps}-{tag}-" + "L{max_len}-D{d_model}-B{n_blocks}".format(**shape(run.model))
                       + f"-{ident}")
     bundle = folder / "bundle"
     if (bundle / "manifest.json").is_file():
         return bundle
-    save_checkpoint(folder / "checkpoint", make_model(key, 0, run.model), run, item_ids=list(range(1, 1683)),
+    net = make_model(kind_key(kind, steps, max_len), 0, run.model)
+    save_checkpoint(folder / "checkpoint", net, run, item_ids=list(range(1, 1683)),
                     popularity=_np.zeros(1683, dtype=_np.int64), n_users=1)
     export_bundle(folder / "checkpoint", bundle, opts)
     return bundle
@@ -103,16 +111,19 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     bundles = Bundles(Path(a.cache), seed=0, graph_k=100)
     recs = {}
+    served = {}  # each entry's model (ModelConfig), as its results record it
     try:
         for kind in ("softmax", "vae", "diffusion"):
             recs[kind] = Recommender.load(bundles.get(kind_key(kind, a.steps, a.max_len)), backend="cpu",
                                           threads=a.threads)
+            served[kind] = variant_config(kind, a.steps, a.max_len).model
     finally:
         bundles.close()
     sampled = set()
     for S in [int(x) for x in a.samples.split(",") if x]:
         for kind in ("vae", "diffusion"):
             sampled.add(f"{kind} S={S}")
+            served[f"{kind} S={S}"] = served[f"{kind} S={S}, mean only"] = served[kind]
             recs[f"{kind} S={S}"] = Recommender.load(stochastic_bundle(Path(a.cache), kind, a.steps, S,
                                                                        max_len=a.max_len),
                                                      backend="cpu", threads=a.threads)
@@ -121,14 +132,14 @@ def main(argv: list[str] | None = None) -> dict:
                     stochastic_bundle(Path(a.cache), kind, a.steps, S, sample_outputs=False, max_len=a.max_len),
                     backend="cpu", threads=a.threads)
     if a.recency_bias_off_too:
-        from genattn.config import ModelConfig
         from genattn_export import ExportOptions
 
-        for kind in (k for k in ("softmax", "vae", "diffusion") if ModelConfig(attention=k).recency_bias):
+        for kind in [k for k in ("softmax", "vae", "diffusion") if served[k].recency_bias]:
             recs[f"{kind}, no recency bias"] = Recommender.load(
                 variant_bundle(Path(a.cache), kind, a.steps, a.max_len, "plain",
                                ExportOptions(steps=a.steps, verify_users=0, k=100), recency_bias=False),
                 backend="cpu", threads=a.threads)
+            served[f"{kind}, no recency bias"] = variant_config(kind, a.steps, a.max_len, recency_bias=False).model
     rng = np.random.default_rng(0)
     histories = [list(rng.integers(1, 1683, size=int(rng.integers(5, 60)))) for _ in range(64)]
     e2e: dict[str, list[float]] = {k: [] for k in recs}
@@ -146,9 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = float(np.median(e2e["softmax"]))
     for kind, ts in e2e.items():
         arr = np.asarray(ts) * 1e3
-        model = shape(kind_key(kind.split(" ")[0].rstrip(","), a.steps, a.max_len))
-        model["recency_bias"] = model["recency_bias"] and "no recency bias" not in kind
-        res["kinds"][kind] = {"model": model,
+        res["kinds"][kind] = {"model": shape(served[kind]),
                               "p50_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)),
                               "p99_ms": float(np.percentile(arr, 99)),
                               "ratio_to_softmax_p50": float(np.median(arr)) / (base * 1e3)}

@@ -242,20 +242,20 @@ def test_defaults_are_the_search_selection(kind):
 
 
 def paired_validation(data: str, kind: str, name: str) -> dict[bool, float]:
-    """Mean validation NDCG@10, over the seeds both ran, of the ML-100K full-CE result entries of
-    `kind` that differ only in the boolean model field `name` (the benchmark's own notion of
-    "what trains"); {} if there is no such pair."""
-    from benchmarks.accuracy import _what_trains
+    """Mean validation NDCG@10, over the seeds both ran, of the full-CE result entries of `kind`
+    in accuracy_<data>.json that differ only in the boolean model field `name` (by the benchmark's
+    own `same_config`); {} if there is no such pair."""
+    from benchmarks.accuracy import same_config
     results = json.loads((RESULTS / f"accuracy_{data}.json").read_text())
     entries = [v for v in results.values() if isinstance(v, dict) and "per_seed" in v
                and v["config"]["model"]["attention"] == kind and v["config"]["train"].get("loss") == "full"]
 
-    def rest(entry):
-        what = json.loads(json.dumps(_what_trains(entry["config"])))
-        return json.dumps({**what, "model": {k: v for k, v in what["model"].items() if k != name}}, sort_keys=True)
+    def without(entry):  # the entry's config with the field set aside (False: absent in older records)
+        return {**entry["config"], "model": {**entry["config"]["model"], name: False}}
 
     for off in (e for e in entries if not e["config"]["model"].get(name, False)):
-        for on in (e for e in entries if e["config"]["model"].get(name) is True and rest(e) == rest(off)):
+        for on in (e for e in entries
+                   if e["config"]["model"].get(name) is True and same_config(without(e), without(off))):
             seeds = sorted(set(off["per_seed"]) & set(on["per_seed"]))
             if seeds:
                 return {v: float(np.mean([e["per_seed"][s]["valid"]["ndcg@10"] for s in seeds]))
