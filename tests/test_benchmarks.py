@@ -227,3 +227,20 @@ def test_device_scripts_parse_and_name_existing_configs():
         for var, path in names.items():
             cfg = cfg.replace(f"${var}", path)
         assert (root / cfg).is_file(), cfg
+
+
+def test_headline_of_a_one_batch_sweep_shows_that_batch_once():
+    """cpu_defaults.toml sweeps batch 1 only: the headline has one set of batch columns, and every
+    row as many cells as its header (it used to repeat the batch-1 columns under 'batch 1 and 1')."""
+    from benchmarks.latency.report import render
+    s = load_settings(ROOT / "benchmarks" / "configs" / "cpu_defaults.toml")
+    r = json.loads((ROOT / "benchmarks" / "results" / "cpu-2core-amd-epyc" / "defaults" / "latency.json").read_text())
+    lines = render(r, s).splitlines()
+    at = lines.index("## Headline: default point, batch 1")
+    table = []
+    for line in lines[at + 2:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    assert table[0].count("(b1)") == 3, table[0]
+    assert len(table) > 2 and {row.count("|") for row in table} == {table[0].count("|")}, table

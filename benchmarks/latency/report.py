@@ -190,17 +190,22 @@ def render(r: dict, s: Settings) -> str:
     big = max(s.sweep.batch)
     head = [c for c in cells if _at_default(c, s, batch=c["batch"]) and c["batch"] in (d.batch, big)]
     if head:
-        L += ["", f"## Headline: default point, batch {d.batch} and {big}", "",
-              f"| kind | backend | p50 ms (b{d.batch}) | p99 ms (b{d.batch}) | users/s (b{d.batch}) | "
-              f"p50 ms (b{big}) | users/s (b{big}) |", "|---|---|---|---|---|---|---|"]
+        # A sweep with one batch size has one batch to show, not the same columns twice.
+        two = big != d.batch
+        title = f"batch {d.batch} and {big}" if two else f"batch {d.batch}"
+        L += ["", f"## Headline: default point, {title}", "",
+              f"| kind | backend | p50 ms (b{d.batch}) | p99 ms (b{d.batch}) | users/s (b{d.batch}) |"
+              + (f" p50 ms (b{big}) | users/s (b{big}) |" if two else ""),
+              "|---|---|---|---|---|" + ("---|---|" if two else "")]
         rows: dict[tuple, dict] = {}
         for c in head:
             rows.setdefault((KINDS.index(c["kind"]), c["kind"], _label(c)), {})[c["batch"]] = c
         for (_, kind, lab), by in sorted(rows.items()):
             a, b = by.get(d.batch), by.get(big)
             L.append(f"| {kind} | {lab} | " + (f"{_ms(a['latency_ms']['p50'])} | {_ms(a['latency_ms']['p99'])} | "
-                                               f"{a['throughput_users_per_s']:,.0f} | " if a else "- | - | - | ")
-                     + (f"{_ms(b['latency_ms']['p50'])} | {b['throughput_users_per_s']:,.0f} |" if b else "- | - |"))
+                                               f"{a['throughput_users_per_s']:,.0f} |" if a else "- | - | - |")
+                     + ((f" {_ms(b['latency_ms']['p50'])} | {b['throughput_users_per_s']:,.0f} |" if b else " - | - |")
+                        if two else ""))
     L += ["", "## What is timed", ""]
     for n, txt in r["timed"].items():
         b = r["backends"][n]
