@@ -39,6 +39,7 @@ from genattn.metrics import mean_std
 from genattn.models import default_sampling, stochastic_sampling
 from genattn.training import train
 
+from . import users
 from .inflight import ORIGIN, drop, park, unpark
 from .machine import REPO, git_commit, machine_info, repo_path, results_stem
 from .record import update_results
@@ -141,12 +142,18 @@ def recorded(path: Path, key: str, seed: int, run) -> dict | None:
     entry = doc.get(key)
     if not (isinstance(entry, dict) and str(seed) in entry.get("per_seed", {})):
         return None
-    try:  # the record as the checkpoint reader fills fields added since it was written
+    return entry if trains(entry, run) else None
+
+
+def trains(entry: dict, run) -> bool:
+    """Whether the entry's recorded configuration trains what `run` does, the record read as the
+    checkpoint reader reads a config (filling fields added since it was written)."""
+    try:
         have = saved_run_config({"model": {**entry["config"]["model"], "n_items": run.model.n_items},
                                  "train": entry["config"]["train"]})
     except (ConfigError, TypeError, KeyError):
-        return None
-    return entry if same_config(asdict(have), asdict(run)) else None
+        return False
+    return same_config(asdict(have), asdict(run))
 
 
 def stochastic(kind: str, base):
@@ -168,9 +175,10 @@ def seed_record(ck, seed: int, split_sets: dict, ds, sample_seeds: list[int], st
                            "coverage@10": [h.get("valid_coverage@10") for h in hist]}}
     kind = ck.run.model.attention
     base = default_sampling(ck.run.model)
+    kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
+    rec[RANKS] = user_ranks(ck, base, split_sets, kw)
     if base is None:
         return rec
-    kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
     st = stochastic(kind, base)
     for split in ("valid", "test"):
         rs = [evaluate(ck.model, split_sets[split], sampling=st, seed=s, **kw) for s in sample_seeds]
@@ -186,6 +194,24 @@ def seed_record(ck, seed: int, split_sets: dict, ds, sample_seeds: list[int], st
     rec.update(sweeps=sweeps, deterministic_sampling=base.__dict__, stochastic_sampling=st.__dict__,
                sample_seeds=sample_seeds)
     return rec
+
+
+RANKS = "ranks@10"  # a seed record's per-user top-10 ranks, deterministic serving (benchmarks/users.py)
+
+
+def user_ranks(ck, base, split_sets: dict, kw: dict) -> dict[str, str]:
+    """Each split's per-user target ranks under the deterministic serving, encoded; checked
+    against the metrics the checkpoint recorded, which the same evaluation produced."""
+    out = {}
+    for split in ("valid", "test"):
+        got: list = []
+        evaluate(ck.model, split_sets[split], sampling=base, ranks_into=got, **kw)
+        out[split] = users.encode(got[0])
+        want = ck.metrics.get(split, {}).get("ndcg@10")
+        have = float(users.ndcg(out[split]).mean())
+        if want is not None and abs(have - want) > 1e-5:
+            log.warning("%s: re-evaluated %s NDCG@10 %.5f differs from the recorded %.5f", ck.path, split, have, want)
+    return out
 
 
 # Settings that do not change what is trained: runs that differ only here are seeds of one entry.
@@ -223,6 +249,39 @@ def aggregate(entry: dict) -> dict:
     return entry
 
 
+def entry_config(ck, cfg_path: Path | None, sets: dict) -> dict:
+    """The `config` an entry records for a trained checkpoint."""
+    model_cfg = asdict(ck.run.model)
+    model_cfg.pop("n_items", None)
+    return {"attention": ck.run.model.attention, "file": repo_path(cfg_path) if cfg_path else None,
+            "overrides": sets, "model": model_cfg, "train": asdict(ck.run.train)}
+
+
+def add_ranks(path: Path, runs: Path, ds, split_sets: dict) -> dict:
+    """Give every recorded seed that lacks them its per-user ranks, from its run folder when that
+    is here and holds the entry's configuration (the folder's own metrics must agree: `user_ranks`)."""
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    found: dict[tuple[str, str], dict] = {}
+    for key in entries(doc):
+        for seed, rec in doc[key].get("per_seed", {}).items():
+            run_dir = runs / f"{key}_seed{seed}"
+            if RANKS in rec or not (run_dir / "model.safetensors").is_file():
+                continue
+            ck = load_checkpoint(run_dir)
+            if not trains(doc[key], ck.run):
+                log.warning("%s: holds another configuration than the entry %s; skipped", run_dir, key)
+                continue
+            kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
+            found[(key, seed)] = user_ranks(ck, default_sampling(ck.run.model), split_sets, kw)
+            log.info("%s seed %s: ranks added", key, seed)
+
+    def add(d: dict) -> None:
+        for (key, seed), ranks in found.items():
+            d[key]["per_seed"][seed][RANKS] = ranks
+
+    return update_results(path, add, render) if found else doc
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", "--kinds", dest="configs", default="softmax,vae,diffusion",
@@ -238,6 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--park", action="store_true",
                     help="copy the unfinished runs' checkpoints to <out>_inflight/ (to commit) and exit; a "
                          "fresh checkout resumes them from there")
+    ap.add_argument("--add-ranks", action="store_true",
+                    help="train nothing: re-evaluate the recorded seeds whose run folders are here and add their "
+                         "per-user top-10 ranks (what the verdict's bootstrap over users reads)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     specs = [resolve(s) for s in a.configs.split(",")]
@@ -255,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     ds = load_source(load_run_config(None, {"data": {**sets["data"], "source": a.data}}).data)
     split_sets = eval_sets(leave_one_out(ds))
+    if a.add_ranks:
+        return add_ranks(Path(out + ".json"), runs, ds, split_sets)
     command = "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_info()
     commit = git_commit()  # the code this process runs: taken at start, not when a result is written
@@ -275,10 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             train_or_resume(run, run_dir, started_by=me, carried=carried)
             ck = load_checkpoint(run_dir)
-            model_cfg = asdict(ck.run.model)
-            model_cfg.pop("n_items", None)
-            config = {"attention": ck.run.model.attention, "file": repo_path(cfg_path), "overrides": sets,
-                      "model": model_cfg, "train": asdict(ck.run.train)}
+            config = entry_config(ck, cfg_path, sets)
             rec = seed_record(ck, seed, split_sets, ds, sample_seeds, steps)
             # The training's own provenance when known (older run folders have none: the reader's).
             rec.update(origin(run_dir) or me, evaluated_by=me)
@@ -352,16 +413,20 @@ def render(r: dict) -> str:
                   "of one budget are compared only with each other): the softmax entry and the generative entry "
                   "with the best mean validation NDCG@10; the target is a test gain of more than twice the larger seed std. Under bce / sampled, generative "
                   "entries whose two CE terms drew their own negatives (before `share_negatives`: two negatives "
-                  "per position to softmax's one) are left out.", "",
+                  "per position to softmax's one) are left out. The seed std is training noise only; the last "
+                  "column is the other uncertainty, which users the split holds: the gain's 95% interval from a "
+                  "paired bootstrap over users (each user's NDCG@10 averaged over the seeds both entries share; "
+                  "benchmarks/users.py).", "",
                   "| loss | patience / cap | softmax (valid → test) | best generative (valid → test) | gain | "
-                  "2 × larger std | beats |",
-                  "|---|---|---|---|---|---|---|"]
+                  "2 × larger std | beats | gain's 95% interval over users |",
+                  "|---|---|---|---|---|---|---|---|"]
         for v in rows:
             length = f", max_len {v['max_len']}" if v["max_len"] is not None else ""
             lines.append(f"| {v['loss']} | {v['patience']} / {v['epochs']}{length} | "
                          f"{v['softmax']}: {v['softmax_valid']:.4f} → {v['softmax_test']:.4f} | "
                          f"{v['generative']}: {v['generative_valid']:.4f} → {v['generative_test']:.4f} | "
-                         f"{v['gain']:+.4f} | {v['margin']:.4f} | {'yes' if v['beats'] else 'no'} |")
+                         f"{v['gain']:+.4f} | {v['margin']:.4f} | {'yes' if v['beats'] else 'no'} | "
+                         f"{_interval(v['users_ci'])} |")
         lines.append("")
     pairs = protocols(r)
     if any(set(v) & {"full", "bce"} for v in pairs.values()):
@@ -457,12 +522,29 @@ def verdict(r: dict, max_len_selected: bool = True) -> list[dict]:
             continue
         st, gt = r[soft]["test"]["ndcg@10"], r[gen]["test"]["ndcg@10"]
         margin = 2 * max(st["std"], gt["std"])
-        rows.append({"loss": loss, "patience": patience, "epochs": epochs, "max_len": length,
+        ci = over_users(r[soft], r[gen])
+        rows.append({"users_ci": ci, "loss": loss, "patience": patience, "epochs": epochs, "max_len": length,
                      "softmax": soft, "generative": gen,
                      "softmax_valid": r[soft]["valid"]["ndcg@10"]["mean"], "softmax_test": st["mean"],
                      "generative_valid": r[gen]["valid"]["ndcg@10"]["mean"], "generative_test": gt["mean"],
                      "gain": gt["mean"] - st["mean"], "margin": margin, "beats": gt["mean"] - st["mean"] > margin})
     return rows
+
+
+def _interval(ci: dict | None) -> str:
+    if ci is None:
+        return "– (no per-user ranks recorded)"
+    return f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] ({ci['users']} users, {ci['seeds']} seeds)"
+
+
+def over_users(a: dict, b: dict, split: str = "test") -> dict | None:
+    """The paired bootstrap over users of entry b − entry a (NDCG@10), on the training seeds both
+    record ranks for; None where they share none."""
+    both = [k for k in a.get("per_seed", {}) if RANKS in a["per_seed"][k] and RANKS in b.get("per_seed", {}).get(k, {})]
+    if not both:
+        return None
+    return users.paired_ci([a["per_seed"][k][RANKS][split] for k in both],
+                           [b["per_seed"][k][RANKS][split] for k in both])
 
 
 def _samp(s: dict, kind: str) -> str:

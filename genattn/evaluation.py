@@ -70,7 +70,7 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
              seed: int | None = None, batch_size: int | None = None, device: str | torch.device = "cpu",
              noise_scale: float = 1.0, rerank: Callable[[torch.Tensor], torch.Tensor] | None = None,
              mc_dropout: float = 0.0, mc_passes: int = 1, world: World | None = None,
-             aggregate: str = "mean") -> dict[str, float]:
+             aggregate: str = "mean", ranks_into: list | None = None) -> dict[str, float]:
     """HR/NDCG/MRR@{10,20}, coverage@10, ILD@10, novelty@10 over all users of `data`.
 
     A stochastic `sampling` draws its noise from a generator seeded with `seed`, scaled
@@ -83,6 +83,8 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
     With a data-parallel `world`, each rank scores every
     size-th user and the per-user ranks are gathered, so every rank returns the metrics
     of all users. The batch defaults to what keeps one batch's scores near 256 MB.
+    `ranks_into`, a list, receives the per-user target ranks (0 = first; users in `data`'s
+    order), for statistics over users such as a paired bootstrap.
     """
     was_training = model.training
     model.eval()
@@ -124,6 +126,8 @@ def evaluate(model: SASRec, data: EvalSet, *, popularity: np.ndarray, n_users: i
         for r, (rk, tp) in enumerate(parts):
             rank_all[r::size], top[r::size] = rk, tp
     out = rank_metrics(rank_all)
+    if ranks_into is not None:
+        ranks_into.append(rank_all)
     emb = None if genres is not None else model.item_emb.weight.detach().float().cpu().numpy()
     out.update(diversity_metrics(top[:, :10], model.cfg.n_items, popularity, n_users,
                                  genres=genres, embeddings=emb))

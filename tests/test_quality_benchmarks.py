@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from benchmarks import accuracy, collapse, frontier, search
+from benchmarks import accuracy, collapse, frontier, search, users
 from genattn.config import ModelConfig
 
 TINY = ["model.max_len=8", "model.d_model=16", "model.pair_hidden=4", "model.diffusion_steps=10",
@@ -101,6 +102,36 @@ def test_accuracy_results_schema(bench):
     assert not accuracy.per_term_negatives(bce["softmax_bce"] | {"config": {**bce["softmax_bce"]["config"],
                                                                            "train": {"loss": "bce"}}})
     assert [row["generative"] for row in accuracy.verdict(bce)] == ["vae_bce"]
+
+
+def test_seed_records_keep_per_user_ranks_and_the_verdict_bounds_the_gain_over_users(bench, tmp_path):
+    # before the test below replaces softmax_full; on a copy, so that the tests after see the fixture's files
+    shutil.copytree(bench[0], tmp_path / "q")
+    d = tmp_path / "q"
+    on_disk = json.loads((d / "acc.json").read_text())
+    for kind in ("softmax", "vae", "diffusion"):
+        for rec in on_disk[f"{kind}_full"]["per_seed"].values():
+            for split in ("valid", "test"):  # one character per user, reproducing the recorded metric
+                code = rec[accuracy.RANKS][split]
+                assert len(code) == on_disk["n_users"]
+                assert users.ndcg(code).mean() == pytest.approx(rec[split]["ndcg@10"], abs=1e-9)
+    v = {row["loss"]: row for row in accuracy.verdict(on_disk)}["full"]
+    ci = v["users_ci"]
+    # all seeds shared: the mean per-user difference is the difference of the entries' means
+    assert ci["seeds"] == 2 and ci["users"] == on_disk["n_users"]
+    assert ci["diff"] == pytest.approx(v["gain"], abs=1e-9) and ci["lo"] <= ci["diff"] <= ci["hi"]
+    assert "gain's 95% interval over users" in (d / "acc.md").read_text()
+    # An entry without ranks (recorded before they were kept) gets them back from its run folder,
+    # the same characters; nothing else in the file changes.
+    stripped = copy.deepcopy(on_disk)
+    del stripped["vae_full"]["per_seed"]["1"][accuracy.RANKS]
+    (d / "acc.json").write_text(json.dumps(stripped))
+    assert accuracy.over_users(stripped["softmax_full"], stripped["vae_full"])["seeds"] == 1
+    argv = ["--data", "synthetic", "--runs", str(d / "runs"), "--out", str(d / "acc"), "--add-ranks"]
+    for s in TINY:
+        argv += ["--set", s]
+    assert accuracy.main(argv) == on_disk
+    assert json.loads((d / "acc.json").read_text()) == on_disk
 
 
 def test_one_more_seed_merges_into_its_entry_and_another_config_replaces_it(bench):
@@ -398,3 +429,25 @@ def test_records_from_before_share_negatives_stay_seeds_of_their_entry_where_it_
         assert not accuracy.same_config(cfg(kind, loss), cfg(kind, loss, share_negatives=True))
         assert accuracy.same_config(cfg(kind, loss), cfg(kind, loss, share_negatives=False))
     assert accuracy.same_config(cfg("vae", "bce", seed=3, share_negatives=True), cfg("vae", "bce", share_negatives=True))
+
+
+def test_paired_bootstrap_over_users():
+    rng = np.random.default_rng(1)
+    a = [users.encode(rng.integers(0, 30, size=500)) for _ in range(2)]
+    assert users.paired_ci(a, a) | {"se": 0.0} == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "se": 0.0, "users": 500,
+                                                     "seeds": 2, "level": 0.95, "resamples": 4000}
+    # b puts every user's target one place higher than a (a hit at 0 stays at 0)
+    b = [users.encode(np.maximum(np.array([10 if c == "-" else int(c) for c in x]) - 1, 0)) for x in a]
+    ci = users.paired_ci(a, b)
+    assert ci["diff"] > 0 and ci["lo"] > 0
+    # the interval's half width is about 1.96 standard errors of the per-user mean difference
+    x = np.mean([users.ndcg(q) - users.ndcg(p) for p, q in zip(a, b)], axis=0)
+    se = x.std() / np.sqrt(len(x))
+    assert ci["se"] == pytest.approx(se, rel=0.1) and (ci["hi"] - ci["lo"]) / 2 == pytest.approx(1.96 * se, rel=0.15)
+    assert users.encode(np.array([0, 9, 10, 250])) == "09--"
+    with pytest.raises(ValueError, match="not the same users"):
+        users.paired_ci(a, [b[0][:-1], b[1]])
+    with pytest.raises(ValueError, match="same number"):
+        users.paired_ci(a, b[:1])
+    with pytest.raises(ValueError, match="rank string"):
+        users.ndcg("0x1")
