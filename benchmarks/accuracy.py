@@ -177,6 +177,7 @@ def seed_record(ck, seed: int, split_sets: dict, ds, sample_seeds: list[int], st
     base = default_sampling(ck.run.model)
     kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
     rec[RANKS] = user_ranks(ck, base, split_sets, kw)
+    rec[TRAIN_CURVE] = train_curve(m["history"])
     if base is None:
         return rec
     st = stochastic(kind, base)
@@ -197,6 +198,15 @@ def seed_record(ck, seed: int, split_sets: dict, ds, sample_seeds: list[int], st
 
 
 RANKS = "ranks@10"  # a seed record's per-user top-10 ranks, deterministic serving (benchmarks/users.py)
+TRAIN_CURVE = "train_curve"  # per epoch, the objective's terms on the training windows
+
+
+def train_curve(history: list[dict]) -> dict[str, list]:
+    """The objective's terms per epoch as training logged them: `ce` (the served path's CE) and, for
+    the generative kinds, `ce_posterior` (the path that sees the target) and `bound` (KL / diffusion
+    bound). Where they part is where the two paths stop learning the same thing."""
+    terms = [t for t in ("ce", "ce_posterior", "bound") if history and all(t in h for h in history)]
+    return {"epoch": [h["epoch"] for h in history], **{t: [h[t] for h in history] for t in terms}}
 
 
 def user_ranks(ck, base, split_sets: dict, kw: dict) -> dict[str, str]:
@@ -257,27 +267,30 @@ def entry_config(ck, cfg_path: Path | None, sets: dict) -> dict:
             "overrides": sets, "model": model_cfg, "train": asdict(ck.run.train)}
 
 
-def add_ranks(path: Path, runs: Path, ds, split_sets: dict) -> dict:
-    """Give every recorded seed that lacks them its per-user ranks, from its run folder when that
-    is here and holds the entry's configuration (the folder's own metrics must agree: `user_ranks`)."""
+def backfill(path: Path, runs: Path, ds, split_sets: dict) -> dict:
+    """Give every recorded seed what newer records keep (per-user ranks, the training curve) from
+    its run folder, when that is here and holds the entry's configuration (the folder's own metrics
+    must agree with the re-evaluation: `user_ranks`). Trains nothing; nothing else changes."""
     doc = json.loads(path.read_text()) if path.is_file() else {}
     found: dict[tuple[str, str], dict] = {}
     for key in entries(doc):
         for seed, rec in doc[key].get("per_seed", {}).items():
             run_dir = runs / f"{key}_seed{seed}"
-            if RANKS in rec or not (run_dir / "model.safetensors").is_file():
+            if (RANKS in rec and TRAIN_CURVE in rec) or not (run_dir / "model.safetensors").is_file():
                 continue
             ck = load_checkpoint(run_dir)
             if not trains(doc[key], ck.run):
                 log.warning("%s: holds another configuration than the entry %s; skipped", run_dir, key)
                 continue
             kw = dict(popularity=ck.popularity, n_users=ds.n_users, genres=ds.item_genres)
-            found[(key, seed)] = user_ranks(ck, default_sampling(ck.run.model), split_sets, kw)
-            log.info("%s seed %s: ranks added", key, seed)
+            found[(key, seed)] = {RANKS: rec.get(RANKS) or user_ranks(ck, default_sampling(ck.run.model),
+                                                                      split_sets, kw),
+                                  TRAIN_CURVE: train_curve(ck.metrics["history"])}
+            log.info("%s seed %s: ranks and training curve added", key, seed)
 
     def add(d: dict) -> None:
-        for (key, seed), ranks in found.items():
-            d[key]["per_seed"][seed][RANKS] = ranks
+        for (key, seed), more in found.items():
+            d[key]["per_seed"][seed].update(more)
 
     return update_results(path, add, render) if found else doc
 
@@ -297,9 +310,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--park", action="store_true",
                     help="copy the unfinished runs' checkpoints to <out>_inflight/ (to commit) and exit; a "
                          "fresh checkout resumes them from there")
-    ap.add_argument("--add-ranks", action="store_true",
-                    help="train nothing: re-evaluate the recorded seeds whose run folders are here and add their "
-                         "per-user top-10 ranks (what the verdict's bootstrap over users reads)")
+    ap.add_argument("--backfill", action="store_true",
+                    help="train nothing: give the recorded seeds whose run folders are here what newer records "
+                         "keep (per-user top-10 ranks, which the verdict's bootstrap over users reads; the "
+                         "training curve)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     specs = [resolve(s) for s in a.configs.split(",")]
@@ -317,8 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     ds = load_source(load_run_config(None, {"data": {**sets["data"], "source": a.data}}).data)
     split_sets = eval_sets(leave_one_out(ds))
-    if a.add_ranks:
-        return add_ranks(Path(out + ".json"), runs, ds, split_sets)
+    if a.backfill:
+        return backfill(Path(out + ".json"), runs, ds, split_sets)
     command = "python -m benchmarks.accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = machine_info()
     commit = git_commit()  # the code this process runs: taken at start, not when a result is written

@@ -115,19 +115,25 @@ def test_seed_records_keep_per_user_ranks_and_the_verdict_bounds_the_gain_over_u
                 code = rec[accuracy.RANKS][split]
                 assert len(code) == on_disk["n_users"]
                 assert users.ndcg(code).mean() == pytest.approx(rec[split]["ndcg@10"], abs=1e-9)
+            # the objective's terms per epoch: the served path's CE, and the generative kinds' other two
+            curve = rec[accuracy.TRAIN_CURVE]
+            assert curve["epoch"] == [1, 2] and all(np.isfinite(curve["ce"]))
+            assert set(curve) == ({"epoch", "ce"} if kind == "softmax" else {"epoch", "ce", "ce_posterior", "bound"})
     v = {row["loss"]: row for row in accuracy.verdict(on_disk)}["full"]
     ci = v["users_ci"]
     # all seeds shared: the mean per-user difference is the difference of the entries' means
     assert ci["seeds"] == 2 and ci["users"] == on_disk["n_users"]
     assert ci["diff"] == pytest.approx(v["gain"], abs=1e-9) and ci["lo"] <= ci["diff"] <= ci["hi"]
     assert "gain's 95% interval over users" in (d / "acc.md").read_text()
-    # An entry without ranks (recorded before they were kept) gets them back from its run folder,
-    # the same characters; nothing else in the file changes.
+    # A record without ranks or curve (recorded before they were kept) gets them back from its run
+    # folder, the same values; nothing else in the file changes.
     stripped = copy.deepcopy(on_disk)
     del stripped["vae_full"]["per_seed"]["1"][accuracy.RANKS]
+    del stripped["vae_full"]["per_seed"]["1"][accuracy.TRAIN_CURVE]
+    del stripped["softmax_full"]["per_seed"]["0"][accuracy.TRAIN_CURVE]
     (d / "acc.json").write_text(json.dumps(stripped))
     assert accuracy.over_users(stripped["softmax_full"], stripped["vae_full"])["seeds"] == 1
-    argv = ["--data", "synthetic", "--runs", str(d / "runs"), "--out", str(d / "acc"), "--add-ranks"]
+    argv = ["--data", "synthetic", "--runs", str(d / "runs"), "--out", str(d / "acc"), "--backfill"]
     for s in TINY:
         argv += ["--set", s]
     assert accuracy.main(argv) == on_disk
