@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from genattn.metrics import ndcg_per_user
+
 K = 10
 MISS = "-"
 
@@ -28,8 +30,7 @@ def ndcg(code: str) -> np.ndarray:
     """Per-user NDCG@10 from `encode`'s string (a miss scores 0)."""
     if set(code) - set("0123456789" + MISS):
         raise ValueError(f"not a top-{K} rank string: {sorted(set(code) - set('0123456789' + MISS))[:5]}")
-    r = np.array([K if c == MISS else int(c) for c in code], dtype=float)
-    return np.where(r < K, 1.0 / np.log2(r + 2.0), 0.0)
+    return ndcg_per_user(np.array([K if c == MISS else int(c) for c in code]), K)
 
 
 def paired_ci(a: list[str], b: list[str], *, level: float = 0.95, resamples: int = 4000,

@@ -18,6 +18,12 @@ def ranks_from_scores(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (scores > t).sum(axis=1)
 
 
+def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k of one target at 0-based `ranks` (0 outside the top k)."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """HR@K, NDCG@K, MRR@K averaged over users (one target each)."""
     ranks = np.asarray(ranks)
@@ -27,7 +33,7 @@ def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float
     for k in ks:
         hit = ranks < k
         out[f"hr@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+        out[f"ndcg@{k}"] = float(ndcg_per_user(ranks, k).mean())
         out[f"mrr@{k}"] = float(np.where(hit, 1.0 / (ranks + 1.0), 0.0).mean())
     return out
 
