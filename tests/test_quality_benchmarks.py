@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import accuracy, collapse, frontier, search, users
+from benchmarks import accuracy, collapse, curves, frontier, search, users
 from genattn.config import ModelConfig
 
 TINY = ["model.max_len=8", "model.d_model=16", "model.pair_hidden=4", "model.diffusion_steps=10",
@@ -102,6 +102,39 @@ def test_accuracy_results_schema(bench):
     assert not accuracy.per_term_negatives(bce["softmax_bce"] | {"config": {**bce["softmax_bce"]["config"],
                                                                            "train": {"loss": "bce"}}})
     assert [row["generative"] for row in accuracy.verdict(bce)] == ["vae_bce"]
+
+
+def test_curves_pair_recorded_seeds_and_a_run_still_training(bench, tmp_path):
+    d, _ = bench
+    res = json.loads((d / "acc.json").read_text())
+    # a run still training: only its checkpointed state holds the history so far
+    live = tmp_path / "runs" / "synthetic" / "vae_live_full_seed1"  # not the fixture's: later tests park its runs
+    live.mkdir(parents=True)
+    hist = [{"epoch": 1, "ce": 3.5, "ce_posterior": 3.1, "bound": 0.4, "valid_ndcg@10": 0.25, "valid_coverage@10": 0.5}]
+    (live / "state.json").write_text(json.dumps({"progress": {"history": hist, "best_epoch": 1}}))
+    out = tmp_path / "curves"
+    doc = curves.main(["--data", "synthetic", "--seed", "1", "--results", str(d / "acc"), "--runs", str(tmp_path / "runs"),
+                       "--out", str(out), "--curves", "softmax=softmax_full,vae=vae_full,live=vae_live_full"])
+    on_disk = json.loads(out.with_suffix(".json").read_text())
+    assert on_disk["curves"] == json.loads(json.dumps(doc["curves"])) and out.with_suffix(".png").stat().st_size > 0
+    sm, vae, live_c = (on_disk["curves"][k] for k in ("softmax", "vae", "live"))
+    rec = res["vae_full"]["per_seed"]["1"]
+    assert [h["epoch"] for h in vae["history"]] == rec["valid_curve"]["epoch"] == [1, 2]
+    assert [h["valid_ndcg@10"] for h in vae["history"]] == rec["valid_curve"]["ndcg@10"]
+    assert [h["ce_posterior"] for h in vae["history"]] == rec["train_curve"]["ce_posterior"]
+    assert "bound" not in sm["history"][0] and sm["finished"] and vae["best_epoch"] == rec["best_epoch"]
+    assert live_c["history"] == hist and not live_c["finished"]
+    assert on_disk["curves"]["softmax"]["trained_by"]["command"] == res["softmax_full"]["per_seed"]["1"]["command"]
+    md = out.with_suffix(".md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| 2 |"))  # epoch 2: the live run never got there
+    gap = vae["history"][1]["valid_ndcg@10"] - sm["history"][1]["valid_ndcg@10"]
+    assert row.split(" | ")[-2:] == [f"{gap:+.4f}", "– |"] and "1, still training" in md
+    with pytest.raises(curves.CurveError, match="no_such_entry"):
+        curves.main(["--data", "synthetic", "--results", str(d / "acc"), "--runs", str(d / "runs"),
+                     "--out", str(tmp_path / "x"), "--curves", "a=softmax_full,b=no_such_entry"])
+    assert not (tmp_path / "x.json").exists()
+    with pytest.raises(curves.CurveError, match="distinct names"):
+        curves.parse_curves("a=softmax_full,a=vae_full")
 
 
 def test_seed_records_keep_per_user_ranks_and_the_verdict_bounds_the_gain_over_users(bench, tmp_path):
