@@ -91,6 +91,23 @@ def _at(curve: dict, epoch: int) -> dict | None:
     return next((h for h in curve["history"] if h["epoch"] == epoch), None)
 
 
+def paired_gap(a: dict, b: dict, last: int = 10) -> dict | None:
+    """b's validation NDCG@10 minus a's over the epochs both evaluated: the mean over all of them,
+    over the `last` latest, and how many of those b leads. A curve is noisy from epoch to epoch
+    (about ±0.002 on ML-1M); its mean over many paired epochs is what a lead or lag is read from
+    while the runs are unfinished."""
+    va = {h["epoch"]: h["valid_ndcg@10"] for h in a["history"] if "valid_ndcg@10" in h}
+    vb = {h["epoch"]: h["valid_ndcg@10"] for h in b["history"] if "valid_ndcg@10" in h}
+    common = sorted(set(va) & set(vb))
+    if not common:
+        return None
+    d = [vb[e] - va[e] for e in common]
+    tail = d[-last:]
+    return {"epochs": [common[0], common[-1]], "n": len(d), "mean": sum(d) / len(d),
+            "last": {"epochs": [common[-len(tail)], common[-1]], "mean": sum(tail) / len(tail),
+                     "ahead": sum(x > 0 for x in tail), "n": len(tail)}}
+
+
 def render(doc: dict) -> str:
     curves = doc["curves"]
     names = list(curves)
@@ -111,6 +128,16 @@ def render(doc: dict) -> str:
         lines.append(f"| {n} | {c['source']} | `{by.get('command') or '–'}` | {by.get('commit') or '–'} | "
                      f"{by.get('machine') or '–'} | {h[-1]['epoch'] if h else 0}"
                      f"{'' if c['finished'] else ', still training'} | {best_txt} |")
+    gaps = doc.get("paired_gaps", {})
+    if any(gaps.values()):
+        lines += ["", "Paired by epoch, each curve against every curve above it (validation NDCG@10, the epochs "
+                  "both reached):", "",
+                  "| pair | epochs | mean gap | last epochs | their mean gap | ahead in |", "|---|---|---|---|---|---|"]
+        for pair, g in gaps.items():
+            if g:
+                t = g["last"]
+                lines.append(f"| {pair} | {g['epochs'][0]}–{g['epochs'][1]} | {g['mean']:+.4f} | "
+                             f"{t['epochs'][0]}–{t['epochs'][1]} | {t['mean']:+.4f} | {t['ahead']} of {t['n']} |")
     head = ["epoch"] + [f"{n}: valid NDCG@10 / served CE" for n in names] + [f"{n} − {first}, valid" for n in names[1:]]
     lines += ["", "Validation NDCG@10 and the served path's training CE (dropout on) per epoch; "
               "bold: each curve's best epoch.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -189,8 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
     curves = {name: load_curve(src, a.seed, results, runs, stem.with_name(stem.name + "_inflight"))
               for name, src in parse_curves(a.curves)}
     out = Path(a.out) if a.out else REPO / results_stem("curves", a.data)
+    names = list(curves)
     doc = {"command": "python -m benchmarks.curves " + " ".join(sys.argv[1:] if argv is None else argv),
-           "data": a.data, "seed": a.seed, "commit": git_commit(), "machine": machine_info(), "curves": curves}
+           "data": a.data, "seed": a.seed, "commit": git_commit(), "machine": machine_info(), "curves": curves,
+           "paired_gaps": {f"{b} − {a}": paired_gap(curves[a], curves[b])
+                           for j, b in enumerate(names) for a in names[:j]}}
 
     def replace_all(d: dict) -> None:
         d.clear()

@@ -124,6 +124,13 @@ def test_curves_pair_recorded_seeds_and_a_run_still_training(bench, tmp_path):
     assert [h["ce_posterior"] for h in vae["history"]] == rec["train_curve"]["ce_posterior"]
     assert "bound" not in sm["history"][0] and sm["finished"] and vae["best_epoch"] == rec["best_epoch"]
     assert live_c["history"] == hist and not live_c["finished"]
+    # paired by epoch over the epochs both reached: every pair, the later curve minus the earlier
+    gaps = on_disk["paired_gaps"]
+    assert set(gaps) == {"vae − softmax", "live − softmax", "live − vae"}
+    diffs = [v["valid_ndcg@10"] - s["valid_ndcg@10"] for v, s in zip(vae["history"], sm["history"])]
+    assert gaps["vae − softmax"]["mean"] == pytest.approx(sum(diffs) / 2) and gaps["vae − softmax"]["n"] == 2
+    assert gaps["vae − softmax"]["last"]["ahead"] == sum(x > 0 for x in diffs)
+    assert gaps["live − vae"]["epochs"] == [1, 1] and gaps["live − vae"]["mean"] == pytest.approx(0.25 - vae["history"][0]["valid_ndcg@10"])
     assert on_disk["curves"]["softmax"]["trained_by"]["command"] == res["softmax_full"]["per_seed"]["1"]["command"]
     md = out.with_suffix(".md").read_text()
     row = next(x for x in md.splitlines() if x.startswith("| 2 |"))  # epoch 2: the live run never got there
