@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from genattn.checkpoint import load_checkpoint, read_config, saved_run_config
-from genattn.config import ConfigError, load_run_config, shared_draws
+from genattn.config import ConfigError, load_run_config, parse_overrides, shared_draws
 from genattn.data import leave_one_out, load_source
 from genattn.evaluation import eval_sets, evaluate
 from genattn.fileio import write_json_atomic
@@ -55,18 +55,11 @@ log = logging.getLogger("benchmarks.accuracy")
 
 
 def parse_sets(items: list[str]) -> dict[str, dict]:
-    """--set table.key=value (value parsed as JSON when it can be, else a string)."""
-    out: dict[str, dict] = {"model": {}, "train": {}, "data": {}}
-    for item in items:
-        key, _, raw = item.partition("=")
-        table, _, field = key.partition(".")
-        if table not in out or not field or not raw:
-            raise SystemExit(f"--set expects table.key=value with table model|train|data, got {item!r}")
-        try:
-            out[table][field] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[table][field] = raw
-    return out
+    """--set table.key=value (genattn.config.parse_overrides); a malformed one ends the run."""
+    try:
+        return parse_overrides(items)
+    except ConfigError as e:
+        raise SystemExit(f"--set: {e}") from e
 
 
 def merged(base: dict[str, dict], *more: dict[str, dict]) -> dict[str, dict]:

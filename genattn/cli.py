@@ -67,33 +67,34 @@ except ImportError:
 @click.option("--eval-users", type=int, help="Validate and test on a fixed random subset of users (0: all).")
 @click.option("--synthetic-users", type=int, help="--data synthetic: number of users.")
 @click.option("--synthetic-items", type=int, help="--data synthetic: catalog size.")
+@click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE",
+              help="Any config field, e.g. --set model.recency_bias=true --set model.posterior_ce=generative "
+                   "(repeatable; over the --config file; a named option above wins only where it agrees).")
 @click.option("--resume", is_flag=True, help="Continue from the training state in --out.")
 @click.option("--no-progress", is_flag=True)
 def train(config, out, attention, source, fmt, user_col, item_col, time_col, epochs, seed, device, max_len,
           batch_size, lr, loss, negatives, negative_sampler, in_batch, precision, compile_, threads, eval_users,
-          synthetic_users, synthetic_items, resume, no_progress) -> None:
+          synthetic_users, synthetic_items, sets, resume, no_progress) -> None:
     """Train a model and write a checkpoint (best validation NDCG@10).
 
     Data parallel: `torchrun --standalone --nproc-per-node N -m genattn.cli train ...`
     (gloo on CPU, NCCL on GPUs); rank 0 writes the checkpoint and prints the result.
     """
-    from .config import ConfigError, load_run_config
+    from .config import ConfigError, load_run_config, parse_overrides
     from .data import DataError
     from .distributed import DistributedError
     from .training import train as run_train
 
     try:
-        run = load_run_config(config, {"model": {"attention": attention, "max_len": max_len},
-                                       "train": {"epochs": epochs, "seed": seed, "device": device,
-                                                 "batch_size": batch_size, "lr": lr, "loss": loss,
-                                                 "negatives": negatives, "negative_sampler": negative_sampler,
-                                                 "in_batch_negatives": in_batch,
-                                                 "precision": precision, "compile": compile_, "threads": threads,
-                                                 "eval_users": eval_users},
-                                       "data": {"source": source, "fmt": fmt, "user_col": user_col,
-                                                "item_col": item_col, "time_col": time_col,
-                                                "synthetic_users": synthetic_users,
-                                                "synthetic_items": synthetic_items}})
+        named = {"model": {"attention": attention, "max_len": max_len},
+                 "train": {"epochs": epochs, "seed": seed, "device": device, "batch_size": batch_size, "lr": lr,
+                           "loss": loss, "negatives": negatives, "negative_sampler": negative_sampler,
+                           "in_batch_negatives": in_batch, "precision": precision, "compile": compile_,
+                           "threads": threads, "eval_users": eval_users},
+                 "data": {"source": source, "fmt": fmt, "user_col": user_col, "item_col": item_col,
+                          "time_col": time_col, "synthetic_users": synthetic_users,
+                          "synthetic_items": synthetic_items}}
+        run = load_run_config(config, _with_named(parse_overrides(sets), named))
         res = run_train(run, out, resume=resume, progress=not no_progress)
     except (ConfigError, DataError, DistributedError, FileNotFoundError) as e:
         _fail(e)
@@ -101,6 +102,23 @@ def train(config, out, attention, source, fmt, user_col, item_col, time_col, epo
         click.echo(json.dumps({"checkpoint": str(out), "valid": res.metrics["valid"], "test": res.metrics["test"],
                                "train_seconds": res.checkpoint.metrics.get("train_seconds"),
                                "data_seconds": res.checkpoint.metrics.get("data_seconds")}, indent=2))
+
+
+def _with_named(sets: dict[str, dict], named: dict[str, dict]) -> dict[str, dict]:
+    """--set tables with the named options (those given) on top; the two naming one field with
+    different values is an error rather than a silent choice."""
+    from .config import ConfigError
+
+    out = {t: dict(v) for t, v in sets.items()}
+    for table, values in named.items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key in out.get(table, {}) and out[table][key] != value:
+                raise ConfigError(f"{table}.{key} is given twice with different values: "
+                                  f"--set {table}.{key}={out[table][key]!r} and the named option's {value!r}")
+            out.setdefault(table, {})[key] = value
+    return out
 
 
 @main.command()

@@ -9,6 +9,7 @@ all give the same model (docs/model.md, "Per-kind defaults").
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,26 @@ def _build(cls: type, values: dict[str, Any], where: str):
     if unknown:
         raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return cls(**values)
+
+
+TABLES = ("model", "train", "data")
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`TABLE.KEY=VALUE` strings (`genattn train --set`, the benchmarks' `--set`) -> override tables.
+    A value is read as JSON when it parses (true, 50, 1e-3, "x"), else kept as the string
+    (`model.posterior_ce=generative`); unknown keys are caught when the config is built."""
+    out: dict[str, dict[str, Any]] = {t: {} for t in TABLES}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        table, _, field_name = key.partition(".")
+        if table not in out or not field_name or not eq or not raw:
+            raise ConfigError(f"expected TABLE.KEY=VALUE with TABLE one of {', '.join(TABLES)}, got {item!r}")
+        try:
+            out[table][field_name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[table][field_name] = raw
+    return out
 
 
 def load_run_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:

@@ -212,21 +212,29 @@ def test_device_scripts_parse_and_name_existing_configs():
     import subprocess
     from pathlib import Path
 
+    from genattn.config import load_run_config, parse_overrides
+
     root = Path(__file__).resolve().parents[1]
     for script in sorted((root / "benchmarks").glob("device_*.sh")):
         assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0, script.name
     text = (root / "benchmarks" / "device_ml1m.sh").read_text()
     names = {v: re.search(rf'^{v}=(\S+)', text, re.M).group(1) for v in ("SEL", "ANCHOR", "VAE_ANCHOR")}
     jobs = re.findall(r'^\s+"(\w+)_seed0\|([^|]+)\|0\|([^"]*)"', text, re.M)
-    # seed 0 of every kind's selected configuration and of the anchors' softmax, under both losses
+    # seed 0 of every kind's selected configuration and of the anchors' softmax, under both losses, and
+    # the ML-1M pair that differs at max_len 50 under full CE (the VAE off the backbone, softmax + bias)
     assert {name for name, _, _ in jobs} == {f"{k}_{loss}" for k in ("softmax_anchor", "softmax_tuned", "vae_tuned",
                                                                     "diffusion_tuned", "vae_anchor")
-                                             for loss in ("full", "bce")}
+                                             for loss in ("full", "bce")} | {"vae_anchor_pgen_full",
+                                                                             "softmax_anchor_rb_full"}
     for name, cfg, extra in jobs:
         assert ("--loss bce" in extra) == name.endswith("_bce"), name
         for var, path in names.items():
             cfg = cfg.replace(f"${var}", path)
         assert (root / cfg).is_file(), cfg
+        # its --set overrides name real fields: the configuration it trains builds
+        run = load_run_config(root / cfg, parse_overrides(re.findall(r"--set (\S+)", extra)))
+        assert ("pgen" in name) == (run.model.posterior_ce == "generative"), name
+        assert ("_rb_" in name) == run.model.recency_bias, name
 
 
 def test_headline_of_a_one_batch_sweep_shows_that_batch_once():

@@ -20,7 +20,7 @@ import genattn.training
 from genattn.checkpoint import load_checkpoint, read_config, save_checkpoint
 from genattn.cli import main
 from genattn.config import (ATTENTION_KINDS, KIND_DEFAULTS, ConfigError, ModelConfig, RunConfig, TrainConfig,
-                            load_run_config)
+                            load_run_config, parse_overrides)
 from genattn.models import SASRec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "genattn" / "configs"
@@ -76,6 +76,35 @@ def cli_run_config(*args) -> RunConfig:
     assert res.exit_code == 0, res.output
     assert len(seen) == 1
     return seen[0]
+
+
+def test_cli_set_reaches_any_field_over_the_config_file_and_agrees_with_named_options(tmp_path):
+    cfg = tmp_path / "vae.toml"
+    cfg.write_text('[model]\nattention = "vae"\nrecency_bias = false\nmax_len = 200\n[train]\nlr = 0.001\n')
+    run = cli_run_config("-c", cfg, "-o", tmp_path / "ck", "--no-progress", "--set", "model.posterior_ce=generative",
+                         "--set", "model.recency_bias=true", "--set", "train.lr=2e-3", "--set", "model.max_len=50",
+                         "--max-len", 50)
+    assert run.model.posterior_ce == "generative" and run.model.recency_bias is True and run.model.max_len == 50
+    assert run.train.lr == 0.002 and run.model.attention == "vae"  # the file's, where --set says nothing
+    # the same as the benchmarks' --set over the same file
+    assert run == load_run_config(cfg, {"model": {"posterior_ce": "generative", "recency_bias": True, "max_len": 50},
+                                        "train": {"lr": 2e-3}})
+    assert parse_overrides(["data.source=ml-1m", "train.patience=60"]) == {
+        "model": {}, "train": {"patience": 60}, "data": {"source": "ml-1m"}}
+    for bad in ("model.max_len", "max_len=50", "optim.lr=1", "model.=3", "model.max_len="):
+        with pytest.raises(ConfigError, match="TABLE.KEY=VALUE"):
+            parse_overrides([bad])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "model.no_such_field=1"], "unknown key(s) in [model]: no_such_field"),
+    (["--set", "model.max_len"], "TABLE.KEY=VALUE"),
+    (["--set", "model.max_len=100", "--max-len", "50"], "model.max_len is given twice"),
+])
+def test_cli_set_errors_are_one_clear_line_and_train_nothing(tmp_path, args, needle):
+    res = CliRunner().invoke(main, ["train", "--data", "synthetic", "-o", str(tmp_path / "ck"), *args])
+    assert res.exit_code != 0 and "Traceback" not in res.output and needle in res.output, res.output
+    assert not (tmp_path / "ck").exists()
 
 
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
