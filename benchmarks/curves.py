@@ -127,7 +127,7 @@ def render(doc: dict) -> str:
         by = c["trained_by"]
         lines.append(f"| {n} | {c['source']} | `{by.get('command') or '–'}` | {by.get('commit') or '–'} | "
                      f"{by.get('machine') or '–'} | {h[-1]['epoch'] if h else 0}"
-                     f"{'' if c['finished'] else ', still training'} | {best_txt} |")
+                     f"{'' if c['finished'] else ', unfinished'} | {best_txt} |")
     gaps = doc.get("paired_gaps", {})
     if any(gaps.values()):
         lines += ["", "Paired by epoch, each curve against every curve above it (validation NDCG@10, the epochs "

@@ -135,7 +135,7 @@ def test_curves_pair_recorded_seeds_and_a_run_still_training(bench, tmp_path):
     md = out.with_suffix(".md").read_text()
     row = next(x for x in md.splitlines() if x.startswith("| 2 |"))  # epoch 2: the live run never got there
     gap = vae["history"][1]["valid_ndcg@10"] - sm["history"][1]["valid_ndcg@10"]
-    assert row.split(" | ")[-2:] == [f"{gap:+.4f}", "– |"] and "1, still training" in md
+    assert row.split(" | ")[-2:] == [f"{gap:+.4f}", "– |"] and "1, unfinished" in md
     with pytest.raises(curves.CurveError, match="no_such_entry"):
         curves.main(["--data", "synthetic", "--results", str(d / "acc"), "--runs", str(d / "runs"),
                      "--out", str(tmp_path / "x"), "--curves", "a=softmax_full,b=no_such_entry"])
