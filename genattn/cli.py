@@ -69,7 +69,7 @@ except ImportError:
 @click.option("--synthetic-items", type=int, help="--data synthetic: catalog size.")
 @click.option("--set", "sets", multiple=True, metavar="TABLE.KEY=VALUE",
               help="Any config field, e.g. --set model.recency_bias=true --set model.posterior_ce=generative "
-                   "(repeatable; over the --config file; a named option above wins only where it agrees).")
+                   "(repeatable; applied over the --config file; a named option for the same field must agree).")
 @click.option("--resume", is_flag=True, help="Continue from the training state in --out.")
 @click.option("--no-progress", is_flag=True)
 def train(config, out, attention, source, fmt, user_col, item_col, time_col, epochs, seed, device, max_len,
