@@ -22,8 +22,11 @@ import logging
 import sys
 from pathlib import Path
 
+from genattn.fileio import write_json_atomic, write_text_atomic
+
+from .accuracy import origin
+from .inflight import unfinished
 from .machine import REPO, git_commit, machine_info, repo_path, results_stem
-from .record import update_results
 
 log = logging.getLogger("benchmarks.curves")
 
@@ -46,18 +49,16 @@ def _from_record(rec: dict) -> dict:
 
 
 def _from_run(run_dir: Path) -> dict:
-    state, metrics = run_dir / "state.json", run_dir / "metrics.json"
-    m = json.loads(metrics.read_text()) if metrics.is_file() else {}
-    finished = "test" in m
-    if state.is_file() and not finished:
-        progress = json.loads(state.read_text())["progress"]
-        hist, best = progress["history"], progress.get("best_epoch")
-    elif m.get("history"):
-        hist, best = m["history"], m.get("best_epoch")
+    if unfinished(run_dir):  # its checkpointed state holds the history so far
+        progress = json.loads((run_dir / "state.json").read_text())["progress"]
+        hist, best, finished = progress["history"], progress.get("best_epoch"), False
     else:
-        raise CurveError(f"{run_dir}: no training history (neither state.json nor metrics.json holds one)")
-    origin = run_dir.parent / f"{run_dir.name}.origin.json"
-    by = json.loads(origin.read_text()) if origin.is_file() else {}
+        metrics = run_dir / "metrics.json"
+        m = json.loads(metrics.read_text()) if metrics.is_file() else {}
+        if not m.get("history"):
+            raise CurveError(f"{run_dir}: no training history (neither state.json nor metrics.json holds one)")
+        hist, best, finished = m["history"], m.get("best_epoch"), "test" in m
+    by = origin(run_dir) or {}
     keep = ("epoch", "valid_ndcg@10", "valid_coverage@10", *TERMS)
     return {"history": [{k: h[k] for k in keep if k in h} for h in hist], "finished": finished,
             "best_epoch": best, "trained_by": {k: by.get(k) for k in ("command", "commit", "machine")}}
@@ -219,14 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
     names = list(curves)
     doc = {"command": "python -m benchmarks.curves " + " ".join(sys.argv[1:] if argv is None else argv),
            "data": a.data, "seed": a.seed, "commit": git_commit(), "machine": machine_info(), "curves": curves,
-           "paired_gaps": {f"{b} − {a}": paired_gap(curves[a], curves[b])
-                           for j, b in enumerate(names) for a in names[:j]}}
-
-    def replace_all(d: dict) -> None:
-        d.clear()
-        d.update(doc)
-
-    update_results(out.with_suffix(".json"), replace_all, render)
+           "paired_gaps": {f"{later} − {earlier}": paired_gap(curves[earlier], curves[later])
+                           for j, later in enumerate(names) for earlier in names[:j]}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out.with_suffix(".json"), doc)  # one invocation's drawing, replaced whole
+    write_text_atomic(out.with_suffix(".md"), render(doc))
     if not a.no_plot:
         plot(doc, out.with_suffix(".png"))
     log.info("wrote %s.{json,md%s}", repo_path(out), "" if a.no_plot else ",png")
