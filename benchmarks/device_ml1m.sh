@@ -20,7 +20,7 @@
 #
 # The queue, in order: the VAE on the anchors' backbone with its target-aware path kept off the
 # shared weights (posterior_ce = "generative") and its control, softmax with the recency bias (the
-# one pair that differs on ML-1M at max_len 50, docs/model.md); then the VAE on the anchors' backbone (benchmarks/configs/vae_anchor.toml: its
+# one pair that differs on ML-1M at max_len 50, docs/results.md, "Why the VAE falls behind under full CE"); then the VAE on the anchors' backbone (benchmarks/configs/vae_anchor.toml: its
 # ML-100K shape is too small for ML-1M), then the ML-100K search's selected VAE and diffusion, full CE (ours) then BCE
 # (the paper's protocol); softmax in the anchors' setting (benchmarks/configs/softmax_anchor.toml:
 # 64-dim, 2 blocks, lr 1e-3) and the search's; then seeds 1 and 2 of the full-CE runs; all at

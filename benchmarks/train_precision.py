@@ -75,7 +75,7 @@ def render(r: dict) -> str:
              "| kind | max_len | fp32 ms | bf16 ms | speed-up |", "|---|---|---|---|---|"]
     for kind, k in r["kinds"].items():
         lines.append(f"| {kind} | {k['max_len']} | {k['fp32_ms']:.0f} | {k['bf16_ms']:.0f} | {k['speedup']:.2f}x |")
-    lines += ["", "A speed-up is worth keeping only if validation holds under bf16 (docs/model.md)."]
+    lines += ["", "A speed-up is worth keeping only if validation holds under bf16 (docs/results.md, \"bf16 autocast on CPU\")."]
     return "\n".join(lines) + "\n"
 
 

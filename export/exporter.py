@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class ExportOptions:
     steps: int = 1                  # diffusion: DDIM steps n (unrolled). 1: deterministic accuracy is the
-                                    # same for 1..16 steps (docs/model.md), more only spread noisy samples
+                                    # same for 1..16 steps (docs/results.md, "Steps"), more only spread noisy samples
     eta: float = 0.0                # diffusion: DDIM eta (> 0 adds per-step noise)
     start: str = "zeros"            # diffusion: "zeros" (deterministic) | "noise"
     vae_mode: str = "mean"          # vae: "mean" (deterministic) | "sample"

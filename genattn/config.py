@@ -111,7 +111,7 @@ class ModelConfig:
     time_buckets: int = 0
     # A learned per-head bias of the recency i - j added to S (zero at the start); any kind can
     # have it. The generative kinds' pair MLPs see recency anyway; with it softmax has the same
-    # information (docs/model.md, "What the generated maps are"). None = the kind's default.
+    # information (docs/results.md, "What the generated maps are"). None = the kind's default.
     recency_bias: bool | None = None
 
     def __post_init__(self) -> None:
@@ -173,7 +173,8 @@ class TrainConfig:
     in_batch_negatives: bool = True  # sampled: the batch's other targets are negatives too
     # sampled / bce: every CE term of a step (a generative kind's posterior and prior paths) ranks
     # against one draw, so no kind sees more negatives per step than softmax's single term;
-    # false: each term draws its own (results recorded before this option: docs/model.md).
+    # false: each term draws its own (results recorded before this option: docs/results.md,
+    # "One negative per position for every kind").
     share_negatives: bool = True
     # Speed.
     precision: str = "auto"          # "auto" (bf16 autocast on a CUDA card that has it, else fp32) | "fp32" | "bf16"

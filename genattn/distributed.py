@@ -2,7 +2,7 @@
 
 `torchrun --standalone --nproc-per-node N -m genattn.cli train ...` sets RANK / WORLD_SIZE /
 LOCAL_RANK / MASTER_ADDR; multi-node is the same command with `--nnodes` and
-`--rdzv-endpoint` (docs/model.md). Without those variables everything here is a no-op,
+`--rdzv-endpoint` (docs/training.md). Without those variables everything here is a no-op,
 so single-process training takes the same code path.
 """
 from __future__ import annotations

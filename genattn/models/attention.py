@@ -147,7 +147,7 @@ class PairMLP(nn.Module):
         if pairs is not None:
             # Not head_bias[pairs.head]: on CUDA the backward of indexing sums each index's
             # duplicates serially, and millions of pairs share a handful of heads; a one-hot
-            # matmul's backward is one parallel reduction (docs/model.md, "Training on a GPU").
+            # matmul's backward is one parallel reduction (docs/results.md, "Training on a GPU").
             # Lookups over many more rows (recency, time-gap bucket) go through F.embedding,
             # whose backward splits long runs of duplicates up.
             h = self.rel(pairs.rel) + pairs.head_onehot(self.head_bias.dtype) @ self.head_bias  # (P, hidden)
@@ -176,7 +176,8 @@ class Posterior(nn.Module):
     The learned per-head gain g_h (initialised at cfg.posterior_gain) is a skip path
     for the affinity: from the first step the posterior leans toward the history items
     that explain the target, so the latent carries information about y for the prior
-    to learn (without it the posterior stayed target-blind: docs/model.md).
+    to learn (without it the posterior stayed target-blind: docs/results.md, "The collapse,
+    measured directly").
     """
 
     def __init__(self, cfg: ModelConfig):

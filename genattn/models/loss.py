@@ -26,7 +26,7 @@ One draw per step. The generative kinds have two CE terms per step (posterior pa
 path) where softmax has one; `bind(y)` fixes a step's negatives so that every term ranks
 the positive against the same draw. Drawing per term would give a generative model two
 negatives per position where softmax gets one — under bce that doubles its negative signal
-(docs/model.md, "One negative per position for every kind"). `share_negatives = false`
+(docs/results.md, "One negative per position for every kind"). `share_negatives = false`
 (TrainConfig) keeps the per-term draws of earlier results.
 """
 from __future__ import annotations
