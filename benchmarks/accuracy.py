@@ -432,7 +432,7 @@ def render(r: dict) -> str:
             lines.append(f"| {v['loss']} | {v['patience']} / {v['epochs']}{length} | "
                          f"{v['softmax']}: {v['softmax_valid']:.4f} → {v['softmax_test']:.4f} | "
                          f"{v['generative']}: {v['generative_valid']:.4f} → {v['generative_test']:.4f} | "
-                         f"{v['gain']:+.4f} | {v['margin']:.4f} | {'yes' if v['beats'] else 'no'} | "
+                         f"{v['gain']:+.4f} | {_margin(v)} | {_beats(v)} | "
                          f"{_interval(v['users_ci'])} |")
         lines.append("")
     pairs = protocols(r)
@@ -511,37 +511,56 @@ def verdict(r: dict, max_len_selected: bool = True) -> list[dict]:
     unless `max_len_selected` (a searched knob competes; a protocol setting such as ML-1M's
     proxy max_len 50 against the anchors' 200 does not). Under a sampled loss a generative entry
     whose CE terms drew their own negatives (`per_term_negatives`) is left out: it learned from
-    two negatives per position to softmax's one."""
+    two negatives per position to softmax's one.
+
+    A budget where either kind has no entry of two or more seeds still gets a row, from its
+    one-seed entries: `margin` and `beats` are None there (no seed std to test against), and the
+    users' interval is the only uncertainty it can show."""
     rows = []
     by_budget: dict[tuple, list[str]] = {}
     for key in entries(r):
         e = r[key]
-        if "per_seed" in e and len(e["seeds"]) > 1 and not per_term_negatives(e):
+        if "per_seed" in e and e.get("seeds") and not per_term_negatives(e):
             tr = e["config"]["train"]
             length = None if max_len_selected else e["config"].get("model", {}).get("max_len")
             by_budget.setdefault((tr.get("loss", "full"), tr.get("patience"), tr.get("epochs"), length),
                                  []).append(key)
+    is_soft = lambda k: r[k]["config"]["attention"] == "softmax"  # noqa: E731
+    pick = lambda ks: max(ks, key=lambda k: r[k]["valid"]["ndcg@10"]["mean"]) if ks else None  # noqa: E731
     for (loss, patience, epochs, length), keys in sorted(by_budget.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        pick = lambda ks: max(ks, key=lambda k: r[k]["valid"]["ndcg@10"]["mean"]) if ks else None  # noqa: E731
-        soft = pick([k for k in keys if r[k]["config"]["attention"] == "softmax"])
-        gen = pick([k for k in keys if r[k]["config"]["attention"] != "softmax"])
+        seeded = [k for k in keys if len(r[k]["seeds"]) > 1]
+        one_seed = not (any(map(is_soft, seeded)) and not all(map(is_soft, seeded)))
+        pool = keys if one_seed else seeded
+        soft = pick([k for k in pool if is_soft(k)])
+        gen = pick([k for k in pool if not is_soft(k)])
         if soft is None or gen is None:
             continue
         st, gt = r[soft]["test"]["ndcg@10"], r[gen]["test"]["ndcg@10"]
-        margin = 2 * max(st["std"], gt["std"])
+        gain = gt["mean"] - st["mean"]
+        margin = None if one_seed else 2 * max(st["std"], gt["std"])
         ci = over_users(r[soft], r[gen])
         rows.append({"users_ci": ci, "loss": loss, "patience": patience, "epochs": epochs, "max_len": length,
                      "softmax": soft, "generative": gen,
                      "softmax_valid": r[soft]["valid"]["ndcg@10"]["mean"], "softmax_test": st["mean"],
                      "generative_valid": r[gen]["valid"]["ndcg@10"]["mean"], "generative_test": gt["mean"],
-                     "gain": gt["mean"] - st["mean"], "margin": margin, "beats": gt["mean"] - st["mean"] > margin})
+                     "gain": gain, "margin": margin, "beats": None if margin is None else gain > margin})
     return rows
+
+
+def _margin(v: dict) -> str:
+    return "– (one seed)" if v["margin"] is None else f"{v['margin']:.4f}"
+
+
+def _beats(v: dict) -> str:
+    if v["beats"] is None:  # one seed: the users' interval is all there is to read
+        return "undecided (one seed: no std)"
+    return "yes" if v["beats"] else "no"
 
 
 def _interval(ci: dict | None) -> str:
     if ci is None:
         return "– (no per-user ranks recorded)"
-    return f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] ({ci['users']} users, {ci['seeds']} seeds)"
+    return f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}] ({ci['users']} users, {ci['seeds']} seed{'s' if ci['seeds'] != 1 else ''})"
 
 
 def over_users(a: dict, b: dict, split: str = "test") -> dict | None:
