@@ -514,8 +514,9 @@ def verdict(r: dict, max_len_selected: bool = True) -> list[dict]:
     two negatives per position to softmax's one.
 
     A budget where either kind has no entry of two or more seeds still gets a row, from its
-    one-seed entries: `margin` and `beats` are None there (no seed std to test against), and the
-    users' interval is the only uncertainty it can show."""
+    one-seed entries: `margin` is None there (no seed std to test against), `beats` is False when
+    the gain is not positive (no margin can make it a win) and None otherwise, and the users'
+    interval is the only uncertainty it can show."""
     rows = []
     by_budget: dict[tuple, list[str]] = {}
     for key in entries(r):
@@ -543,7 +544,8 @@ def verdict(r: dict, max_len_selected: bool = True) -> list[dict]:
                      "softmax": soft, "generative": gen,
                      "softmax_valid": r[soft]["valid"]["ndcg@10"]["mean"], "softmax_test": st["mean"],
                      "generative_valid": r[gen]["valid"]["ndcg@10"]["mean"], "generative_test": gt["mean"],
-                     "gain": gain, "margin": margin, "beats": None if margin is None else gain > margin})
+                     "gain": gain, "margin": margin,
+                     "beats": (gain > margin) if margin is not None else (None if gain > 0 else False)})
     return rows
 
 
@@ -552,9 +554,9 @@ def _margin(v: dict) -> str:
 
 
 def _beats(v: dict) -> str:
-    if v["beats"] is None:  # one seed: the users' interval is all there is to read
+    if v["beats"] is None:  # one seed, a positive gain: the users' interval is all there is to read
         return "undecided (one seed: no std)"
-    return "yes" if v["beats"] else "no"
+    return ("yes" if v["beats"] else "no") + (" (one seed)" if v["margin"] is None else "")
 
 
 def _interval(ci: dict | None) -> str:

@@ -103,15 +103,18 @@ def test_accuracy_results_schema(bench):
                                                                            "train": {"loss": "bce"}}})
     assert [row["generative"] for row in accuracy.verdict(bce)] == ["vae_bce"]
     # A budget where one kind has only a one-seed entry still gets its row, from the one-seed
-    # entries, with no seed-std margin and no yes/no: only the users' interval can be read there.
+    # entries, with no seed-std margin: a gain that is not positive is a "no" whatever the std,
+    # a positive one stays undecided (only the users' interval can be read there).
     one = copy.deepcopy(on_disk)
     one["softmax_full"]["seeds"] = [0]
     one["softmax_full"]["per_seed"] = {"0": one["softmax_full"]["per_seed"]["0"]}
-    [row] = [row for row in accuracy.verdict(one) if row["loss"] == "full"]
-    assert row["softmax"] == "softmax_full" and row["margin"] is None and row["beats"] is None
-    assert row["gain"] == one[row["generative"]]["test"]["ndcg@10"]["mean"] - one["softmax_full"]["test"]["ndcg@10"]["mean"]
-    assert "undecided (one seed: no std)" in accuracy.render(one)
-    assert "undecided" not in accuracy.render(on_disk)  # two seeds each: decided
+    for softmax_test, beats, shown in ((1.0, False, "| no (one seed) |"), (0.0, None, "| undecided (one seed: no std) |")):
+        one["softmax_full"]["test"]["ndcg@10"]["mean"] = softmax_test
+        [row] = [row for row in accuracy.verdict(one) if row["loss"] == "full"]
+        assert row["softmax"] == "softmax_full" and row["margin"] is None and row["beats"] is beats
+        assert row["gain"] == one[row["generative"]]["test"]["ndcg@10"]["mean"] - softmax_test
+        assert shown in accuracy.render(one)
+    assert "(one seed" not in accuracy.render(on_disk)  # two seeds each: decided by the margin
 
 
 def test_curves_pair_recorded_seeds_and_a_run_still_training(bench, tmp_path):
