@@ -530,7 +530,7 @@ def verdict(r: dict, max_len_selected: bool = True) -> list[dict]:
     pick = lambda ks: max(ks, key=lambda k: r[k]["valid"]["ndcg@10"]["mean"]) if ks else None  # noqa: E731
     for (loss, patience, epochs, length), keys in sorted(by_budget.items(), key=lambda kv: tuple(map(str, kv[0]))):
         seeded = [k for k in keys if len(r[k]["seeds"]) > 1]
-        one_seed = not (any(map(is_soft, seeded)) and not all(map(is_soft, seeded)))
+        one_seed = {is_soft(k) for k in seeded} != {True, False}  # not both kinds with several seeds
         pool = keys if one_seed else seeded
         soft = pick([k for k in pool if is_soft(k)])
         gen = pick([k for k in pool if not is_soft(k)])
