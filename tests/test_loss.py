@@ -1,6 +1,8 @@
 """Sampled softmax and SASRec's bce (genattn/models/loss.py) against their definitions, and training with them."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from genattn.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from genattn.data import leave_one_out
 from genattn.evaluation import eval_sets, evaluate
 from genattn.models import SampledBCE, SampledSoftmax, SASRec, full_ce
-from genattn.training import make_loss, train
+from genattn.training import make_loss, train, warn_objective_for_loss
 
 
 def _setup(n_items=40, d=8, p=16, seed=0):
@@ -278,6 +280,28 @@ def test_bce_trains_end_to_end_and_is_recorded(tmp_path, tiny_dataset):
     untrained = evaluate(SASRec(res.checkpoint.run.model), sets["valid"],
                          popularity=res.checkpoint.popularity, n_users=tiny_dataset.n_users)
     assert res.metrics["valid"]["ndcg@10"] > untrained["ndcg@10"] + 0.02
+
+
+@pytest.mark.parametrize("posterior_ce, loss, warned", [
+    ("generative", "bce", True),    # the VAE's default, chosen under full CE, trained worse under BCE
+    ("all", "bce", False),
+    ("generative", "full", False),
+    ("generative", "sampled", False),
+])
+def test_vae_default_objective_under_bce_is_warned_about_once(tmp_path, tiny_dataset, caplog, posterior_ce,
+                                                              loss, warned):
+    model = ModelConfig(max_len=8, d_model=16, n_heads=2, n_blocks=1, attention="vae", posterior_ce=posterior_ce)
+    run = RunConfig(model=model, train=TrainConfig(epochs=1, batch_size=32, device="cpu", threads=1, loss=loss,
+                                                   negatives=4))
+    with caplog.at_level(logging.WARNING, logger="genattn.training"):
+        train(run, tmp_path / "ck", progress=False, dataset=tiny_dataset)
+    said = [r.getMessage() for r in caplog.records if "posterior_ce" in r.getMessage()]
+    assert len(said) == int(warned), said
+    if warned:
+        assert "--set model.posterior_ce=all" in said[0]
+    assert ModelConfig(attention="vae").posterior_ce == "generative"  # the case the warning is for
+    softmax = RunConfig(model=ModelConfig(attention="softmax"), train=TrainConfig(loss="bce"))
+    assert warn_objective_for_loss(softmax) is False
 
 
 def test_bce_needs_two_items():
